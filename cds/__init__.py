@@ -1,0 +1,1 @@
+"""Explainable lumbar spine MRI decision support over CDS Hooks."""

@@ -1,0 +1,129 @@
+"""Settings from CDS_* environment variables: one source for web, worker, CLI and Alembic.
+
+Config flows one way (environment -> Settings -> app/worker); nothing else reads os.environ.
+Every setting is documented in the README's settings table; add a row there when adding one here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cds.errors import CdsError
+
+
+class SettingsError(CdsError):
+    """A CDS_* variable has a value the service cannot start with."""
+
+
+def _bool(raw: str, name: str) -> bool:
+    low = raw.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise SettingsError(f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+def _int(raw: str, name: str) -> int:
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(raw: str, name: str) -> float:
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime settings. Defaults are the embedded, one-machine deployment."""
+
+    data_dir: Path = Path("var")
+    database_url: str = ""  # default: sqlite file under data_dir
+    clients_file: Path | None = None
+    public_base_url: str = "http://127.0.0.1:8080"
+    fhir_allowed_hosts: tuple[str, ...] = ()
+    fhir_timeout_s: float = 5.0
+    secret_key: str = ""  # signs viewer links; required outside dev/test
+    viewer_link_ttl_s: int = 3600
+    jobs_backend: str = "local"  # local | celery
+    job_workers: int = 1
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    dicom_dir: Path | None = None  # default: data_dir / "dicom"
+    dicomweb_url: str = ""
+    dicomweb_username: str = ""
+    dicomweb_password: str = ""
+    max_request_bytes: int = 2 * 1024 * 1024
+    jwt_leeway_s: int = 30
+    dev_mode: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'cds.db').resolve()}"
+
+    @property
+    def resolved_dicom_dir(self) -> Path:
+        return self.dicom_dir if self.dicom_dir is not None else self.data_dir / "dicom"
+
+    def with_overrides(self, **kwargs: Any) -> Settings:
+        return replace(self, **kwargs)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        s = cls()
+        kw: dict[str, Any] = {}
+        if v := env.get("CDS_DATA_DIR"):
+            kw["data_dir"] = Path(v)
+        if v := env.get("CDS_DATABASE_URL"):
+            kw["database_url"] = v
+        if v := env.get("CDS_CLIENTS_FILE"):
+            kw["clients_file"] = Path(v)
+        if v := env.get("CDS_PUBLIC_BASE_URL"):
+            kw["public_base_url"] = v.rstrip("/")
+        if (v := env.get("CDS_FHIR_ALLOWED_HOSTS")) is not None:
+            kw["fhir_allowed_hosts"] = _csv(v)
+        if v := env.get("CDS_FHIR_TIMEOUT_S"):
+            kw["fhir_timeout_s"] = _float(v, "CDS_FHIR_TIMEOUT_S")
+        if v := env.get("CDS_SECRET_KEY"):
+            kw["secret_key"] = v
+        if v := env.get("CDS_VIEWER_LINK_TTL_S"):
+            kw["viewer_link_ttl_s"] = _int(v, "CDS_VIEWER_LINK_TTL_S")
+        if v := env.get("CDS_JOBS_BACKEND"):
+            if v not in {"local", "celery"}:
+                raise SettingsError(f"CDS_JOBS_BACKEND must be 'local' or 'celery', got {v!r}")
+            kw["jobs_backend"] = v
+        if v := env.get("CDS_JOB_WORKERS"):
+            kw["job_workers"] = _int(v, "CDS_JOB_WORKERS")
+        if v := env.get("CDS_BROKER_URL"):
+            kw["broker_url"] = v
+        if v := env.get("CDS_DICOM_DIR"):
+            kw["dicom_dir"] = Path(v)
+        if v := env.get("CDS_DICOMWEB_URL"):
+            kw["dicomweb_url"] = v.rstrip("/")
+        if v := env.get("CDS_DICOMWEB_USERNAME"):
+            kw["dicomweb_username"] = v
+        if v := env.get("CDS_DICOMWEB_PASSWORD"):
+            kw["dicomweb_password"] = v
+        if v := env.get("CDS_MAX_REQUEST_BYTES"):
+            kw["max_request_bytes"] = _int(v, "CDS_MAX_REQUEST_BYTES")
+        if v := env.get("CDS_JWT_LEEWAY_S"):
+            kw["jwt_leeway_s"] = _int(v, "CDS_JWT_LEEWAY_S")
+        if v := env.get("CDS_DEV_MODE"):
+            kw["dev_mode"] = _bool(v, "CDS_DEV_MODE")
+        return replace(s, **kw)
