@@ -228,6 +228,22 @@ class AnalysisMode(StrEnum):
     EXPLAINABLE = "explainable"
 
 
+class ExplanationStatus(StrEnum):
+    """Lifecycle of the on-demand explanation (Grad-CAM + rationale) of one analysis."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+class FeedbackOutcome(StrEnum):
+    """CDS Hooks feedback outcome for one card."""
+
+    ACCEPTED = "accepted"
+    OVERRIDDEN = "overridden"
+
+
 @dataclass(frozen=True)
 class AnalysisResult:
     """What quick_read returns and the store keeps: findings per level and condition, or why there are none."""
