@@ -1,0 +1,465 @@
+"""Measurements behind every grade (FINDINGS.md), computed from segmentation masks.
+
+Pure NumPy/SciPy on purpose: the numbers that decide a grade must be checkable by hand, so they
+come from plain geometry on masks (pixel counts times pixel area, distances in millimetres),
+never from a network. Each function returns a :class:`Measurement` that carries its provenance
+(plane, slice, method, the points to draw) so the viewer can show exactly what was measured, and
+a reliability verdict (mask too small, fragmented, touching the image edge...) that the grading
+stage uses to decide when the rule may be trusted.
+
+Conventions: 2D masks are boolean arrays indexed (row, col); ``spacing_mm`` is (row, col) pixel
+spacing in millimetres; directions are unit vectors in millimetre (row, col) space. A 3D stack is
+indexed (slice, row, col) like ``cds.dicom`` volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from scipy import ndimage
+
+from cds.domain import MeasurementName, Side
+
+#: A mask whose largest connected component holds less than this share of its pixels is
+#: "fragmented": the area or distance would depend on which fragment is right.
+MIN_LARGEST_COMPONENT_SHARE = 0.9
+#: Below these sizes a structure is too small to measure reliably (a few pixels of noise).
+MIN_SAC_AREA_MM2 = 15.0
+MIN_STRUCTURE_AREA_MM2 = 4.0
+#: Step of the line sampling (mm): well below any pixel spacing seen in lumbar MRI (>= 0.3 mm).
+LINE_STEP_MM = 0.05
+
+
+class Plane(StrEnum):
+    AXIAL = "axial"
+    SAGITTAL = "sagittal"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where and how a value was measured, so that it can be drawn and audited.
+
+    ``points_px`` are (row, col) pixel coordinates in the measured slice: the two end points of
+    a distance, or the end points of the line along which a diameter/height was taken. Areas
+    carry no points (the viewer draws the mask itself).
+    """
+
+    plane: Plane
+    slice_index: int
+    method: str
+    points_px: tuple[tuple[float, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured value with its unit (from the name), side, provenance and reliability."""
+
+    name: MeasurementName
+    value: float
+    provenance: Provenance
+    side: Side | None = None
+    reliable: bool = True
+    issues: tuple[str, ...] = ()
+
+    @property
+    def unit(self) -> str:
+        return self.name.unit
+
+
+@dataclass(frozen=True)
+class MaskQuality:
+    """Why a mask may not be trusted: size and fragmentation, checked the same way everywhere."""
+
+    area_mm2: float
+    components: int
+    largest_share: float
+    issues: tuple[str, ...]
+
+    @property
+    def reliable(self) -> bool:
+        return not self.issues
+
+
+def pixel_area_mm2(spacing_mm: Sequence[float]) -> float:
+    return float(spacing_mm[0]) * float(spacing_mm[1])
+
+
+def mask_area_mm2(mask: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """Area of a 2D boolean mask: pixel count times pixel area."""
+    return float(np.count_nonzero(mask)) * pixel_area_mm2(spacing_mm)
+
+
+def mask_quality(
+    mask: np.ndarray, spacing_mm: Sequence[float], *, what: str, min_area_mm2: float
+) -> MaskQuality:
+    """Size, fragmentation and edge contact of a 2D mask, as human-readable issues."""
+    area = mask_area_mm2(mask, spacing_mm)
+    issues: list[str] = []
+    if area < min_area_mm2:
+        issues.append(f"{what} mask too small ({area:.1f} mm2 < {min_area_mm2:g} mm2)")
+    labelled, n = ndimage.label(mask)
+    share = 1.0
+    if n > 1:
+        sizes = np.bincount(labelled.ravel())[1:]
+        share = float(sizes.max() / sizes.sum())
+        if share < MIN_LARGEST_COMPONENT_SHARE:
+            issues.append(f"{what} mask fragmented ({n} parts, largest {share:.0%})")
+    if n and (mask[0, :].any() or mask[-1, :].any() or mask[:, 0].any() or mask[:, -1].any()):
+        issues.append(f"{what} mask touches the image edge")
+    return MaskQuality(area_mm2=area, components=int(n), largest_share=share, issues=tuple(issues))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component (empty mask stays empty)."""
+    labelled, n = ndimage.label(mask)
+    if n <= 1:
+        return mask.astype(bool, copy=True)
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+    return labelled == int(np.argmax(sizes))
+
+
+def centroid_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+    """Centre of mass of a 2D mask in millimetre (row, col) coordinates."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        raise ValueError("centroid of an empty mask")
+    return np.array([rows.mean() * spacing_mm[0], cols.mean() * spacing_mm[1]], dtype=np.float64)
+
+
+def _unit(vec: Sequence[float]) -> np.ndarray:
+    v = np.asarray(vec, dtype=np.float64)
+    n = float(np.linalg.norm(v))
+    if n == 0.0 or not np.isfinite(n):
+        raise ValueError("direction vector has zero length")
+    return v / n
+
+
+def chord_through(
+    mask: np.ndarray, spacing_mm: Sequence[float], point_mm: np.ndarray, direction_mm: Sequence[float]
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Length (mm) of the mask's run along a line through ``point_mm``, and the run's end points.
+
+    The line is sampled every LINE_STEP_MM with nearest-pixel lookup, and only the contiguous
+    run containing the point counts (a separate blob further along the line is not the same
+    structure). If the point itself is outside the mask, the run nearest to it is used.
+    """
+    d = _unit(direction_mm)
+    sp = np.asarray(spacing_mm, dtype=np.float64)
+    extent = float(np.hypot(mask.shape[0] * sp[0], mask.shape[1] * sp[1]))
+    t = np.arange(-extent, extent + LINE_STEP_MM, LINE_STEP_MM)
+    pts = point_mm[None, :] + t[:, None] * d[None, :]
+    idx = np.floor(pts / sp[None, :] + 0.5).astype(np.int64)
+    inside = (idx[:, 0] >= 0) & (idx[:, 0] < mask.shape[0]) & (idx[:, 1] >= 0) & (idx[:, 1] < mask.shape[1])
+    hit = np.zeros(t.shape, dtype=bool)
+    hit[inside] = mask[idx[inside, 0], idx[inside, 1]]
+    if not hit.any():
+        return 0.0, point_mm.copy(), point_mm.copy()
+    runs, _n = ndimage.label(hit)
+    centre = int(np.argmin(np.abs(t)))
+    run_id = runs[centre]
+    if run_id == 0:
+        hits = np.nonzero(hit)[0]
+        run_id = runs[hits[np.argmin(np.abs(hits - centre))]]
+    members = np.nonzero(runs == run_id)[0]
+    # A run of m samples spans (m) steps once each end sample is credited half a step outward.
+    length = members.size * LINE_STEP_MM
+    start = pts[members[0]] - 0.5 * LINE_STEP_MM * d
+    end = pts[members[-1]] + 0.5 * LINE_STEP_MM * d
+    return float(length), start, end
+
+
+def _to_px(point_mm: np.ndarray, spacing_mm: Sequence[float]) -> tuple[float, float]:
+    return (round(float(point_mm[0] / spacing_mm[0]), 2), round(float(point_mm[1] / spacing_mm[1]), 2))
+
+
+# --------------------------------------------------------------------------------------------
+# Axial measurements
+# --------------------------------------------------------------------------------------------
+
+
+def dural_sac_area(
+    sac: np.ndarray, spacing_mm: Sequence[float], slice_indices: Sequence[int] | None = None
+) -> Measurement:
+    """DSCA: the smallest dural sac area over the axial slices of one level (FINDINGS.md).
+
+    ``sac`` is a (slices, rows, cols) boolean stack; ``slice_indices`` restricts the search to
+    the slices assigned to the level (all slices when None). Slices with no sac at all are
+    skipped rather than read as 0 mm2: an empty mask there means the segmentation lost the
+    sac (or the slice is outside the canal), and the reliability check reports it instead.
+    """
+    if sac.ndim != 3:
+        raise ValueError(f"sac must be (slices, rows, cols), got shape {sac.shape}")
+    indices = list(range(sac.shape[0])) if slice_indices is None else [int(i) for i in slice_indices]
+    if not indices:
+        raise ValueError("no slices to measure the dural sac on")
+    areas = {i: mask_area_mm2(sac[i], spacing_mm) for i in indices}
+    present = {i: a for i, a in areas.items() if a > 0}
+    if not present:
+        return Measurement(
+            MeasurementName.DSCA_MM2,
+            0.0,
+            Provenance(Plane.AXIAL, indices[0], "no dural sac segmented on the level's slices"),
+            reliable=False,
+            issues=("dural sac not found on any slice of the level",),
+        )
+    narrowest = min(present, key=lambda i: present[i])
+    quality = mask_quality(sac[narrowest], spacing_mm, what="dural sac", min_area_mm2=MIN_SAC_AREA_MM2)
+    issues = list(quality.issues)
+    missing = len(indices) - len(present)
+    if missing:
+        issues.append(f"dural sac missing on {missing} of {len(indices)} slices of the level")
+    return Measurement(
+        MeasurementName.DSCA_MM2,
+        present[narrowest],
+        Provenance(
+            Plane.AXIAL,
+            narrowest,
+            f"smallest dural sac area (pixel count x pixel area) over {len(indices)} axial slices",
+        ),
+        reliable=not issues,
+        issues=tuple(issues),
+    )
+
+
+def posterior_direction(
+    anterior: np.ndarray, sac: np.ndarray, spacing_mm: Sequence[float], fallback: Sequence[float]
+) -> tuple[np.ndarray, bool]:
+    """The patient's own anteroposterior axis in this slice: disc/body centroid -> sac centroid.
+
+    Why anatomy rather than the scanner axes: patients lie slightly rotated, and the canal's AP
+    diameter is defined along the mid-sagittal line of the spine, not of the magnet. Falls back
+    to ``fallback`` (the scanner's posterior direction from the affine) when a structure is
+    missing; the flag says whether the anatomical axis was used.
+    """
+    if anterior.any() and sac.any():
+        vec = centroid_mm(sac, spacing_mm) - centroid_mm(anterior, spacing_mm)
+        if np.linalg.norm(vec) > 1.0:
+            return _unit(vec), True
+    return _unit(fallback), False
+
+
+def canal_ap_diameter(
+    sac: np.ndarray,
+    spacing_mm: Sequence[float],
+    posterior_mm: Sequence[float],
+    slice_index: int,
+) -> Measurement:
+    """Canal AP diameter: the dural sac's length along the mid-sagittal line through its centre.
+
+    ``posterior_mm`` is the AP axis (see :func:`posterior_direction`); the line passes through
+    the sac's centroid, which lies on the mid-sagittal line of a roughly symmetric canal.
+    """
+    quality = mask_quality(sac, spacing_mm, what="dural sac", min_area_mm2=MIN_SAC_AREA_MM2)
+    if not sac.any():
+        return Measurement(
+            MeasurementName.AP_DIAMETER_MM,
+            0.0,
+            Provenance(Plane.AXIAL, slice_index, "no dural sac on the slice"),
+            reliable=False,
+            issues=quality.issues,
+        )
+    main = largest_component(sac)
+    length, start, end = chord_through(main, spacing_mm, centroid_mm(main, spacing_mm), posterior_mm)
+    return Measurement(
+        MeasurementName.AP_DIAMETER_MM,
+        length,
+        Provenance(
+            Plane.AXIAL,
+            slice_index,
+            "dural sac length along the AP line through its centroid",
+            (_to_px(start, spacing_mm), _to_px(end, spacing_mm)),
+        ),
+        reliable=quality.reliable,
+        issues=quality.issues,
+    )
+
+
+def side_mask(
+    shape: tuple[int, int],
+    spacing_mm: Sequence[float],
+    origin_mm: np.ndarray,
+    left_mm: Sequence[float],
+    side: Side,
+) -> np.ndarray:
+    """Pixels on the patient's ``side`` of the line through ``origin_mm`` perpendicular to left_mm."""
+    rows, cols = np.indices(shape, dtype=np.float64)
+    left = _unit(left_mm)
+    proj = (rows * spacing_mm[0] - origin_mm[0]) * left[0] + (cols * spacing_mm[1] - origin_mm[1]) * left[1]
+    return proj > 0 if side is Side.LEFT else proj < 0
+
+
+def lateral_recess_depth(
+    anterior: np.ndarray,
+    facet: np.ndarray,
+    sac: np.ndarray,
+    spacing_mm: Sequence[float],
+    left_mm: Sequence[float],
+    side: Side,
+    slice_index: int,
+) -> Measurement:
+    """Lateral recess depth on one side: the gap between the posterior disc/vertebral margin and
+    the superior articular facet at the recess (FINDINGS.md).
+
+    Method: on the patient's ``side`` of the midline (the line through the dural sac centroid
+    perpendicular to the left-right axis ``left_mm``), the shortest distance in millimetres from
+    the facet mask to the disc/vertebral-body mask. The recess is the narrowest passage between
+    these two structures, which is exactly where that shortest segment lies; both of its end
+    points are returned for drawing. Exact Euclidean distance transform with anisotropic
+    sampling, so non-square pixels are handled.
+    """
+    if not sac.any():
+        return _missing_recess(side, slice_index, "no dural sac to locate the midline")
+    half = side_mask(sac.shape, spacing_mm, centroid_mm(sac, spacing_mm), left_mm, side)
+    front = anterior & half
+    back = facet & half
+    if not front.any() or not back.any():
+        what = "disc/vertebral body" if not front.any() else "facet"
+        return _missing_recess(side, slice_index, f"no {what} on the {side.value} side")
+    dist, nearest = ndimage.distance_transform_edt(~front, sampling=tuple(spacing_mm), return_indices=True)
+    # Distances between pixel centres; the gap between the two boundaries is one pixel less
+    # than centre-to-centre along the measured direction, so subtract the pixel extent there.
+    rows, cols = np.nonzero(back)
+    k = int(np.argmin(dist[rows, cols]))
+    r, c = int(rows[k]), int(cols[k])
+    nr, nc = int(nearest[0][r, c]), int(nearest[1][r, c])
+    centre_gap = float(dist[r, c])
+    dvec = np.array([(r - nr) * spacing_mm[0], (c - nc) * spacing_mm[1]])
+    pixel_extent = _pixel_extent_along(dvec, spacing_mm)
+    depth = max(0.0, centre_gap - pixel_extent)
+    issues = []
+    for mask, what in ((front, "disc/vertebral body"), (back, "facet")):
+        q = mask_quality(
+            largest_component(mask),
+            spacing_mm,
+            what=f"{side.value} {what}",
+            min_area_mm2=MIN_STRUCTURE_AREA_MM2,
+        )
+        issues.extend(i for i in q.issues if "edge" not in i)
+    return Measurement(
+        MeasurementName.LATERAL_RECESS_DEPTH_MM,
+        depth,
+        Provenance(
+            Plane.AXIAL,
+            slice_index,
+            "shortest facet-to-disc/vertebral margin distance on this side of the midline",
+            ((float(nr), float(nc)), (float(r), float(c))),
+        ),
+        side=side,
+        reliable=not issues,
+        issues=tuple(issues),
+    )
+
+
+def _pixel_extent_along(vec_mm: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """Length of a pixel crossed along ``vec_mm`` (half a pixel at each of the two boundaries)."""
+    if not np.any(vec_mm):
+        return 0.0
+    u = np.abs(_unit(vec_mm))
+    # Distance along u to leave a (sr x sc) box from its centre, twice half: min over axes.
+    with np.errstate(divide="ignore"):
+        ext = [spacing_mm[i] / u[i] if u[i] > 1e-9 else np.inf for i in range(2)]
+    return float(min(ext))
+
+
+def _missing_recess(side: Side, slice_index: int, why: str) -> Measurement:
+    return Measurement(
+        MeasurementName.LATERAL_RECESS_DEPTH_MM,
+        0.0,
+        Provenance(Plane.AXIAL, slice_index, why),
+        side=side,
+        reliable=False,
+        issues=(why,),
+    )
+
+
+def narrowest(measurements: Sequence[Measurement]) -> Measurement:
+    """The smallest value among measurements (the FINDINGS.md 'narrowest point within the level'),
+    preferring reliable ones: an unreliable zero must not beat a real measurement."""
+    if not measurements:
+        raise ValueError("no measurements to choose from")
+    reliable = [m for m in measurements if m.reliable]
+    pool = reliable or list(measurements)
+    return min(pool, key=lambda m: m.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Sagittal / parasagittal measurements
+# --------------------------------------------------------------------------------------------
+
+
+def principal_axes(mask: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(major, minor) unit axes of a 2D mask in mm space, from the covariance of its pixels."""
+    rows, cols = np.nonzero(mask)
+    pts = np.stack([rows * spacing_mm[0], cols * spacing_mm[1]], axis=1).astype(np.float64)
+    if pts.shape[0] < 3:
+        raise ValueError("too few pixels for principal axes")
+    cov = np.cov(pts, rowvar=False)
+    _evals, evecs = np.linalg.eigh(cov)
+    return evecs[:, 1], evecs[:, 0]
+
+
+def disc_height(disc: np.ndarray, spacing_mm: Sequence[float], slice_index: int) -> Measurement:
+    """Disc height (sagittal): the disc's extent along its minor axis through its centroid.
+
+    Why the minor axis: the disc lies tilted by the lordosis, so the craniocaudal image axis
+    would overestimate; its principal axes follow the endplates. Measured at the centre, the
+    usual mid-disc height.
+    """
+    quality = mask_quality(disc, spacing_mm, what="disc", min_area_mm2=MIN_STRUCTURE_AREA_MM2)
+    if np.count_nonzero(disc) < 3:
+        return Measurement(
+            MeasurementName.DISC_HEIGHT_MM,
+            0.0,
+            Provenance(Plane.SAGITTAL, slice_index, "no disc segmented"),
+            reliable=False,
+            issues=quality.issues or ("no disc segmented",),
+        )
+    main = largest_component(disc)
+    _, minor = principal_axes(main, spacing_mm)
+    length, start, end = chord_through(main, spacing_mm, centroid_mm(main, spacing_mm), minor)
+    return Measurement(
+        MeasurementName.DISC_HEIGHT_MM,
+        length,
+        Provenance(
+            Plane.SAGITTAL,
+            slice_index,
+            "disc extent along its minor axis through the centroid",
+            (_to_px(start, spacing_mm), _to_px(end, spacing_mm)),
+        ),
+        reliable=quality.reliable,
+        issues=quality.issues,
+    )
+
+
+def foraminal_area_ratio(
+    free: np.ndarray,
+    reference: np.ndarray,
+    spacing_mm: Sequence[float],
+    side: Side,
+    slice_index: int,
+    reference_method: str,
+) -> Measurement:
+    """Foraminal area ratio: free foraminal area (perineural fat + exiting root) over the area the
+    same foramen would have without narrowing (``reference``), clipped to [0, 1].
+
+    How the reference is estimated is the caller's choice and is recorded in the provenance
+    (see :func:`foramen_reference`).
+    """
+    ref_area = mask_area_mm2(reference, spacing_mm)
+    free_area = mask_area_mm2(free & reference, spacing_mm) if reference.any() else 0.0
+    issues: list[str] = []
+    if ref_area < MIN_STRUCTURE_AREA_MM2:
+        issues.append(f"{side.value} foramen outline too small ({ref_area:.1f} mm2)")
+    ratio = float(np.clip(free_area / ref_area, 0.0, 1.0)) if ref_area > 0 else 0.0
+    return Measurement(
+        MeasurementName.FORAMINAL_AREA_RATIO,
+        ratio,
+        Provenance(Plane.SAGITTAL, slice_index, f"free foraminal area / {reference_method}"),
+        side=side,
+        reliable=not issues,
+        issues=tuple(issues),
+    )
