@@ -23,6 +23,9 @@ from scipy import ndimage
 
 from cds.domain import MeasurementName, Side
 
+#: A 2-vector in millimetre (row, col) space: a tuple or an array.
+Vector = Sequence[float] | np.ndarray
+
 #: A mask whose largest connected component holds less than this share of its pixels is
 #: "fragmented": the area or distance would depend on which fragment is right.
 MIN_LARGEST_COMPONENT_SHARE = 0.9
@@ -130,7 +133,7 @@ def centroid_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
     return np.array([rows.mean() * spacing_mm[0], cols.mean() * spacing_mm[1]], dtype=np.float64)
 
 
-def _unit(vec: Sequence[float]) -> np.ndarray:
+def _unit(vec: Vector) -> np.ndarray:
     v = np.asarray(vec, dtype=np.float64)
     n = float(np.linalg.norm(v))
     if n == 0.0 or not np.isfinite(n):
@@ -139,7 +142,7 @@ def _unit(vec: Sequence[float]) -> np.ndarray:
 
 
 def chord_through(
-    mask: np.ndarray, spacing_mm: Sequence[float], point_mm: np.ndarray, direction_mm: Sequence[float]
+    mask: np.ndarray, spacing_mm: Sequence[float], point_mm: np.ndarray, direction_mm: Vector
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Length (mm) of the mask's run along a line through ``point_mm``, and the run's end points.
 
@@ -226,7 +229,7 @@ def dural_sac_area(
 
 
 def posterior_direction(
-    anterior: np.ndarray, sac: np.ndarray, spacing_mm: Sequence[float], fallback: Sequence[float]
+    anterior: np.ndarray, sac: np.ndarray, spacing_mm: Sequence[float], fallback: Vector
 ) -> tuple[np.ndarray, bool]:
     """The patient's own anteroposterior axis in this slice: disc/body centroid -> sac centroid.
 
@@ -245,7 +248,7 @@ def posterior_direction(
 def canal_ap_diameter(
     sac: np.ndarray,
     spacing_mm: Sequence[float],
-    posterior_mm: Sequence[float],
+    posterior_mm: Vector,
     slice_index: int,
 ) -> Measurement:
     """Canal AP diameter: the dural sac's length along the mid-sagittal line through its centre.
@@ -282,7 +285,7 @@ def side_mask(
     shape: tuple[int, int],
     spacing_mm: Sequence[float],
     origin_mm: np.ndarray,
-    left_mm: Sequence[float],
+    left_mm: Vector,
     side: Side,
 ) -> np.ndarray:
     """Pixels on the patient's ``side`` of the line through ``origin_mm`` perpendicular to left_mm."""
@@ -297,7 +300,7 @@ def lateral_recess_depth(
     facet: np.ndarray,
     sac: np.ndarray,
     spacing_mm: Sequence[float],
-    left_mm: Sequence[float],
+    left_mm: Vector,
     side: Side,
     slice_index: int,
 ) -> Measurement:
@@ -330,7 +333,7 @@ def lateral_recess_depth(
     dvec = np.array([(r - nr) * spacing_mm[0], (c - nc) * spacing_mm[1]])
     pixel_extent = _pixel_extent_along(dvec, spacing_mm)
     depth = max(0.0, centre_gap - pixel_extent)
-    issues = []
+    issues: list[str] = []
     for mask, what in ((front, "disc/vertebral body"), (back, "facet")):
         q = mask_quality(
             largest_component(mask),
