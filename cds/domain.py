@@ -24,7 +24,7 @@ class Level(StrEnum):
     L5_S1 = "L5-S1"
 
     @property
-    def index(self) -> int:
+    def index(self) -> int:  # type: ignore[override]  # shadows str.index on purpose
         """0 for L1-L2 ... 4 for L5-S1 (cranial to caudal)."""
         return list(Level).index(self)
 

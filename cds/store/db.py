@@ -1,0 +1,98 @@
+"""Database: one engine per process, sessions as transactions.
+
+SQLite (the embedded default) gets three things it needs to be correct with several threads:
+WAL (readers do not block the writer), a busy timeout (writers wait instead of failing), and
+BEGIN IMMEDIATE for write sessions (a transaction takes the write lock when it starts, so two
+read-then-write transactions cannot deadlock on lock upgrade, and savepoints work). Read-only
+sessions use a plain deferred BEGIN so hook reads never queue behind writers.
+PostgreSQL needs none of this; URLs are normalised to the psycopg 3 driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def normalise_url(url: str | URL) -> URL:
+    """postgres:// and postgresql:// -> postgresql+psycopg:// (the driver this project ships)."""
+    parsed = make_url(url)
+    if parsed.drivername in {"postgres", "postgresql"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_engine(url: URL, begin: str, **kw: Any) -> Engine:
+    engine = sa.create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}, **kw
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (pysqlite's implicit
+        # BEGIN breaks savepoints and cannot do BEGIN IMMEDIATE).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Database:
+    """Engine + session factory for one database URL."""
+
+    def __init__(self, url: str | URL, *, echo: bool = False) -> None:
+        self.url = normalise_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            self.engine = _sqlite_engine(self.url, "BEGIN IMMEDIATE", echo=echo)
+            in_memory = self.url.database in (None, "", ":memory:")
+            # An in-memory database exists per connection pool: readers must share the writer's.
+            self._read_engine = self.engine if in_memory else _sqlite_engine(self.url, "BEGIN", echo=echo)
+        else:
+            self.engine = sa.create_engine(self.url, echo=echo, pool_pre_ping=True)
+            self._read_engine = self.engine
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        """A transaction: commit on success, rollback on any exception (re-raised).
+
+        Records stay usable after the block (expire_on_commit=False); lazy relationships are not,
+        so load what you need inside the block.
+        """
+        factory = self._read_sessions if readonly else self._sessions
+        with factory() as session:
+            try:
+                yield session
+                if not readonly:
+                    session.commit()
+                # readonly: closing the session ends the transaction without expiring the records
+            except BaseException:
+                session.rollback()
+                raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self._read_engine is not self.engine:
+            self._read_engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({self.url.render_as_string(hide_password=True)!r})"

@@ -1,0 +1,122 @@
+"""Shared fixtures: databases on SQLite and on a real, throwaway PostgreSQL cluster.
+
+`database_url` is parametrised over both backends; every test that touches the store runs twice.
+The PostgreSQL cluster is started once per test session (initdb + pg_ctl on a spare port in a temp
+dir, ~1 s) and every test gets its own fresh database in it. PostgreSQL refuses to run as root, so
+as root the server runs as the `postgres` system user. Without PostgreSQL installed the postgres
+cases are skipped locally, but under CI (CI=true) that is an error: CI must test both backends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cds.store.db import Database
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _pg_bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
+    return candidates[0].parent if candidates else None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class PostgresCluster:
+    host: str
+    port: int
+    user: str
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{dbname}"
+
+    def create_database(self) -> str:
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    bindir = _pg_bindir()
+    if bindir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql; .ci/setup does it)"
+        if _under_ci():
+            pytest.fail(f"CI=true but {message}")
+        pytest.skip(message)
+    as_root = os.geteuid() == 0
+    prefix: list[str] = ["runuser", "-u", "postgres", "--"] if as_root else []
+    root = Path(tempfile.mkdtemp(prefix="cds-pg-"))
+    data, sock, log = root / "data", root / "sock", root / "server.log"
+    sock.mkdir()
+    if as_root:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+    port = _free_port()
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    subprocess.run(
+        [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+         "--no-sync"],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    subprocess.run(
+        [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "start"],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    try:
+        yield PostgresCluster(host="127.0.0.1", port=port, user="postgres")
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True, env=env,
+        )  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on each backend (schema NOT created: use `db` for a migrated one)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cds.db'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    return cluster.create_database()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A Database migrated to head with the project's Alembic migrations."""
+    from cds.store.migrate import upgrade
+
+    upgrade(database_url)
+    database = Database(database_url)
+    try:
+        yield database
+    finally:
+        database.dispose()
