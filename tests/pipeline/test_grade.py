@@ -1,0 +1,135 @@
+"""Hybrid grading: the measurement rule decides when reliable; uncertainty is flagged by explicit rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from cds.domain import Condition, Grade, Level, MeasurementName, Side
+from cds.errors import StageError
+from cds.pipeline.grade import (
+    Decider,
+    GradingPolicy,
+    SeverityEstimate,
+    grade_finding,
+    grade_level,
+    near_threshold,
+)
+from cds.pipeline.measure import Measurement, Plane, Provenance
+
+PROV = Provenance(Plane.AXIAL, 4, "test")
+
+
+def m(name: MeasurementName, value: float, side: Side | None = None, reliable: bool = True) -> Measurement:
+    return Measurement(
+        name, value, PROV, side=side, reliable=reliable, issues=() if reliable else ("fragmented",)
+    )
+
+
+NORMAL = SeverityEstimate(p_present=0.05, p_severe=0.01)
+MODERATE = SeverityEstimate(p_present=0.9, p_severe=0.2)
+SEVERE = SeverityEstimate(p_present=0.98, p_severe=0.9)
+
+
+def test_severity_estimate_distribution_and_ordinal_clipping() -> None:
+    est = SeverityEstimate(p_present=0.3, p_severe=0.5)  # inconsistent: severe implies present
+    assert est.p_severe == 0.3
+    dist = est.distribution
+    assert dist[Grade.NORMAL_MILD] == pytest.approx(0.7)
+    assert dist[Grade.MODERATE] == pytest.approx(0.0)
+    assert sum(dist.values()) == pytest.approx(1.0)
+    assert (
+        MODERATE.grade is Grade.MODERATE
+        and SEVERE.grade is Grade.SEVERE
+        and NORMAL.grade is Grade.NORMAL_MILD
+    )
+    with pytest.raises(ValueError):
+        SeverityEstimate(p_present=1.2, p_severe=0.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "learned", "grade"),
+    [(130.0, NORMAL, Grade.NORMAL_MILD), (85.0, MODERATE, Grade.MODERATE), (50.0, SEVERE, Grade.SEVERE)],
+)
+def test_rule_decides_and_agreeing_model_is_certain(
+    value: float, learned: SeverityEstimate, grade: Grade
+) -> None:
+    d = grade_finding(
+        Level.L4_L5,
+        Condition.SPINAL_CANAL,
+        [m(MeasurementName.DSCA_MM2, value), m(MeasurementName.AP_DIAMETER_MM, 9.0)],
+        learned,
+    )
+    assert d.decided_by is Decider.RULE
+    assert d.finding.grade is grade
+    assert not d.finding.uncertain and d.reasons == ()
+    assert d.finding.probability == pytest.approx(learned.distribution[grade])
+    assert d.finding.measurements == {MeasurementName.DSCA_MM2: value, MeasurementName.AP_DIAMETER_MM: 9.0}
+
+
+def test_disagreement_keeps_rule_grade_but_flags_uncertain() -> None:
+    d = grade_finding(Level.L3_L4, Condition.SPINAL_CANAL, [m(MeasurementName.DSCA_MM2, 60.0)], NORMAL)
+    assert d.finding.grade is Grade.SEVERE
+    assert d.finding.uncertain
+    assert d.finding.probability == pytest.approx(0.01)  # the model's probability of "severe"
+    assert any("model says normal/mild" in r for r in d.reasons)
+
+
+def test_near_threshold_flags_uncertain() -> None:
+    d = grade_finding(Level.L4_L5, Condition.SPINAL_CANAL, [m(MeasurementName.DSCA_MM2, 98.0)], MODERATE)
+    assert d.finding.grade is Grade.MODERATE
+    assert d.finding.uncertain
+    assert "100 cut-off" in d.reasons[0]
+    assert near_threshold(Condition.LEFT_FORAMINAL, 0.37, GradingPolicy()) == pytest.approx(0.35)
+    assert near_threshold(Condition.LEFT_FORAMINAL, 0.45, GradingPolicy()) is None
+    strict = GradingPolicy(margins={MeasurementName.DSCA_MM2: 0.0})
+    assert near_threshold(Condition.SPINAL_CANAL, 99.9, strict) is None
+
+
+def test_unreliable_measurement_lets_model_decide_and_flags() -> None:
+    d = grade_finding(
+        Level.L5_S1,
+        Condition.SPINAL_CANAL,
+        [m(MeasurementName.DSCA_MM2, 140.0, reliable=False)],
+        SEVERE,
+    )
+    assert d.decided_by is Decider.MODEL
+    assert d.finding.grade is Grade.SEVERE
+    assert d.rule_grade is Grade.NORMAL_MILD
+    assert d.finding.uncertain and "unreliable" in d.reasons[0]
+    assert d.finding.measurements[MeasurementName.DSCA_MM2] == 140.0  # still shown, flagged
+
+
+def test_missing_measurement_lets_model_decide() -> None:
+    d = grade_finding(Level.L1_L2, Condition.RIGHT_FORAMINAL, [], MODERATE)
+    assert d.decided_by is Decider.MODEL and d.finding.grade is Grade.MODERATE
+    assert d.finding.uncertain and "not measured" in d.reasons[0]
+    assert dict(d.finding.measurements) == {}
+
+
+def test_side_specific_measurement_is_matched_to_its_condition() -> None:
+    ms = [
+        m(MeasurementName.LATERAL_RECESS_DEPTH_MM, 2.0, Side.LEFT),
+        m(MeasurementName.LATERAL_RECESS_DEPTH_MM, 6.5, Side.RIGHT),
+    ]
+    left = grade_finding(Level.L4_L5, Condition.LEFT_SUBARTICULAR, [ms[0]], SEVERE)
+    right = grade_finding(Level.L4_L5, Condition.RIGHT_SUBARTICULAR, [ms[1]], NORMAL)
+    assert left.finding.grade is Grade.SEVERE and not left.finding.uncertain
+    assert right.finding.grade is Grade.NORMAL_MILD and not right.finding.uncertain
+    wrong_side = grade_finding(Level.L4_L5, Condition.LEFT_SUBARTICULAR, [ms[1]], SEVERE)
+    assert wrong_side.decided_by is Decider.MODEL
+
+
+def test_explanation_names_rule_threshold_and_reasons() -> None:
+    d = grade_finding(Level.L4_L5, Condition.SPINAL_CANAL, [m(MeasurementName.DSCA_MM2, 61.8)], NORMAL)
+    text = d.explanation
+    assert "L4-L5" in text and "61.8 mm2" in text and "< 75 mm2" in text and "uncertain" in text
+
+
+def test_grade_level_needs_every_learned_estimate() -> None:
+    learned = dict.fromkeys(Condition, NORMAL)
+    out = grade_level(Level.L2_L3, {}, learned)
+    assert [d.finding.condition for d in out] == list(Condition)
+    del learned[Condition.LEFT_FORAMINAL]
+    with pytest.raises(StageError) as err:
+        grade_level(Level.L2_L3, {}, learned)
+    assert err.value.stage == "grade"
