@@ -12,7 +12,7 @@ def test_report_codes_match_findings_spec() -> None:
         "24968-0",
     )
     assert codes.REPORT_MR_LUMBAR_SPINE_WO_W_CONTRAST.code == "24967-2"
-    assert codes.LUMBAR_MRI_LOINC == {"24968-0", "24967-2"}
+    assert {"24968-0", "24967-2"} == codes.LUMBAR_MRI_LOINC
     assert codes.CATEGORY_RADIOLOGY.coding() == {
         "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
         "code": "RAD",
