@@ -65,6 +65,9 @@ class Settings:
     dicomweb_url: str = ""
     dicomweb_username: str = ""
     dicomweb_password: str = ""
+    dicomweb_bearer_token: str = ""  # sent instead of basic auth when set
+    dicomweb_allowed_hosts: tuple[str, ...] = ()  # hosts an ImagingStudy Endpoint may point at
+    dicomweb_timeout_s: float = 60.0
     max_request_bytes: int = 2 * 1024 * 1024
     jwt_leeway_s: int = 30
     dev_mode: bool = False
@@ -120,6 +123,12 @@ class Settings:
             kw["dicomweb_username"] = v
         if v := env.get("CDS_DICOMWEB_PASSWORD"):
             kw["dicomweb_password"] = v
+        if v := env.get("CDS_DICOMWEB_BEARER_TOKEN"):
+            kw["dicomweb_bearer_token"] = v
+        if (v := env.get("CDS_DICOMWEB_ALLOWED_HOSTS")) is not None:
+            kw["dicomweb_allowed_hosts"] = _csv(v)
+        if v := env.get("CDS_DICOMWEB_TIMEOUT_S"):
+            kw["dicomweb_timeout_s"] = _float(v, "CDS_DICOMWEB_TIMEOUT_S")
         if v := env.get("CDS_MAX_REQUEST_BYTES"):
             kw["max_request_bytes"] = _int(v, "CDS_MAX_REQUEST_BYTES")
         if v := env.get("CDS_JWT_LEEWAY_S"):
