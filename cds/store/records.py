@@ -247,3 +247,18 @@ class JobRecord(_Timestamps, Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: Which worker holds a running job (host:pid:thread), for stale-claim recovery.
     worker: Mapped[str | None] = mapped_column(sa.String(128))
+
+
+class SeenTokenRecord(Base):
+    """A client JWT's (issuer, jti) seen once: replay protection shared by every worker process.
+
+    Rows are only needed until the token expires; cds.hooks.replay deletes expired ones.
+    """
+
+    __tablename__ = "seen_tokens"
+    __table_args__ = (sa.UniqueConstraint("issuer", "jti"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issuer: Mapped[str] = mapped_column(sa.String(512))
+    jti: Mapped[str] = mapped_column(sa.String(255))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -11,7 +11,7 @@ from cds.store.migrate import current_revision, upgrade
 from cds.store.records import Base
 
 EXPECTED_TABLES = {
-    "studies", "series", "analyses", "findings", "explanations", "hook_calls", "feedback", "jobs",
+    "studies", "series", "analyses", "findings", "explanations", "hook_calls", "feedback", "jobs", "seen_tokens",
 }  # fmt: skip
 
 
@@ -25,7 +25,7 @@ def test_upgrade_creates_all_tables_and_is_idempotent(database_url: str) -> None
         db.dispose()
     assert tables >= EXPECTED_TABLES
     assert "alembic_version" in tables
-    assert current_revision(database_url) == "0001"
+    assert current_revision(database_url) == "0002"
 
 
 def test_migrations_match_records(database_url: str) -> None:
