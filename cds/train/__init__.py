@@ -1,0 +1,1 @@
+"""Training commands for the project's own models (seeded, resumable, logged per epoch)."""

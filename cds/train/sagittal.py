@@ -1,0 +1,298 @@
+"""Train the sagittal segmentation U-Net (SPIDER real slices and/or synthetic studies).
+
+Seeded (same data + seed + epochs -> same weights on the same machine), resumable (a checkpoint
+after every epoch; rerunning the command continues), and logged per epoch as JSON lines. The
+result is written as ``model.safetensors`` + ``card.json`` (cds.ml.spec) with the held-out
+Dice figures computed through the product's own inference path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from cds.ml.loading import clear_cache, save_weights
+from cds.ml.spec import InputContract, ModelSpec, write_card
+from cds.ml.unet import UNet2D, UNetConfig, count_parameters
+from cds.pipeline.segment import DEFAULT_THRESHOLDS, LABELS, MODEL_NAME
+from cds.train import augment
+from cds.train.data import Sample, load_spider_samples, spider_patients, split_patients
+from cds.train.metrics import dice_per_class, summarise
+
+log = logging.getLogger(__name__)
+
+SPIDER_CREDIT = (
+    "SPIDER lumbar spine MRI dataset: van der Graaf J.W. et al., Scientific Data 11, 264 (2024), "
+    "Zenodo record 10159290, CC BY 4.0"
+)
+
+CONTRACT = InputContract(
+    orientation="sagittal slice, head up (row 0 cranial), anterior left (column 0 anterior)",
+    target_spacing_mm=(0.9375, 0.9375),
+    input_size=(320, 256),
+    intensity_normalisation="per-image clip to percentiles then scale to [0, 1]",
+    clip_percentiles=(0.5, 99.5),
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    steps_per_epoch: int = 60
+    batch_size: int = 8
+    crop: tuple[int, int] = (224, 192)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    n_holdout: int = 6
+    spider_train: bool = True
+    synth_fraction: float = 0.5
+    threads: int = 1
+    base_channels: int = 16
+    depth: int = 5
+    version: str = "1.0.0"
+    augment: augment.AugmentConfig = field(default_factory=augment.AugmentConfig)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _stack(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.stack([s.image for s in samples]).astype(np.float32))[:, None]
+    labels = torch.from_numpy(np.stack([s.labels for s in samples]).astype(np.int64))
+    return images, labels
+
+
+def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the foreground classes (batch-pooled, robust to empty slices)."""
+    ce = F.cross_entropy(logits, labels)
+    probs = torch.softmax(logits, dim=1)[:, 1:]
+    onehot = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    soft_dice = (2 * inter + 1.0) / (denom + 1.0)
+    return ce + (1 - soft_dice).mean()
+
+
+class _Sampler:
+    """Draws training batches: a fixed share from synthetic studies when both sources are present."""
+
+    def __init__(self, real: list[Sample], synth: list[Sample], synth_fraction: float, seed: int) -> None:
+        self.real, self.synth = real, synth
+        self.fraction = synth_fraction if (real and synth) else (1.0 if synth else 0.0)
+        self.rng = random.Random(seed)
+
+    def batch(self, size: int) -> list[Sample]:
+        out = []
+        for _ in range(size):
+            pool = self.synth if self.rng.random() < self.fraction else self.real
+            out.append(self.rng.choice(pool))
+        return out
+
+
+def _grid_dice(network: torch.nn.Module, samples: Sequence[Sample], device: torch.device) -> dict[str, float]:
+    """Per-patient Dice on the model grid (cheap, for per-epoch monitoring)."""
+    network.eval()
+    by_patient: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    with torch.inference_mode():
+        for start in range(0, len(samples), 16):
+            chunk = samples[start : start + 16]
+            images, labels = _stack(chunk)
+            pred = network(images.to(device)).argmax(1).cpu().numpy()
+            for s, p, t in zip(chunk, pred, labels.numpy(), strict=True):
+                preds, truths = by_patient.setdefault(s.patient, ([], []))
+                preds.append(p)
+                truths.append(t)
+    network.train()
+    per_patient = {k: dice_per_class(np.stack(p), np.stack(t)) for k, (p, t) in by_patient.items()}
+    return summarise(per_patient) if per_patient else {}
+
+
+def evaluate_spider(model_parent: Path, spider_root: Path, patients: Sequence[str]) -> dict[str, Any]:
+    """Dice per class on SPIDER patients through segment_sagittal_stack (the product's own path).
+
+    Dice is computed per patient over the patient's whole slice stack (3D), then averaged.
+    """
+    from cds.pipeline.segment import segment_sagittal_stack
+    from cds.train.data import SPIDER_SPACING_MM, read_spider_patient
+
+    per_patient: dict[str, dict[str, float]] = {}
+    for patient in tqdm(patients, desc="evaluate", leave=False):
+        slices = read_spider_patient(spider_root, patient)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, s in enumerate(slices):
+            by_shape.setdefault(s.image.shape, []).append(i)
+        preds: list[np.ndarray] = [np.zeros(0)] * len(slices)
+        for idx in by_shape.values():
+            stack = np.stack([slices[i].image for i in idx])
+            for i, m in zip(
+                idx, segment_sagittal_stack(stack, SPIDER_SPACING_MM, models_dir=model_parent), strict=True
+            ):
+                preds[i] = m.label_map()
+        truth = np.concatenate([s.labels.ravel() for s in slices])
+        per_patient[patient] = dice_per_class(np.concatenate([p.ravel() for p in preds]), truth)
+    return {"per_patient": per_patient, "summary": summarise(per_patient) if per_patient else {}}
+
+
+def train_sagittal(
+    *,
+    out_dir: Path,
+    work_dir: Path,
+    spider_root: Path | None,
+    synth_samples: Callable[[], list[Sample]] | None,
+    synth_description: dict[str, Any] | None,
+    config: TrainConfig,
+) -> ModelSpec:
+    torch.set_num_threads(config.threads)
+    _seed_everything(config.seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    train_patients: list[str] = []
+    holdout: list[str] = []
+    if spider_root is not None:
+        patients = spider_patients(spider_root)
+        if config.spider_train:
+            train_patients, holdout = split_patients(patients, config.n_holdout, config.seed)
+        else:
+            holdout = patients
+    real = (
+        load_spider_samples(spider_root, train_patients, CONTRACT) if spider_root and train_patients else []
+    )
+    val = load_spider_samples(spider_root, holdout, CONTRACT) if spider_root else []
+    synth = synth_samples() if synth_samples else []
+    if not real and not synth:
+        raise ValueError("no training data: give --data-spider (with training patients) and/or --data-synth")
+    log.info("training samples: %d real, %d synthetic; %d held-out slices", len(real), len(synth), len(val))
+
+    arch = UNetConfig(base_channels=config.base_channels, depth=config.depth, num_classes=len(LABELS))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network = UNet2D(arch).to(device)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * config.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.1
+    )
+    gen = torch.Generator().manual_seed(config.seed)
+    sampler = _Sampler(real, synth, config.synth_fraction, config.seed)
+
+    checkpoint = work_dir / "checkpoint.pt"
+    log_path = work_dir / "metrics.jsonl"
+    start_epoch = 0
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state["config"] == asdict(config):
+            network.load_state_dict(state["network"])
+            optimiser.load_state_dict(state["optimiser"])
+            scheduler.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            sampler.rng.setstate(state["sampler"])
+            start_epoch = int(state["epoch"])
+            log.info("resuming after epoch %d", start_epoch)
+        else:
+            log.warning("checkpoint config differs from this run; starting afresh")
+            log_path.unlink(missing_ok=True)
+
+    network.train()
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        losses = []
+        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+        for _ in bar:
+            images, labels = _stack(sampler.batch(config.batch_size))
+            images, labels = augment.spatial(images, labels, config.augment, gen)
+            images, labels = augment.random_crop(images, labels, config.crop, gen)
+            images = augment.intensity(images, config.augment, gen)
+            loss = dice_ce_loss(network(images.to(device)), labels.to(device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        if val:
+            record["holdout_grid_dice"] = _grid_dice(network, val, device)
+        with log_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        tqdm.write(json.dumps(record))
+        torch.save(
+            {
+                "config": asdict(config),
+                "epoch": epoch + 1,
+                "network": network.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": gen.get_state(),
+                "sampler": sampler.rng.getstate(),
+            },
+            checkpoint,
+        )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    network.cpu()
+    sha = save_weights(network, out_dir / "model.safetensors")
+    training = {
+        "seed": config.seed,
+        "config": {k: v for k, v in asdict(config).items() if k != "augment"},
+        "augment": asdict(config.augment),
+        "parameters": count_parameters(network),
+        "spider": {
+            "credit": SPIDER_CREDIT,
+            "train_patients": train_patients,
+            "held_out_patients": holdout,
+            "slices_train": len(real),
+        }
+        if spider_root
+        else None,
+        "synthetic": synth_description,
+        "synthetic_slices": len(synth),
+    }
+    spec = ModelSpec(
+        name=out_dir.name,
+        version=config.version,
+        sha256=sha,
+        architecture={"type": "UNet2D", **asdict(arch)},
+        input=CONTRACT,
+        labels=LABELS,
+        thresholds=DEFAULT_THRESHOLDS,
+        metrics={},
+        training=training,
+        known_limits=(
+            "2D slice model: no through-plane context.",
+            "Trained on SPIDER sagittal T2 SPACE (1.5 T Siemens) and synthetic slices; other sequences, "
+            "field strengths or strongly different fields of view are untested.",
+            "Vertebra class includes posterior elements (SPIDER convention).",
+        ),
+    )
+    write_card(spec, out_dir)
+    (out_dir / "training_log.jsonl").write_text(log_path.read_text(encoding="utf-8"), encoding="utf-8")
+    if spider_root is not None and holdout:
+        clear_cache()
+        result = evaluate_spider(out_dir.parent, spider_root, holdout)
+        name = "spider_holdout" if config.spider_train else "spider_all_patients"
+        spec = replace(spec, metrics={f"{name}_dice": result})
+        write_card(spec, out_dir)
+    return spec
+
+
+__all__ = ["CONTRACT", "MODEL_NAME", "TrainConfig", "evaluate_spider", "train_sagittal"]
