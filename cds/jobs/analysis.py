@@ -1,0 +1,185 @@
+"""The ANALYZE job: load a study, run the quick read, store the result (or why there is none).
+
+Hooks call request_analysis(); it makes the PENDING analysis row (so a card can say "pending")
+and enqueues one job per (study, mode, revision), however many hook calls race for it.
+The pipeline is imported only inside the handler (torch never enters the web process). When the
+pipeline or its models are missing the analysis FAILS with a stored reason: results are never faked.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cds.domain import AnalysisMode, AnalysisResult, AnalysisStatus
+from cds.errors import IngestError, ModelError, StageError
+from cds.jobs.kinds import JobKind
+from cds.jobs.queue import JobQueue
+from cds.jobs.registry import JobContext, PermanentJobError
+from cds.store import queries
+from cds.store.db import Database
+from cds.store.records import AnalysisRecord
+
+
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    """The ANALYZE job payload."""
+
+    study_uid: str
+    analysis_id: str
+    mode: AnalysisMode = AnalysisMode.QUICK
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"study_uid": self.study_uid, "analysis_id": self.analysis_id, "mode": self.mode.value}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> AnalyzeRequest:
+        try:
+            return cls(
+                study_uid=str(payload["study_uid"]),
+                analysis_id=str(payload["analysis_id"]),
+                mode=AnalysisMode(payload.get("mode", AnalysisMode.QUICK.value)),
+            )
+        except (KeyError, ValueError) as exc:
+            raise PermanentJobError(f"bad analyze payload: {exc}") from exc
+
+
+def analyze_key(study_uid: str, mode: AnalysisMode, revision: int) -> str:
+    return f"analyze:{mode.value}:r{revision}:{study_uid}"
+
+
+def request_analysis(
+    db: Database, jobs: JobQueue, study_uid: str, mode: AnalysisMode = AnalysisMode.QUICK
+) -> AnalysisRecord:
+    """Ensure the study's analysis exists and a job computes it; idempotent and race-safe.
+
+    A complete analysis is returned as is (no new job); a pending/running one keeps its job; a
+    failed one is queued again (its job key is the same, and enqueue re-queues failed jobs).
+    The study must be registered (queries.upsert_study) first, with its source_uri.
+    """
+    with db.session() as s:
+        analysis = queries.ensure_analysis(s, study_uid, mode)
+    if analysis.status in (AnalysisStatus.COMPLETE, AnalysisStatus.UNANALYSABLE):
+        return analysis
+    request = AnalyzeRequest(study_uid=study_uid, analysis_id=analysis.id, mode=mode)
+    jobs.enqueue(JobKind.ANALYZE, analyze_key(study_uid, mode, analysis.revision), request.to_payload())
+    return analysis
+
+
+QuickRead = Callable[[Any], AnalysisResult]
+
+
+def resolve_quick_read() -> QuickRead:
+    """cds.pipeline.quick_read, as a function or as a module holding one (imported lazily)."""
+    pipeline = importlib.import_module("cds.pipeline")
+    candidate: Any = getattr(pipeline, "quick_read", None)
+    if candidate is None:
+        candidate = importlib.import_module("cds.pipeline.quick_read")
+    if not callable(candidate):
+        candidate = getattr(candidate, "quick_read", None)
+    if not callable(candidate):
+        raise ImportError("cds.pipeline.quick_read is not a function")
+    return candidate
+
+
+def resolve_load_study() -> Callable[[Any], Any]:
+    """cds.dicom.load_study, imported lazily (pydicom and NumPy stay out of the web process)."""
+    load_study = getattr(importlib.import_module("cds.dicom"), "load_study", None)
+    if not callable(load_study):
+        raise ImportError("cds.dicom.load_study is missing")
+    return load_study
+
+
+def _store(ctx: JobContext, request: AnalyzeRequest, result: AnalysisResult) -> None:
+    with ctx.db.session() as s:
+        queries.save_analysis(s, request.study_uid, result, analysis_id=request.analysis_id)
+
+
+def _fail(ctx: JobContext, request: AnalyzeRequest, reason: str) -> None:
+    _store(ctx, request, AnalysisResult(status=AnalysisStatus.FAILED, reason=reason))
+
+
+def run_analyze(ctx: JobContext) -> None:
+    request = AnalyzeRequest.from_payload(ctx.payload)
+    with ctx.db.session() as s:
+        analysis = queries.get_analysis(s, request.analysis_id)
+        if analysis is None:
+            raise PermanentJobError(f"analysis {request.analysis_id} does not exist")
+        if analysis.status is AnalysisStatus.COMPLETE:
+            return  # already done (e.g. a duplicate delivery): nothing to do
+        source = analysis.study.source_uri
+        queries.mark_analysis_running(s, request.analysis_id)
+    if not source:
+        _fail(ctx, request, "study has no image source registered")
+        raise PermanentJobError("study has no image source")
+
+    try:
+        _analyze(ctx, request, source)
+    except PermanentJobError:
+        raise
+    except Exception as exc:
+        if not ctx.final_attempt:  # transient (e.g. PACS down): say so while the job waits to retry
+            with ctx.db.session() as s:
+                analysis = queries.get_analysis(s, request.analysis_id)
+                if analysis is not None:
+                    analysis.status = AnalysisStatus.PENDING
+                    analysis.reason = f"attempt {ctx.attempt} failed ({type(exc).__name__}); will retry"
+        raise
+
+
+def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:
+    try:
+        quick_read = resolve_quick_read()
+        load_study = resolve_load_study()
+    except ImportError as exc:
+        reason = f"analysis pipeline unavailable ({exc}); no result was produced"
+        _fail(ctx, request, reason)
+        raise PermanentJobError(reason) from exc
+
+    try:
+        study = load_study(Path(source) if "://" not in source else source)
+    except IngestError as exc:
+        # A readable answer, not a job failure: the study cannot be analysed, and the card says why.
+        _store(
+            ctx,
+            request,
+            AnalysisResult(status=AnalysisStatus.UNANALYSABLE, reason=f"{exc.kind}: {exc.message}"),
+        )
+        return
+
+    try:
+        result = quick_read(study)
+    except IngestError as exc:
+        _store(
+            ctx,
+            request,
+            AnalysisResult(status=AnalysisStatus.UNANALYSABLE, reason=f"{exc.kind}: {exc.message}"),
+        )
+        return
+    except (ModelError, StageError) as exc:
+        # Deterministic for these inputs and weights: retrying cannot help.
+        _fail(ctx, request, exc.message)
+        raise PermanentJobError(exc.message) from exc
+    if not isinstance(result, AnalysisResult):
+        reason = f"quick_read returned {type(result).__name__}, not AnalysisResult"
+        _fail(ctx, request, reason)
+        raise PermanentJobError(reason)
+    _store(ctx, request, result)
+
+
+def on_analyze_failure(ctx: JobContext, error: str) -> None:
+    """Final failure (retries exhausted): the analysis must say FAILED and why, never stay pending."""
+    try:
+        request = AnalyzeRequest.from_payload(ctx.payload)
+    except PermanentJobError:
+        return
+    with ctx.db.session() as s:
+        analysis = queries.get_analysis(s, request.analysis_id)
+        if analysis is None or analysis.status is AnalysisStatus.FAILED:
+            return
+        queries.fail_analysis(
+            s, request.analysis_id, f"analysis failed after {ctx.attempt} attempt(s): {error}"
+        )

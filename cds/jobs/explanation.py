@@ -1,0 +1,80 @@
+"""The EXPLAIN job: Grad-CAM + rationale for one stored analysis, on demand.
+
+The work itself belongs to cds.explain; this module only makes the request idempotent
+(one ExplanationRecord and one job per analysis) and records a clear failure when the explain
+package is not installed. The explain package provides
+`cds.explain.job.explain_analysis(db: Database, settings: Settings, analysis_id: str) -> None`,
+which stores its outcome with cds.store.queries.save_explanation.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from cds.domain import ExplanationStatus
+from cds.jobs.kinds import JobKind
+from cds.jobs.queue import JobQueue
+from cds.jobs.registry import JobContext, PermanentJobError
+from cds.store import queries
+from cds.store.db import Database
+from cds.store.records import ExplanationRecord
+
+
+def explain_key(analysis_id: str) -> str:
+    return f"explain:{analysis_id}"
+
+
+def request_explanation(db: Database, jobs: JobQueue, analysis_id: str) -> ExplanationRecord:
+    """Ensure an explanation record exists and, unless complete, a job computes it (idempotent)."""
+    with db.session() as s:
+        explanation = queries.ensure_explanation(s, analysis_id)
+    if explanation.status is not ExplanationStatus.COMPLETE:
+        jobs.enqueue(JobKind.EXPLAIN, explain_key(analysis_id), {"analysis_id": analysis_id})
+    return explanation
+
+
+def _resolve() -> Callable[..., Any]:
+    module = importlib.import_module("cds.explain.job")
+    fn = getattr(module, "explain_analysis", None)
+    if not callable(fn):
+        raise ImportError("cds.explain.job.explain_analysis is missing")
+    return fn
+
+
+def _analysis_id(ctx: JobContext) -> str:
+    value = ctx.payload.get("analysis_id")
+    if not isinstance(value, str) or not value:
+        raise PermanentJobError("bad explain payload: analysis_id missing")
+    return value
+
+
+def run_explain(ctx: JobContext) -> None:
+    analysis_id = _analysis_id(ctx)
+    with ctx.db.session() as s:
+        explanation = queries.ensure_explanation(s, analysis_id)
+        if explanation.status is ExplanationStatus.COMPLETE:
+            return
+        explanation.status = ExplanationStatus.RUNNING
+    try:
+        explain_analysis = _resolve()
+    except ImportError as exc:
+        reason = f"explanation module unavailable ({exc}); no explanation was produced"
+        with ctx.db.session() as s:
+            queries.save_explanation(s, analysis_id, status=ExplanationStatus.FAILED, reason=reason)
+        raise PermanentJobError(reason) from exc
+    explain_analysis(ctx.db, ctx.settings, analysis_id)
+
+
+def on_explain_failure(ctx: JobContext, error: str) -> None:
+    try:
+        analysis_id = _analysis_id(ctx)
+    except PermanentJobError:
+        return
+    with ctx.db.session() as s:
+        explanation = queries.ensure_explanation(s, analysis_id)
+        if explanation.status is not ExplanationStatus.FAILED:
+            queries.save_explanation(
+                s, analysis_id, status=ExplanationStatus.FAILED, reason=f"explanation failed: {error}"
+            )

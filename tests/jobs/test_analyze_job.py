@@ -1,0 +1,162 @@
+"""The ANALYZE job: results stored, failures stored with reasons, never faked.
+
+The pipeline and DICOM loader are replaced at their boundary (the two resolve_* functions) except in
+the first test, which shows what happens when the pipeline package cannot be imported at all.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds.config import Settings
+from cds.domain import AnalysisResult, AnalysisStatus, Condition, Finding, Grade, Level, MeasurementName
+from cds.errors import IngestError, ModelError
+from cds.jobs import JobStatus, analysis
+from cds.jobs.handlers import default_registry
+from cds.jobs.queue import JobQueue
+from cds.jobs.runner import LocalRunner
+from cds.store import queries
+from cds.store.db import Database
+
+STUDY = "1.2.3.4"
+
+
+def _setup(db: Database, tmp_path: Path) -> tuple[JobQueue, LocalRunner]:
+    with db.session() as s:
+        queries.upsert_study(s, STUDY, patient_ref="Patient/p", source_uri=str(tmp_path))
+    queue = JobQueue(db)
+    return queue, LocalRunner(queue, default_registry(), Settings(), retry_delay_s=0)
+
+
+def _stored(db: Database) -> tuple[AnalysisStatus, AnalysisResult]:
+    with db.session(readonly=True) as s:
+        record = queries.latest_analysis(s, STUDY)
+        assert record is not None
+        return record.status, record.to_result()
+
+
+def _fake_boundary(monkeypatch: pytest.MonkeyPatch, quick_read: Any) -> list[Any]:
+    loaded: list[Any] = []
+
+    def load_study(source: Any) -> object:
+        loaded.append(source)
+        return object()
+
+    monkeypatch.setattr(analysis, "resolve_load_study", lambda: load_study)
+    monkeypatch.setattr(analysis, "resolve_quick_read", lambda: quick_read)
+    return loaded
+
+
+def test_missing_pipeline_fails_with_reason(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "cds.pipeline", None)  # import of cds.pipeline raises ImportError
+    queue, runner = _setup(db, tmp_path)
+    first = analysis.request_analysis(db, queue, STUDY)
+    second = analysis.request_analysis(db, queue, STUDY)
+    assert first.id == second.id
+    assert runner.run_until_idle() == 1  # one job, run once (permanent failure, no retries)
+    status, result = _stored(db)
+    assert status is AnalysisStatus.FAILED
+    assert result.findings == ()
+    assert result.reason is not None and "pipeline unavailable" in result.reason
+    assert queue.counts()[JobStatus.FAILED] == 1
+
+
+def test_result_of_quick_read_is_stored(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = AnalysisResult(
+        status=AnalysisStatus.COMPLETE,
+        findings=(
+            Finding(Level.L4_L5, Condition.SPINAL_CANAL, Grade.SEVERE, 0.9, {MeasurementName.DSCA_MM2: 60.0}),
+        ),
+        model_versions={"segmenter": "1"},
+    )
+    loaded = _fake_boundary(monkeypatch, lambda study: expected)
+    queue, runner = _setup(db, tmp_path)
+    analysis.request_analysis(db, queue, STUDY)
+    assert runner.run_until_idle() == 1
+    assert loaded == [tmp_path]
+    status, result = _stored(db)
+    assert status is AnalysisStatus.COMPLETE
+    assert result.to_json() == expected.to_json()
+    # a later request for the same study makes no new job
+    again = analysis.request_analysis(db, queue, STUDY)
+    assert again.status is AnalysisStatus.COMPLETE
+    assert runner.run_until_idle() == 0
+
+
+def test_unreadable_study_is_unanalysable_not_failed(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def quick_read(study: object) -> AnalysisResult:
+        raise IngestError("no_sagittal_t2", "the study has no sagittal T2 series")
+
+    _fake_boundary(monkeypatch, quick_read)
+    queue, runner = _setup(db, tmp_path)
+    analysis.request_analysis(db, queue, STUDY)
+    runner.run_until_idle()
+    status, result = _stored(db)
+    assert status is AnalysisStatus.UNANALYSABLE
+    assert result.reason == "no_sagittal_t2: the study has no sagittal T2 series"
+    assert queue.counts()[JobStatus.DONE] == 1
+
+
+def test_missing_models_fail_once_with_reason(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def quick_read(study: object) -> AnalysisResult:
+        raise ModelError("weights models/segmenter/model.safetensors not found")
+
+    _fake_boundary(monkeypatch, quick_read)
+    queue, runner = _setup(db, tmp_path)
+    analysis.request_analysis(db, queue, STUDY)
+    assert runner.run_until_idle() == 1
+    status, result = _stored(db)
+    assert status is AnalysisStatus.FAILED
+    assert result.reason == "weights models/segmenter/model.safetensors not found"
+
+
+def test_transient_error_is_retried_and_final_failure_recorded(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def quick_read(study: object) -> AnalysisResult:
+        calls.append(1)
+        raise ConnectionError("PACS down")
+
+    _fake_boundary(monkeypatch, quick_read)
+    queue, runner = _setup(db, tmp_path)
+    analysis.request_analysis(db, queue, STUDY)
+    assert runner.run_once()
+    status, result = _stored(db)
+    assert status is AnalysisStatus.PENDING  # waiting for its retry, and says so
+    assert result.reason is not None and "will retry" in result.reason
+    runner.run_until_idle()
+    assert len(calls) == 3
+    status, result = _stored(db)
+    assert status is AnalysisStatus.FAILED
+    assert (
+        result.reason is not None and "after 3 attempt(s)" in result.reason and "PACS down" in result.reason
+    )
+    # asking again re-queues the failed work
+    analysis.request_analysis(db, queue, STUDY)
+    assert queue.counts()[JobStatus.QUEUED] == 1
+
+
+def test_study_without_source_fails(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_boundary(monkeypatch, lambda study: None)
+    with db.session() as s:
+        queries.upsert_study(s, STUDY)
+    queue = JobQueue(db)
+    runner = LocalRunner(queue, default_registry(), Settings(), retry_delay_s=0)
+    analysis.request_analysis(db, queue, STUDY)
+    runner.run_until_idle()
+    status, result = _stored(db)
+    assert status is AnalysisStatus.FAILED and result.reason == "study has no image source registered"
