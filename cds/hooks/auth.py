@@ -1,0 +1,163 @@
+"""Authenticating the calling EHR: the CDS Hooks JWT in `Authorization: Bearer`.
+
+Rules (CDS Hooks 2.0, "Trusting CDS Clients"): the issuer must be on the allow-list; the
+signature must verify with an asymmetric key of that issuer (never `none` or HMAC); `aud` must be
+the exact URL that was called; `exp`/`iat` are checked with a small leeway; `jti` may be used
+once (a replayed token is rejected). Every failure is the same 401 to the caller; the reason goes
+to our log only, without the token.
+
+The replay check is behind `ReplayGuard` because it must be shared by every worker process (an
+in-process set would let a token be replayed against another gunicorn worker): production uses
+a database-backed guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import jwt
+
+from cds.errors import Unauthorized
+from cds.hooks.clients import TrustedClient
+from cds.hooks.jwks import ALLOWED_ALGORITHMS, JwksCache
+
+log = logging.getLogger(__name__)
+
+#: Longest token lifetime (exp - iat) accepted. Bounds how long a jti must be remembered.
+MAX_LIFETIME_S = 3600
+_MAX_TOKEN_CHARS = 16_384
+
+
+class ReplayGuard(Protocol):
+    def first_use(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        """Record (issuer, jti); True the first time, False if it was seen before (a replay)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CallerIdentity:
+    """Who called: safe to log (no token, no PHI)."""
+
+    issuer: str
+    subject: str | None
+    tenant: str | None
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """A token whose signature, issuer, audience and times checked out; its jti not yet claimed."""
+
+    caller: CallerIdentity
+    jti: str
+    #: When the replay record may be forgotten (exp + leeway).
+    expires_at: datetime
+
+
+class Authenticator:
+    def __init__(
+        self,
+        clients: Mapping[str, TrustedClient],
+        replay_guard: ReplayGuard | None = None,
+        jwks_cache: JwksCache | None = None,
+        leeway_s: int = 30,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clients = clients
+        self._replay = replay_guard
+        self._jwks = jwks_cache or JwksCache()
+        self._leeway_s = leeway_s
+        self._clock = clock
+
+    @staticmethod
+    def _reject(reason: str) -> Unauthorized:
+        log.info("jwt rejected: %s", reason)
+        return Unauthorized(reason)
+
+    def _key(self, client: TrustedClient, header: Mapping[str, Any]) -> Any:
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise self._reject("kid is not a string")
+        jku = header.get("jku")
+        if jku is not None:
+            if jku not in client.jku_allowed:
+                raise self._reject("jku not on the issuer's allow-list")
+            key = self._jwks.get(jku, kid)
+        elif client.jwks is not None:
+            key = client.jwks.find(kid)
+            if key is None and client.jwks_url is not None:
+                key = self._jwks.get(client.jwks_url, kid)
+        elif client.jwks_url is not None:
+            key = self._jwks.get(client.jwks_url, kid)
+        else:
+            key = None
+        if key is None:
+            raise self._reject("no matching key for kid")
+        return key
+
+    def authenticate(self, authorization: str | None, audience: str) -> CallerIdentity:
+        """Verify the bearer JWT for a call to `audience` and claim its jti (replay check)."""
+        token = self.verify(authorization, audience)
+        if self._replay is None:
+            raise RuntimeError("authenticate() needs a replay guard; use verify() and claim the jti")
+        if not self._replay.first_use(token.caller.issuer, token.jti, token.expires_at):
+            raise self.replay_rejected()
+        return token.caller
+
+    @classmethod
+    def replay_rejected(cls) -> Unauthorized:
+        return cls._reject("jti replayed")
+
+    def verify(self, authorization: str | None, audience: str) -> VerifiedToken:
+        """Verify the bearer JWT for a call to `audience` (the exact URL called), except the jti."""
+        if not authorization or not authorization.startswith("Bearer "):
+            raise self._reject("missing bearer token")
+        token = authorization[len("Bearer ") :].strip()
+        if not token or len(token) > _MAX_TOKEN_CHARS:
+            raise self._reject("empty or oversized token")
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise self._reject("token is not a JWT") from None
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGORITHMS:
+            raise self._reject("algorithm not allowed")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+            raise self._reject("typ is not JWT")
+        iss = unverified.get("iss")
+        client = self._clients.get(iss) if isinstance(iss, str) else None
+        if client is None:
+            raise self._reject("issuer not trusted")
+        key = self._key(client, header)
+        try:
+            claims = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=client.iss,
+                leeway=self._leeway_s,
+                options={"require": ["iss", "aud", "exp", "iat", "jti"], "verify_iat": False},
+            )
+        except jwt.PyJWTError as exc:
+            raise self._reject(f"invalid token ({type(exc).__name__})") from None
+        now = self._clock()
+        iat, exp, jti = claims.get("iat"), claims.get("exp"), claims.get("jti")
+        if not isinstance(iat, int | float) or iat > now + self._leeway_s:
+            raise self._reject("iat in the future")
+        if not isinstance(exp, int | float) or exp - iat > MAX_LIFETIME_S:
+            raise self._reject("token lifetime too long")
+        if not isinstance(jti, str) or not 0 < len(jti) <= 255:
+            raise self._reject("bad jti")
+        expires_at = datetime.fromtimestamp(exp + self._leeway_s, tz=UTC)
+        sub, tenant = claims.get("sub"), claims.get("tenant")
+        caller = CallerIdentity(
+            client.iss, sub if isinstance(sub, str) else None, tenant if isinstance(tenant, str) else None
+        )
+        return VerifiedToken(caller, jti, expires_at)

@@ -1,0 +1,290 @@
+"""HTTP edge of the CDS services: /cds-services (discovery), /{id} (hooks), /{id}/feedback.
+
+Thin on purpose: size limit -> authenticate -> parse -> one decision -> serialise -> audit.
+Per call there is one read-only DB session (analysis lookups) and one short write transaction
+at the end that claims the token's jti (replay protection shared by all workers) and writes the
+audit record together. A replayed token is therefore answered 401 after its (side-effect free,
+idempotent) evaluation, never with cards.
+
+Logs carry a request id, the service, status and latency: never tokens, bodies or patient ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from cds.domain import FeedbackOutcome
+from cds.errors import BadRequest, CdsError, NotFound, PayloadTooLarge
+from cds.hooks.auth import Authenticator, VerifiedToken
+from cds.hooks.cards import prune_empty
+from cds.hooks.fhirsource import source_for
+from cds.hooks.models import FeedbackRequest, HookRequest, parse_json_model, parse_model
+from cds.hooks.outcome import outcome_for_error, outcome_for_unexpected
+from cds.hooks.registry import BY_ID, discovery
+from cds.hooks.replay import claim_token
+from cds.hooks.runtime import HooksRuntime, runtime
+from cds.hooks.service import HookCall, ServiceDefinition
+from cds.hooks.storecatalog import StoreCatalog
+from cds.store import queries
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("cds_hooks", __name__, url_prefix="/cds-services")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9\-_.]{1,64}$")
+_JSON = "application/json"
+_DISCOVERY_BODY: bytes | None = None
+
+
+def _services() -> Any:
+    from cds.extensions import services  # app wiring (platform); imported lazily, no cycle
+
+    return services()
+
+
+def _request_id() -> str:
+    supplied = request.headers.get("X-Request-ID", "")
+    return supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+
+
+def _json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype=_JSON)
+
+
+def _error_response(error: CdsError) -> Response:
+    resp = _json_response(outcome_for_error(error), error.http_status)
+    if error.http_status == 401:
+        resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
+
+
+def _read_body(limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes (declared or actual) with 413."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    return body
+
+
+def _require_json() -> None:
+    if request.mimetype not in {"application/json", "application/fhir+json"}:
+        raise BadRequest("Content-Type must be application/json")
+
+
+def _audience(rt: HooksRuntime) -> str:
+    return rt.settings.public_base_url.rstrip("/") + request.path
+
+
+@dataclass
+class _Audit:
+    """What one call leaves in the hook_calls table (and the log, minus the patient)."""
+
+    service: ServiceDefinition
+    hook_instance: str = ""
+    patient_ref: str | None = None
+    outcome: str = "error"
+    status: int = 500
+    cards: int = 0
+
+
+def _finish(
+    rt: HooksRuntime,
+    token: VerifiedToken | None,
+    audit: _Audit,
+    started: float,
+    rid: str,
+    extra: Callable[[Any], None] | None = None,
+) -> None:
+    """The call's single write transaction: jti claim, audit row and (feedback) payload rows."""
+    svc = _services()
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    replayed = False
+    with svc.db.session() as s:
+        if token is not None:
+            if not claim_token(s, token.caller.issuer, token.jti, token.expires_at):
+                replayed = True
+                audit.outcome, audit.status, audit.cards = "unauthorized", 401, 0
+            elif extra is not None:
+                extra(s)
+        queries.record_hook_call(
+            s,
+            queries.HookCall(
+                hook_instance=audit.hook_instance or "-",
+                service_id=audit.service.id,
+                hook=audit.service.hook,
+                patient_ref=audit.patient_ref,
+                latency_ms=latency_ms,
+                outcome=audit.outcome,
+                status_code=audit.status,
+                card_count=audit.cards,
+            ),
+        )
+    log.info(
+        "hook_call request_id=%s service=%s status=%d outcome=%s cards=%d latency_ms=%.1f",
+        rid,
+        audit.service.id,
+        audit.status,
+        audit.outcome,
+        audit.cards,
+        latency_ms,
+    )
+    if replayed:
+        raise Authenticator.replay_rejected()
+
+
+def _outcome_name(error: CdsError) -> str:
+    return {400: "bad_request", 401: "unauthorized", 412: "prefetch_unavailable", 413: "too_large"}.get(
+        error.http_status, "error"
+    )
+
+
+@bp.get("")
+def discover() -> Response:
+    """Open (no auth): the services, generated from the registry."""
+    global _DISCOVERY_BODY
+    if _DISCOVERY_BODY is None:
+        _DISCOVERY_BODY = json.dumps(discovery(), separators=(",", ":")).encode()
+    return Response(_DISCOVERY_BODY, mimetype=_JSON)
+
+
+def _lookup_service(service_id: str) -> ServiceDefinition:
+    service = BY_ID.get(service_id)
+    if service is None:
+        raise NotFound("no such CDS service")
+    return service
+
+
+def _evaluate(
+    rt: HooksRuntime, service: ServiceDefinition, raw: bytes, audit: _Audit
+) -> list[dict[str, Any]]:
+    hook_request = parse_json_model(HookRequest, raw)
+    audit.hook_instance = str(hook_request.hookInstance)
+    if hook_request.hook != service.hook:
+        raise BadRequest(
+            f"service {service.id} answers hook {service.hook}, not the hook named in the request"
+        )
+    context = parse_model(service.context_model, hook_request.context, "context")
+    audit.patient_ref = f"Patient/{context.patientId}"  # type: ignore[attr-defined]
+    svc = _services()
+    settings = rt.settings
+    with svc.db.session(readonly=True) as session:
+        call = HookCall(
+            service=service,
+            request=hook_request,
+            context=context,
+            catalog=StoreCatalog(session, svc.db, svc.jobs, settings.dicomweb_url),
+            presenter=rt.presenter,
+            today=datetime.now(UTC).date(),
+            fhir_source=source_for(hook_request, settings.fhir_allowed_hosts, settings.fhir_timeout_s),
+        )
+        return service.decide(call)
+
+
+@bp.post("/<service_id>")
+def call_service(service_id: str) -> Response:
+    started, rid = time.perf_counter(), _request_id()
+    try:
+        service = _lookup_service(service_id)
+    except NotFound as exc:
+        return _error_response(exc)
+    rt = runtime(current_app._get_current_object(), _services().settings)  # type: ignore[attr-defined]
+    audit = _Audit(service)
+    token: VerifiedToken | None = None
+    try:
+        try:
+            raw = _read_body(rt.settings.max_request_bytes)
+            token = rt.authenticator.verify(request.headers.get("Authorization"), _audience(rt))
+            _require_json()
+            cards = [prune_empty(c) for c in _evaluate(rt, service, raw, audit)]
+        except CdsError as exc:
+            audit.outcome, audit.status = _outcome_name(exc), exc.http_status
+            _finish(rt, token, audit, started, rid)
+            return _error_response(exc)
+        except Exception:
+            log.exception("hook_call failed request_id=%s service=%s", rid, service.id)
+            _finish(rt, token, audit, started, rid)
+            return _json_response(outcome_for_unexpected(), 500)
+        audit.outcome, audit.status, audit.cards = ("cards" if cards else "no_cards"), 200, len(cards)
+        _finish(rt, token, audit, started, rid)
+    except CdsError as exc:  # a replayed jti, found in the final transaction
+        return _error_response(exc)
+    resp = _json_response({"cards": cards})
+    resp.headers["X-Request-ID"] = rid
+    return resp
+
+
+def _feedback_rows(service: ServiceDefinition, parsed: FeedbackRequest) -> Callable[[Any], None]:
+    def write(session: Any) -> None:
+        for item in parsed.feedback:
+            reason = item.overrideReason
+            coding = reason.reason if reason else None
+            queries.save_feedback(
+                session,
+                queries.Feedback(
+                    card_uuid=str(item.card),
+                    service_id=service.id,
+                    outcome=FeedbackOutcome(item.outcome),
+                    outcome_timestamp=item.outcomeTimestamp.astimezone(UTC),
+                    accepted_suggestions=tuple(s.id for s in item.acceptedSuggestions or ()),
+                    override_reason_code=coding.code if coding else None,
+                    override_reason_system=coding.system if coding else None,
+                    override_reason_display=coding.display if coding else None,
+                    user_comment=reason.userComment if reason else None,
+                ),
+            )
+
+    return write
+
+
+@bp.post("/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    """Store feedback on cards; idempotent (the same entry twice is stored once)."""
+    started, rid = time.perf_counter(), _request_id()
+    try:
+        service = _lookup_service(service_id)
+    except NotFound as exc:
+        return _error_response(exc)
+    rt = runtime(current_app._get_current_object(), _services().settings)  # type: ignore[attr-defined]
+    audit = _Audit(service, hook_instance="feedback")
+    token: VerifiedToken | None = None
+    try:
+        try:
+            raw = _read_body(rt.settings.max_request_bytes)
+            token = rt.authenticator.verify(request.headers.get("Authorization"), _audience(rt))
+            _require_json()
+            parsed = parse_json_model(FeedbackRequest, raw)
+        except CdsError as exc:
+            audit.outcome, audit.status = _outcome_name(exc), exc.http_status
+            _finish(rt, token, audit, started, rid)
+            return _error_response(exc)
+        audit.outcome, audit.status, audit.cards = "feedback", 200, len(parsed.feedback)
+        _finish(rt, token, audit, started, rid, extra=_feedback_rows(service, parsed))
+    except CdsError as exc:
+        return _error_response(exc)
+    resp = Response(status=200)
+    resp.headers["X-Request-ID"] = rid
+    return resp
+
+
+@bp.after_request
+def cors(resp: Response) -> Response:
+    """CORS for browser-based CDS clients. Calls authenticate with a bearer header, not cookies,
+    so `*` is allowed and credentials are not: no Access-Control-Allow-Credentials, ever."""
+    resp.headers["Access-Control-Allow-Origin"] = "*"
+    resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
+    resp.headers["Access-Control-Expose-Headers"] = "X-Request-ID"
+    resp.headers["Access-Control-Max-Age"] = "600"
+    return resp

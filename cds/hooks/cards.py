@@ -1,0 +1,257 @@
+"""CDS Hooks cards from stored analyses.
+
+Client-enforced rules this module keeps (CDS-HOOKS.md): summary under 140 characters; indicator
+info | warning | critical; source.label; uuid on every card and suggestion (no uuid, no
+feedback); suggestions with selectionBehavior; links typed `absolute`; optional fields omitted
+rather than null/empty. Indicator from the worst grade: severe -> critical, moderate -> warning,
+normal/mild (or no result) -> info.
+
+Wording says "AI" and "preliminary" everywhere: these are machine reads, not a radiologist's.
+Order hooks speak of the PRIOR study only; the ordered study does not exist yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from enum import Enum
+from typing import Any, Protocol
+
+from cds.domain import THRESHOLDS, AnalysisStatus, Condition, Finding, Grade, Indicator, MeasurementName
+from cds.hooks.catalog import StoredAnalysis
+from cds.hooks.markdown import escape
+from cds.hooks.studies import LumbarStudy
+
+log = logging.getLogger(__name__)
+
+SUMMARY_MAX = 139
+SOURCE_LABEL = "Lumbar spine MRI AI (cds-spine)"
+#: Project code system for override reasons (no standard value set exists for these).
+OVERRIDE_SYSTEM = "https://cds-spine.example.org/fhir/CodeSystem/card-override-reason"
+OVERRIDE_REASONS: tuple[tuple[str, str], ...] = (
+    ("prior-imaging-reviewed", "Prior imaging already reviewed"),
+    ("not-relevant", "Not relevant to this patient or order"),
+    ("disagree-with-ai", "Disagree with the AI findings"),
+)
+
+
+class Framing(Enum):
+    """How a card speaks about the study: order hooks speak only of a prior study."""
+
+    CURRENT = "Lumbar MRI"
+    PRIOR = "Prior lumbar MRI"
+
+
+class Presenter(Protocol):
+    """Links and the FHIR report for an analysis (signing and FHIR building live elsewhere)."""
+
+    def viewer_url(self, analysis_id: str) -> str: ...
+
+    def explain_url(self, analysis_id: str) -> str: ...
+
+    def report(self, stored: StoredAnalysis, study: LumbarStudy, patient_id: str) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class CardRequest:
+    framing: Framing
+    patient_id: str
+    today: date
+
+
+def _new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def _when(study: LumbarStudy, req: CardRequest) -> str:
+    if study.started is None:
+        return "(date unknown)"
+    return study.started.isoformat()
+
+
+def _age(study: LumbarStudy, today: date) -> str | None:
+    if study.started is None:
+        return None
+    days = (today - study.started).days
+    if days < 0:
+        return None
+    if days < 60:
+        return f"{days} days ago"
+    return f"about {round(days / 30.44)} months ago"
+
+
+def _fit(summary: str) -> str:
+    return summary if len(summary) <= SUMMARY_MAX else summary[: SUMMARY_MAX - 1].rstrip() + "…"
+
+
+def format_value(name: MeasurementName, value: float) -> str:
+    if name.unit == "1":
+        return f"{value * 100:.0f} %"
+    return f"{value:.1f} {name.unit}"
+
+
+def _ordered(findings: tuple[Finding, ...]) -> list[Finding]:
+    conditions = list(Condition)
+    return sorted(findings, key=lambda f: (f.level.index, conditions.index(f.condition)))
+
+
+def findings_table(findings: tuple[Finding, ...]) -> str:
+    """One row per level x condition: grade, the deciding measurement and the threshold it met."""
+    rows = [
+        "| Level | Condition | Grade | Deciding measurement | Threshold for this grade |",
+        "|---|---|---|---|---|",
+    ]
+    for f in _ordered(findings):
+        grade = f.grade.display + (" (uncertain)" if f.uncertain else "")
+        if f.grade.present:
+            grade = f"**{grade}**"
+        name = f.condition.deciding_measurement
+        value = f.deciding_value
+        measured = f"{name.display} {format_value(name, value)}" if value is not None else "not measured"
+        threshold = THRESHOLDS[f.condition].describe(f.grade)
+        rows.append(f"| {f.level.value} | {f.condition.display} | {grade} | {measured} | {threshold} |")
+    return "\n".join(rows)
+
+
+def _summary(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -> str:
+    assert stored.result is not None
+    head = f"{req.framing.value} {_when(study, req)} (AI, preliminary): "
+    worst = stored.result.worst()
+    if worst is None:
+        return _fit(head + "no findings reported")
+    if not worst.grade.present:
+        return _fit(head + "no moderate or severe stenosis found")
+    others = sum(1 for f in stored.result.findings if f.grade.present) - 1
+    text = f"{worst.grade.display} {worst.condition.display} at {worst.level.value}"
+    if others > 0:
+        text += f"; +{others} more moderate/severe"
+    return _fit(head + text)
+
+
+def _override_reasons() -> list[dict[str, str]]:
+    return [
+        {"system": OVERRIDE_SYSTEM, "code": code, "display": display} for code, display in OVERRIDE_REASONS
+    ]
+
+
+def _detail(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -> str:
+    assert stored.result is not None
+    result = stored.result
+    lines = [f"**AI read of the lumbar spine MRI of {_when(study, req)}**"]
+    if study.description:
+        lines[0] += f" ({escape(study.description, 120)})"
+    age = _age(study, req.today)
+    if req.framing is Framing.PRIOR:
+        lines.append(
+            f"This patient already has a lumbar spine MRI{f' from {age}' if age else ''}. "
+            "These are its findings, not a read of the study being ordered."
+        )
+    lines.append("Preliminary machine read: not reviewed by a radiologist.")
+    lines.append("")
+    lines.append(findings_table(result.findings))
+    notes = []
+    if result.labelling_uncertain:
+        notes.append("Level labelling is uncertain (possible transitional anatomy): check the level count.")
+    if any(f.uncertain for f in result.findings):
+        notes.append("Findings marked uncertain are close to a threshold or of low model confidence.")
+    if result.model_versions:
+        versions = ", ".join(
+            f"{escape(k, 40)} {escape(v, 40)}" for k, v in sorted(result.model_versions.items())
+        )
+        notes.append(f"Models: {versions}.")
+    if notes:
+        lines.append("")
+        lines.extend(notes)
+    return "\n".join(lines)
+
+
+def result_card(
+    stored: StoredAnalysis, study: LumbarStudy, req: CardRequest, presenter: Presenter
+) -> dict[str, Any]:
+    """Card for a COMPLETE analysis, with the preliminary DiagnosticReport as a create suggestion."""
+    if stored.status is not AnalysisStatus.COMPLETE or stored.result is None:
+        raise ValueError("result_card needs a complete analysis")
+    worst = stored.result.worst()
+    card: dict[str, Any] = {
+        "uuid": _new_uuid(),
+        "summary": _summary(stored, study, req),
+        "indicator": Indicator.for_grade(worst.grade if worst else None).value,
+        "detail": _detail(stored, study, req),
+        "source": {"label": SOURCE_LABEL},
+        "overrideReasons": _override_reasons(),
+        "links": [
+            {
+                "label": "Images with AI findings",
+                "url": presenter.viewer_url(stored.analysis_id),
+                "type": "absolute",
+            },
+            {
+                "label": "Explain these findings (heatmaps, rationale)",
+                "url": presenter.explain_url(stored.analysis_id),
+                "type": "absolute",
+            },
+        ],
+    }
+    report = presenter.report(stored, study, req.patient_id)
+    card["suggestions"] = [
+        {
+            "label": "File the AI findings as a preliminary report",
+            "uuid": _new_uuid(),
+            "actions": [
+                {
+                    "type": "create",
+                    "description": "Create a preliminary AI-generated report for radiologist review",
+                    "resource": report,
+                }
+            ],
+        }
+    ]
+    card["selectionBehavior"] = "at-most-one"
+    return card
+
+
+def pending_card(study: LumbarStudy, req: CardRequest) -> dict[str, Any]:
+    """The study exists but has no analysis yet: say so; the analysis has been queued."""
+    return {
+        "uuid": _new_uuid(),
+        "summary": _fit(f"{req.framing.value} {_when(study, req)}: AI analysis pending"),
+        "indicator": Indicator.INFO.value,
+        "detail": (
+            f"A lumbar spine MRI of {_when(study, req)} was found and has been queued for AI analysis. "
+            "Results will appear in a later card once the analysis is complete."
+        ),
+        "source": {"label": SOURCE_LABEL},
+    }
+
+
+def unavailable_card(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -> dict[str, Any]:
+    """The study was tried and cannot be analysed (e.g. no sagittal T2): say why, escaped."""
+    what = "could not be analysed" if stored.status is AnalysisStatus.UNANALYSABLE else "analysis failed"
+    detail = f"The AI could not read the lumbar spine MRI of {_when(study, req)}."
+    if stored.reason:
+        detail += f" Reason: {escape(stored.reason, 300)}"
+    return {
+        "uuid": _new_uuid(),
+        "summary": _fit(f"{req.framing.value} {_when(study, req)}: AI {what}"),
+        "indicator": Indicator.INFO.value,
+        "detail": detail,
+        "source": {"label": SOURCE_LABEL},
+    }
+
+
+def prune_empty(value: Any) -> Any:
+    """Drop None, '', [] and {} members recursively (CDS clients reject empty optional fields)."""
+    if isinstance(value, Mapping):
+        out = {k: prune_empty(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        items = [prune_empty(v) for v in value]
+        return [v for v in items if v not in (None, "", [], {})]
+    return value
+
+
+def grade_rank(grade: Grade) -> int:
+    return grade.rank

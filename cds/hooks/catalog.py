@@ -1,0 +1,38 @@
+"""What the hooks need from the store and the job queue, as a narrow interface.
+
+The hooks answer from stored analyses and never run models: a lookup by StudyInstanceUID and an
+idempotent "please analyse this study" are all they need. Keeping that behind a Protocol keeps the
+card logic testable without a database, and the database adapter (cds.hooks.storecatalog) small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from cds.domain import AnalysisResult, AnalysisStatus
+from cds.hooks.studies import LumbarStudy
+
+
+@dataclass(frozen=True)
+class StoredAnalysis:
+    analysis_id: str
+    study_uid: str
+    status: AnalysisStatus
+    #: Present when status is COMPLETE.
+    result: AnalysisResult | None
+    #: Why an analysis is UNANALYSABLE or FAILED (may be model or pipeline text: escape it).
+    reason: str | None = None
+    updated_at: datetime | None = None
+
+
+class AnalysisCatalog(Protocol):
+    def lookup(self, study_uids: Sequence[str]) -> Mapping[str, StoredAnalysis]:
+        """Per study UID: its latest COMPLETE analysis, else its latest analysis of any status."""
+        ...
+
+    def request_analysis(self, study: LumbarStudy, patient_id: str) -> None:
+        """Enqueue an ANALYZE job for the study; idempotent (one job per study however often called)."""
+        ...

@@ -1,0 +1,70 @@
+"""Links and FHIR report for cards: signed viewer URLs and the cached preliminary report.
+
+The DiagnosticReport of a complete analysis never changes (a re-analysis is a new analysis id),
+so its validated JSON is cached per worker: building and validating 25 Observations with
+fhir.resources costs milliseconds that the hook's hot path does not need to pay twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from cds.fhir.report import ReportContext, build_diagnostic_report
+from cds.hooks.catalog import StoredAnalysis
+from cds.hooks.studies import LumbarStudy
+
+_CACHE_SIZE = 512
+
+
+class LinkPresenter:
+    def __init__(
+        self,
+        public_base_url: str,
+        sign_viewer: Callable[[str, int], str],
+        sign_explain: Callable[[str, int], str],
+        ttl_s: int,
+    ) -> None:
+        self._base = public_base_url.rstrip("/")
+        self._sign_viewer = sign_viewer
+        self._sign_explain = sign_explain
+        self._ttl_s = ttl_s
+        self._reports: OrderedDict[tuple[str, ...], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def viewer_url(self, analysis_id: str) -> str:
+        return f"{self._base}/viewer/{self._sign_viewer(analysis_id, self._ttl_s)}"
+
+    def explain_url(self, analysis_id: str) -> str:
+        """On-demand explainable mode: opening it requests Grad-CAM and rationale for the analysis.
+
+        Signed with the EXPLAIN purpose, so a viewer link cannot be turned into an explain request.
+        """
+        return f"{self._base}/explain/{self._sign_explain(analysis_id, self._ttl_s)}"
+
+    def report(self, stored: StoredAnalysis, study: LumbarStudy, patient_id: str) -> dict[str, Any]:
+        if stored.result is None:
+            raise ValueError("a report needs a complete analysis")
+        key = (stored.analysis_id, patient_id, study.study_uid, study.resource_id or "")
+        with self._lock:
+            cached = self._reports.get(key)
+            if cached is not None:
+                self._reports.move_to_end(key)
+                return cached
+        ctx = ReportContext(
+            analysis_id=stored.analysis_id,
+            patient_ref=f"Patient/{patient_id}",
+            issued=stored.updated_at or datetime.now(UTC),
+            study_uid=study.study_uid,
+            imaging_study_ref=f"ImagingStudy/{study.resource_id}" if study.resource_id else None,
+            study_date=study.started,
+        )
+        report = build_diagnostic_report(stored.result, ctx)
+        with self._lock:
+            self._reports[key] = report
+            while len(self._reports) > _CACHE_SIZE:
+                self._reports.popitem(last=False)
+        return report

@@ -1,0 +1,1 @@
+"""One module per CDS service; cds.hooks.registry lists them."""
