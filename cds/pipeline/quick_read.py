@@ -1,0 +1,386 @@
+"""quick_read(study): the whole analysis in one readable function over typed stage results.
+
+    models -> sagittal segmentation -> level labelling -> axial slice-to-level mapping
+    -> axial segmentation -> measurements -> classification -> grading
+
+Each stage runs inside :func:`_stage`, which times it (``timings_ms``) and turns any unexpected
+exception into a :class:`StageError` naming the stage, so a failed analysis always says where
+it failed. A study that is readable but cannot be analysed (no sagittal T2, no level found, no
+axial slice through any level) is not an error: it returns status UNANALYSABLE with the reason.
+
+Models are loaded (and their hashes verified) before any stage runs: missing or corrupt weights
+raise ModelError, because findings from untrained or wrong weights must never be produced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from cds.domain import AnalysisResult, AnalysisStatus, Condition, Finding, Level, Side
+from cds.errors import CdsError, IngestError, StageError
+from cds.pipeline import axial as ax
+from cds.pipeline import measure as ms
+from cds.pipeline.grade import DEFAULT_POLICY, GradingPolicy, grade_level
+
+if TYPE_CHECKING:
+    from cds.dicom.study import Study
+    from cds.dicom.volume import Volume
+    from cds.pipeline.classify import LevelProbabilities
+    from cds.pipeline.levels import LevelLabelling
+    from cds.pipeline.segment import SagittalMasks
+
+#: Canonical-grid directions (see cds.pipeline.axial): rows run posterior, columns run patient left.
+POSTERIOR_RC = (1.0, 0.0)
+LEFT_RC = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DiscLocation:
+    """Where a labelled disc lies in patient space (LPS mm), from the sagittal segmentation."""
+
+    centre: np.ndarray  # (3,)
+    normal: np.ndarray  # (3,), unit, pointing cranial
+    height: ms.Measurement
+
+
+@dataclass(frozen=True)
+class LevelSlices:
+    """The axial slices of one level: which volume and which slice indices."""
+
+    volume: Volume
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LevelMeasurements:
+    """All measurements of one level, grouped by the condition whose finding carries them."""
+
+    by_condition: Mapping[Condition, tuple[ms.Measurement, ...]]
+
+    def all(self) -> tuple[ms.Measurement, ...]:
+        return tuple(m for group in self.by_condition.values() for m in group)
+
+
+class Unanalysable(Exception):
+    """Internal signal: the study was read but cannot be analysed; carries the reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Clock:
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _stage(clock: _Clock, name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    except (CdsError, Unanalysable):
+        raise
+    except Exception as exc:  # anything unexpected is reported as this stage's failure
+        raise StageError(name, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        clock.timings_ms[name] = (time.perf_counter() - start) * 1000.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage helpers (pure NumPy where possible)
+# ----------------------------------------------------------------------------------------------
+
+
+def disc_locations(
+    sagittal: Volume, masks: SagittalMasks, labelling: LevelLabelling
+) -> dict[Level, DiscLocation]:
+    """Patient-space centre and cranial-pointing normal of each labelled disc, plus its height."""
+    a = sagittal.affine
+    spacing = (float(sagittal.spacing_mm[1]), float(sagittal.spacing_mm[2]))
+    out: dict[Level, DiscLocation] = {}
+    for level, disc in labelling.by_level().items():
+        centre = sagittal.voxel_to_patient(np.asarray(disc.centroid_voxel, dtype=np.float64))
+        axis = disc.axis_rc[0] * a[:3, 1] + disc.axis_rc[1] * a[:3, 2]
+        normal = np.cross(axis, sagittal.normal)
+        normal /= np.linalg.norm(normal)
+        if normal[2] < 0:
+            normal = -normal
+        k = round(disc.centroid_voxel[0])
+        out[level] = DiscLocation(
+            centre, normal, _disc_height(masks.disc[k], spacing, disc.centroid_voxel, k)
+        )
+    return out
+
+
+def _disc_height(
+    disc2d: np.ndarray, spacing: tuple[float, float], centroid: Sequence[float], k: int
+) -> ms.Measurement:
+    """Height of the disc component at the labelled centroid on its sagittal slice."""
+    comps, n = ndimage.label(disc2d)
+    if n == 0:
+        return ms.disc_height(disc2d, spacing, k)
+    r, c = round(centroid[1]), round(centroid[2])
+    r = min(max(r, 0), disc2d.shape[0] - 1)
+    c = min(max(c, 0), disc2d.shape[1] - 1)
+    label = comps[r, c]
+    if label == 0:  # centroid between components: nearest disc pixel's component
+        _, (ri, ci) = ndimage.distance_transform_edt(comps == 0, return_indices=True)
+        label = comps[ri[r, c], ci[r, c]]
+    return ms.disc_height(comps == label, spacing, k)
+
+
+def slices_per_level(
+    assignments: Sequence[tuple[Volume, Sequence[Level | None]]],
+) -> dict[Level, LevelSlices]:
+    """For each level, the axial volume with the most slices assigned to it, and those slices."""
+    best: dict[Level, LevelSlices] = {}
+    for volume, per_slice in assignments:
+        for level in Level:
+            idx = tuple(k for k, lv in enumerate(per_slice) if lv is level)
+            if idx and (level not in best or len(idx) > len(best[level].indices)):
+                best[level] = LevelSlices(volume, idx)
+    return best
+
+
+def _native_points(m: ms.Measurement, seg: ax.AxialSegmentation, row: int) -> ms.Measurement:
+    """Re-express a measurement's points from the upsampled canonical grid in native pixels."""
+    if not m.provenance.points_px:
+        return m
+    up = np.asarray(m.provenance.points_px, dtype=np.float64)
+    canonical = (up + 0.5) / ax.MEASURE_UPSAMPLE - 0.5
+    native = seg.frames[row].to_native(canonical)
+    points = tuple((round(float(p[0]), 2), round(float(p[1]), 2)) for p in native)
+    prov = replace(m.provenance, slice_index=seg.slice_indices[row], points_px=points)
+    return replace(m, provenance=prov)
+
+
+def _with_native_slice(m: ms.Measurement, seg: ax.AxialSegmentation) -> ms.Measurement:
+    """Measurement from the level's slice row -> native slice index (and native pixel points)."""
+    row = m.provenance.slice_index
+    if m.provenance.points_px:
+        return _native_points(m, seg, row)
+    return replace(m, provenance=replace(m.provenance, slice_index=seg.slice_indices[row]))
+
+
+def measure_level(seg: ax.AxialSegmentation, disc_height: ms.Measurement | None) -> LevelMeasurements:
+    """DSCA and AP diameter on the narrowest slice, lateral recess depth per side (narrowest
+    slice of that side), disc height from the sagittal stage. Foraminal area ratio is not
+    measured (see README: it needs a parasagittal foramen segmentation this release lacks), so
+    foraminal findings are graded by the learned model and flagged uncertain."""
+    spacing = seg.label_spacing_mm
+    sac = seg.mask(ax.SAC)
+    anterior = seg.mask(ax.DISC) | seg.mask(ax.BODY)
+    facet = seg.mask(ax.FACET)
+    dsca = ms.dural_sac_area(sac, spacing)
+    k = dsca.provenance.slice_index
+    direction, _anatomical = ms.posterior_direction(anterior[k], sac[k], spacing, POSTERIOR_RC)
+    ap = ms.canal_ap_diameter(sac[k], spacing, direction, k)
+    canal: list[ms.Measurement] = [_with_native_slice(dsca, seg), _with_native_slice(ap, seg)]
+    if disc_height is not None:
+        canal.append(disc_height)
+    groups: dict[Condition, tuple[ms.Measurement, ...]] = {Condition.SPINAL_CANAL: tuple(canal)}
+    for side, condition in (
+        (Side.LEFT, Condition.LEFT_SUBARTICULAR),
+        (Side.RIGHT, Condition.RIGHT_SUBARTICULAR),
+    ):
+        per_slice = [
+            ms.lateral_recess_depth(anterior[i], facet[i], sac[i], spacing, LEFT_RC, side, i)
+            for i in range(sac.shape[0])
+        ]
+        groups[condition] = (_with_native_slice(ms.narrowest(per_slice), seg),)
+    groups[Condition.LEFT_FORAMINAL] = ()
+    groups[Condition.RIGHT_FORAMINAL] = ()
+    return LevelMeasurements(groups)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages as replaceable functions (tests swap the model-backed ones at this boundary)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The model-backed steps; defaults are the real ones."""
+
+    load_models: Callable[[Path | None], Mapping[str, str]]
+    segment_sagittal: Callable[[Volume, Path | None], SagittalMasks]
+    label_levels: Callable[[SagittalMasks, tuple[float, float]], LevelLabelling]
+    assign_axial: Callable[
+        [Volume, Mapping[Level, np.ndarray], Mapping[Level, np.ndarray]], Sequence[Level | None]
+    ]
+    segment_axial: Callable[[Volume, Sequence[int], Path | None], ax.AxialSegmentation]
+    classify: Callable[[Mapping[Level, ax.AxialSegmentation], Path | None], Sequence[LevelProbabilities]]
+
+
+def _load_models(models_dir: Path | None) -> dict[str, str]:
+    """Load and verify every model up front; returns name -> name@version for model_versions."""
+    from cds.ml.classifier import load_classifier
+    from cds.ml.loading import load_model
+    from cds.pipeline import classify, segment
+
+    versions = {}
+    for name in (segment.MODEL_NAME, ax.MODEL_NAME):
+        versions[name] = load_model(name, models_dir).spec.tag
+    versions[classify.MODEL_NAME] = load_classifier(classify.MODEL_NAME, models_dir).spec.tag
+    return versions
+
+
+def _segment_sagittal(volume: Volume, models_dir: Path | None) -> SagittalMasks:
+    from cds.pipeline.segment import segment_sagittal_volume
+
+    spacing = (float(volume.spacing_mm[1]), float(volume.spacing_mm[2]))
+    return segment_sagittal_volume(np.asarray(volume.array), spacing, models_dir=models_dir)
+
+
+def _label_levels(masks: SagittalMasks, spacing: tuple[float, float]) -> LevelLabelling:
+    from cds.pipeline.levels import label_levels
+
+    return label_levels(masks, spacing)
+
+
+def _assign_axial(
+    volume: Volume, centres: Mapping[Level, np.ndarray], normals: Mapping[Level, np.ndarray]
+) -> Sequence[Level | None]:
+    from cds.dicom.levels import assign_axial_levels
+
+    return assign_axial_levels(volume, centres, disc_normals=normals)
+
+
+def _segment_axial(volume: Volume, indices: Sequence[int], models_dir: Path | None) -> ax.AxialSegmentation:
+    return ax.segment_level(np.asarray(volume.array), volume.affine, indices, models_dir=models_dir)
+
+
+def _classify(
+    segs: Mapping[Level, ax.AxialSegmentation], models_dir: Path | None
+) -> Sequence[LevelProbabilities]:
+    from cds.pipeline.classify import classify_levels, level_crop
+
+    crops = {lv: level_crop(s.images, s.probs) for lv, s in segs.items()}
+    return classify_levels(crops, models_dir=models_dir)
+
+
+DEFAULT_STAGES = Stages(
+    _load_models, _segment_sagittal, _label_levels, _assign_axial, _segment_axial, _classify
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# The composition
+# ----------------------------------------------------------------------------------------------
+
+
+def quick_read(
+    study: Study,
+    *,
+    models_dir: Path | None = None,
+    policy: GradingPolicy = DEFAULT_POLICY,
+    stages: Stages = DEFAULT_STAGES,
+) -> AnalysisResult:
+    """Analyse one study. Raises ModelError (weights missing/corrupt) or StageError (a stage
+    failed, named); returns UNANALYSABLE with a reason when the study cannot be analysed."""
+    clock = _Clock()
+    with _stage(clock, "load_models"):
+        versions = dict(stages.load_models(models_dir))
+    try:
+        return _analyse(study, clock, versions, models_dir, policy, stages)
+    except Unanalysable as why:
+        return AnalysisResult(
+            status=AnalysisStatus.UNANALYSABLE,
+            reason=why.reason,
+            timings_ms=dict(clock.timings_ms),
+            model_versions=versions,
+        )
+
+
+def _analyse(
+    study: Study,
+    clock: _Clock,
+    versions: dict[str, str],
+    models_dir: Path | None,
+    policy: GradingPolicy,
+    stages: Stages,
+) -> AnalysisResult:
+    with _stage(clock, "select_series"):
+        try:
+            sagittal = study.sagittal_t2
+        except IngestError as exc:
+            raise Unanalysable(exc.message) from exc
+        axials = study.axial_t2
+        if not axials:
+            raise Unanalysable("study has no axial T2 series: the canal and recesses cannot be measured")
+    with _stage(clock, "segment_sagittal"):
+        masks = stages.segment_sagittal(sagittal, models_dir)
+    with _stage(clock, "label_levels"):
+        spacing = (float(sagittal.spacing_mm[1]), float(sagittal.spacing_mm[2]))
+        labelling = stages.label_levels(masks, spacing)
+        if not labelling.levels:
+            raise Unanalysable(
+                "lumbar levels not identifiable: " + ("; ".join(labelling.reasons) or "no disc found")
+            )
+        discs = disc_locations(sagittal, masks, labelling)
+    with _stage(clock, "assign_axial"):
+        centres = {lv: d.centre for lv, d in discs.items()}
+        normals = {lv: d.normal for lv, d in discs.items()}
+        per_level = slices_per_level([(v, stages.assign_axial(v, centres, normals)) for v in axials])
+        if not per_level:
+            raise Unanalysable("no axial T2 slice passes through an identified disc level")
+    with _stage(clock, "segment_axial"):
+        segs = {
+            lv: stages.segment_axial(s.volume, s.indices, models_dir) for lv, s in sorted(per_level.items())
+        }
+    with _stage(clock, "measure"):
+        measured = {
+            lv: measure_level(seg, discs[lv].height if lv in discs else None) for lv, seg in segs.items()
+        }
+    with _stage(clock, "classify"):
+        probabilities = {p.level: p for p in stages.classify(segs, models_dir)}
+        missing = set(segs) - set(probabilities)
+        if missing:
+            raise StageError(
+                "classify", f"no probabilities for {', '.join(sorted(m.value for m in missing))}"
+            )
+    with _stage(clock, "grade"):
+        findings: list[Finding] = []
+        for lv in sorted(segs, key=lambda x: x.index):
+            decisions = grade_level(lv, measured[lv].by_condition, probabilities[lv].estimates, policy)
+            findings.extend(d.finding for d in decisions)
+    return AnalysisResult(
+        status=AnalysisStatus.COMPLETE,
+        findings=tuple(findings),
+        reason=_coverage_note(set(segs), labelling),
+        labelling_uncertain=labelling.uncertain,
+        timings_ms=dict(clock.timings_ms),
+        model_versions=versions,
+    )
+
+
+def _coverage_note(analysed: set[Level], labelling: LevelLabelling) -> str | None:
+    """Say which levels were not analysed and why the labelling is uncertain (None when neither)."""
+    parts = []
+    missing = [lv.value for lv in Level if lv not in analysed]
+    if missing:
+        parts.append("not analysed (no axial slices or disc not found): " + ", ".join(missing))
+    parts.extend(labelling.reasons)
+    return "; ".join(parts) or None
+
+
+__all__ = [
+    "DEFAULT_STAGES",
+    "DiscLocation",
+    "LevelMeasurements",
+    "LevelSlices",
+    "Stages",
+    "disc_locations",
+    "measure_level",
+    "quick_read",
+    "slices_per_level",
+]
