@@ -1,1 +1,47 @@
-"""Explainable lumbar spine MRI decision support over CDS Hooks."""
+"""Explainable lumbar spine MRI decision support over CDS Hooks.
+
+create_app() owns all wiring: settings -> shared services -> error handlers -> blueprints.
+Nothing heavy happens at import or in create_app (no torch, no models, no DICOM): the web process
+answers hooks from the store, and analysis runs in jobs (tests/test_app.py checks this).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from cds.config import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the WSGI app. `settings` defaults to Settings.from_env() (CDS_* variables)."""
+    from flask import Flask
+
+    from cds import extensions
+    from cds.config import Settings
+    from cds.store.migrate import ensure_database_dir
+
+    if settings is None:
+        settings = Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["SECRET_KEY"] = settings.secret_key or None
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep FHIR/CDS member order readable
+
+    ensure_database_dir(settings.resolved_database_url)
+    extensions.init_app(app, settings)
+    _register_error_handlers(app)
+    _register_blueprints(app)
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    """Each blueprint is registered here once its owner has committed it."""
+
+
+def _register_error_handlers(app: Flask) -> None:
+    from cds.weberrors import register_error_handlers
+
+    register_error_handlers(app)

@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
+from cds.config import Settings
 from cds.store.db import Database
 
 
@@ -120,3 +123,33 @@ def db(database_url: str) -> Iterator[Database]:
         yield database
     finally:
         database.dispose()
+
+
+@pytest.fixture
+def app_settings(database_url: str, tmp_path: Path) -> Settings:
+    """Settings for an app on the parametrised database, data under tmp_path (dev mode off)."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        secret_key="test-secret-key-not-for-production",
+        public_base_url="http://127.0.0.1:8080",
+    )
+
+
+@pytest.fixture
+def app(db: Database, app_settings: Settings) -> Iterator[Flask]:
+    """create_app() on a migrated database (SQLite and PostgreSQL)."""
+    from cds import create_app
+    from cds.extensions import services
+
+    application = create_app(app_settings)
+    application.config["TESTING"] = True
+    try:
+        yield application
+    finally:
+        services(application).close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()

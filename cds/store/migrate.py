@@ -27,7 +27,9 @@ def alembic_config(url: str | URL) -> Config:
     return config
 
 
-def _ensure_sqlite_dir(url: URL) -> None:
+def ensure_database_dir(url: str | URL) -> None:
+    """Create the folder of a SQLite database file (the embedded default lives under CDS_DATA_DIR)."""
+    url = normalise_url(url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
@@ -35,7 +37,7 @@ def _ensure_sqlite_dir(url: URL) -> None:
 def upgrade(url: str | URL, revision: str = "head") -> None:
     """Bring the schema at `url` to `revision` (idempotent)."""
     parsed = normalise_url(url)
-    _ensure_sqlite_dir(parsed)
+    ensure_database_dir(parsed)
     command.upgrade(alembic_config(parsed), revision)
 
 
@@ -50,3 +52,12 @@ def current_revision(url: str | URL) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         db.dispose()
+
+
+def head_revision() -> str | None:
+    """The newest migration in migrations/versions (what upgrade() brings a database to)."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()

@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from cds.store.db import Database
-from cds.store.migrate import current_revision, upgrade
+from cds.store.migrate import current_revision, head_revision, upgrade
 from cds.store.records import Base
 
 EXPECTED_TABLES = {
@@ -25,7 +25,7 @@ def test_upgrade_creates_all_tables_and_is_idempotent(database_url: str) -> None
         db.dispose()
     assert tables >= EXPECTED_TABLES
     assert "alembic_version" in tables
-    assert current_revision(database_url) == "0002"
+    assert current_revision(database_url) == head_revision() is not None
 
 
 def test_migrations_match_records(database_url: str) -> None:
