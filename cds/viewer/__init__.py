@@ -1,0 +1,1 @@
+"""Clinician pages (Flask blueprint + Jinja templates in templates/, autoescape on)."""
