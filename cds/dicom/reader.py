@@ -8,6 +8,7 @@ end-of-file warnings as truncation.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import BinaryIO
 
@@ -22,6 +23,9 @@ DICM_OFFSET = 128
 MAGIC = b"DICM"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+# warnings.catch_warnings swaps process-global state; job workers are threads, so reads that
+# inspect pydicom's warnings take turns (parsing is GIL-bound anyway).
+_WARNINGS_LOCK = threading.Lock()
 
 
 def has_dicom_magic(head: bytes) -> bool:
@@ -31,7 +35,7 @@ def has_dicom_magic(head: bytes) -> bool:
 
 def read_dataset(fp: BinaryIO, label: str, *, headers_only: bool) -> Dataset:
     """Read a Part 10 stream. `label` names the file in errors (a path or member name, no PHI)."""
-    with warnings.catch_warnings(record=True) as caught:
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             ds = dcmread(fp, stop_before_pixels=headers_only)

@@ -114,6 +114,12 @@ def select_series(stacks: Sequence[Stack]) -> Selection:
     kinds = [(kind_of(s), s) for s in stacks]
     sag_t2 = sorted((s for k, s in kinds if k is SeriesKind.SAGITTAL_T2), key=_preference, reverse=True)
     if not sag_t2:
+        unplaced_t2 = [
+            s for s in stacks if s.orientation is None and s.problem and weighting_of(s.first) is Weighting.T2
+        ]
+        problem = unplaced_t2[0].problem if unplaced_t2 else None
+        if problem is not None:  # a T2 series exists but its geometry is unusable: say that, not "absent"
+            raise problem
         planes = sorted({str(s.plane) for s in stacks if s.plane is not None})
         raise ingest_error(
             IngestKind.NO_SAGITTAL_T2,
