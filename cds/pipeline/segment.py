@@ -52,8 +52,10 @@ class SagittalMasks:
     def __post_init__(self) -> None:
         if not (self.disc.shape == self.vertebra.shape == self.canal.shape):
             raise ValueError("disc, vertebra and canal masks must have the same shape")
-        for arr in (self.disc, self.vertebra, self.canal):
-            arr.setflags(write=False)
+        for name in ("disc", "vertebra", "canal"):
+            view = np.asarray(getattr(self, name), dtype=bool).view()  # the caller's array stays writable
+            view.setflags(write=False)
+            object.__setattr__(self, name, view)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -82,6 +84,51 @@ class SliceGeometry:
     pad_left: int
     spacing_mm: tuple[float, float]
     model_spacing_mm: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class SagittalOrientation:
+    """Array operations that bring a sagittal stack to the input contract (head up, anterior left).
+
+    DICOM sagittal series may store rows along the cranio-caudal axis in either direction and
+    columns anterior->posterior or the reverse; the model only knows one orientation. ``apply``
+    maps (slices, rows, cols) arrays to it and ``undo`` maps masks back to the series' own grid.
+    """
+
+    transpose: bool
+    flip_rows: bool
+    flip_cols: bool
+
+    @classmethod
+    def from_affine(cls, affine: np.ndarray) -> SagittalOrientation:
+        """From a (k, i, j, 1) -> patient LPS affine (cds.dicom Volume.affine)."""
+        di = affine[:3, 1] / np.linalg.norm(affine[:3, 1])
+        dj = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
+        transpose = abs(di[2]) < abs(dj[2])
+        if transpose:
+            di, dj = dj, di
+        return cls(transpose=bool(transpose), flip_rows=bool(di[2] > 0), flip_cols=bool(dj[1] < 0))
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        out = np.swapaxes(array, -1, -2) if self.transpose else array
+        if self.flip_rows:
+            out = out[..., ::-1, :]
+        if self.flip_cols:
+            out = out[..., :, ::-1]
+        return np.ascontiguousarray(out)
+
+    def undo(self, array: np.ndarray) -> np.ndarray:
+        out = array
+        if self.flip_cols:
+            out = out[..., :, ::-1]
+        if self.flip_rows:
+            out = out[..., ::-1, :]
+        if self.transpose:
+            out = np.swapaxes(out, -1, -2)
+        return np.ascontiguousarray(out)
+
+    def spacing(self, spacing_rc: tuple[float, float]) -> tuple[float, float]:
+        return (spacing_rc[1], spacing_rc[0]) if self.transpose else spacing_rc
 
 
 # --------------------------------------------------------------------------------------------

@@ -107,19 +107,21 @@ def split_patients(patients: Sequence[str], n_holdout: int, seed: int) -> tuple[
 
 
 def synth_class_table(label_names: dict[int, str]) -> dict[int, int]:
-    """Synthetic label values -> network classes, by the label table's names.
+    """Synthetic label values -> network classes, by the label table's names (SPIDER conventions).
 
-    Vertebra includes posterior elements (as SPIDER's "vertebra" class does); the canal class is
-    the dural sac / CSF (SPIDER's "spinal canal" label covers the thecal sac).
+    SPIDER's "vertebra" covers body and posterior elements (facets included) of the mobile spine but
+    not the sacrum (its masks stop at the L5-S1 disc), so sacral segments map to background; its
+    "spinal canal" is the thecal sac with its contents (CSF, cauda equina, cord).
     """
     table: dict[int, int] = {}
     for value, name in label_names.items():
         low = name.lower()
-        if low.startswith("disc") or "nucleus" in low or "annulus" in low:
+        segment = low.rsplit("_", 1)[-1]
+        if low.startswith("disc_"):
             table[value] = DISC
-        elif low.startswith("vertebra") or "posterior_element" in low or low.startswith("sacrum"):
+        elif low.startswith(("vertebra_", "posterior_elements_", "facets_")) and not segment.startswith("s"):
             table[value] = VERTEBRA
-        elif "dural" in low or "csf" in low or "thecal" in low or low.startswith("canal") or "cauda" in low:
+        elif low in {"dural_sac", "cauda_equina", "spinal_cord"}:
             table[value] = CANAL
     return table
 

@@ -154,10 +154,16 @@ def train_sagittal(
     out_dir: Path,
     work_dir: Path,
     spider_root: Path | None,
-    synth_samples: Callable[[], list[Sample]] | None,
+    synth_samples: Callable[[InputContract], list[Sample]] | None,
     synth_description: dict[str, Any] | None,
     config: TrainConfig,
+    init: Path | None = None,
 ) -> ModelSpec:
+    """Train, write ``out_dir/model.safetensors`` + ``card.json``, and evaluate on held-out SPIDER.
+
+    ``init``: a model folder whose (verified) weights start the run, e.g. to add synthetic data to a
+    model trained on SPIDER without starting from scratch.
+    """
     torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -174,14 +180,19 @@ def train_sagittal(
         load_spider_samples(spider_root, train_patients, CONTRACT) if spider_root and train_patients else []
     )
     val = load_spider_samples(spider_root, holdout, CONTRACT) if spider_root else []
-    synth = synth_samples() if synth_samples else []
+    synth = synth_samples(CONTRACT) if synth_samples else []
     if not real and not synth:
         raise ValueError("no training data: give --data-spider (with training patients) and/or --data-synth")
     log.info("training samples: %d real, %d synthetic; %d held-out slices", len(real), len(synth), len(val))
 
     arch = UNetConfig(base_channels=config.base_channels, depth=config.depth, num_classes=len(LABELS))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network = UNet2D(arch).to(device)
+    network = UNet2D(arch)
+    if init is not None:
+        from cds.ml.loading import load_model
+
+        network.load_state_dict(load_model(init.name, init.parent, device="cpu").network.state_dict())
+    network.to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -266,6 +277,7 @@ def train_sagittal(
         else None,
         "synthetic": synth_description,
         "synthetic_slices": len(synth),
+        "initialised_from": str(init) if init else None,
     }
     spec = ModelSpec(
         name=out_dir.name,
