@@ -100,6 +100,27 @@ def _stage(clock: _Clock, name: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------
 
 
+def model_oriented(volume: Volume) -> Volume:
+    """The sagittal volume re-indexed to the segmentation's input contract (head up, anterior left),
+    with the affine changed to match, so that masks, labelling and patient coordinates agree."""
+    from cds.pipeline.segment import SagittalOrientation
+
+    o = SagittalOrientation.from_affine(volume.affine)
+    array = o.apply(np.asarray(volume.array))
+    a = np.array(volume.affine, dtype=np.float64)
+    sk, sr, sc = volume.spacing_mm
+    if o.transpose:
+        a[:, [1, 2]] = a[:, [2, 1]]
+        sr, sc = sc, sr
+    if o.flip_rows:
+        a[:3, 3] += a[:3, 1] * (array.shape[1] - 1)
+        a[:3, 1] *= -1.0
+    if o.flip_cols:
+        a[:3, 3] += a[:3, 2] * (array.shape[2] - 1)
+        a[:3, 2] *= -1.0
+    return replace(volume, array=array.astype(np.float32), affine=a, spacing_mm=(sk, sr, sc))
+
+
 def disc_locations(
     sagittal: Volume, masks: SagittalMasks, labelling: LevelLabelling
 ) -> dict[Level, DiscLocation]:
@@ -318,6 +339,7 @@ def _analyse(
         if not axials:
             raise Unanalysable("study has no axial T2 series: the canal and recesses cannot be measured")
     with _stage(clock, "segment_sagittal"):
+        sagittal = model_oriented(sagittal)
         masks = stages.segment_sagittal(sagittal, models_dir)
     with _stage(clock, "label_levels"):
         spacing = (float(sagittal.spacing_mm[1]), float(sagittal.spacing_mm[2]))

@@ -190,3 +190,27 @@ def test_slices_per_level_prefers_the_volume_with_most_slices() -> None:
     )
     assert chosen[Level.L4_L5].volume is b and chosen[Level.L4_L5].indices == (0, 1)
     assert chosen[Level.L5_S1].indices == (2,)
+
+
+@pytest.mark.parametrize("flip", ["rows", "cols", "transpose"])
+def test_model_oriented_keeps_patient_coordinates(flip: str) -> None:
+    """Re-indexing the sagittal stack for the network must not move any voxel in patient space."""
+    sag = sagittal_volume()
+    a = np.array(sag.affine)
+    arr = np.arange(np.prod(sag.shape), dtype=np.float32).reshape(sag.shape)
+    if flip == "rows":
+        arr = arr[:, ::-1, :]
+        a[:3, 3] += a[:3, 1] * (sag.shape[1] - 1)
+        a[:3, 1] *= -1
+    elif flip == "cols":
+        arr = arr[:, :, ::-1]
+        a[:3, 3] += a[:3, 2] * (sag.shape[2] - 1)
+        a[:3, 2] *= -1
+    else:
+        arr = np.swapaxes(arr, 1, 2)
+        a[:, [1, 2]] = a[:, [2, 1]]
+    odd = replace(sag, array=np.ascontiguousarray(arr), affine=a)
+    fixed = qr.model_oriented(odd)
+    assert fixed.shape == sag.shape
+    np.testing.assert_allclose(fixed.affine, sag.affine)
+    np.testing.assert_array_equal(fixed.array, np.arange(np.prod(sag.shape)).reshape(sag.shape))
