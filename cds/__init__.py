@@ -39,6 +39,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def _register_blueprints(app: Flask) -> None:
     """Each blueprint is registered here once its owner has committed it."""
+    from cds.hooks.blueprint import bp as hooks_bp
+
+    app.register_blueprint(hooks_bp)
 
 
 def _register_error_handlers(app: Flask) -> None:
