@@ -112,6 +112,9 @@ class _FhirServer(ThreadingHTTPServer):
         self.seen: list[tuple[str, dict[str, str], dict[str, str]]] = []
         self.escape_url = "http://localhost:1/fhir/Patient/p1"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that give up (timeouts, size limits) close early: expected here, not noise."""
+
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[_FhirServer]:
