@@ -39,6 +39,9 @@ def run_migrations_online() -> None:
                 connection=connection,
                 target_metadata=target_metadata,
                 render_as_batch=db.is_sqlite,
+                # Database begins SQLite transactions itself (BEGIN IMMEDIATE), so DDL is
+                # transactional there too: a failed migration leaves the schema untouched.
+                transactional_ddl=True,
                 compare_type=True,
             )
             with context.begin_transaction():

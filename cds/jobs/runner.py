@@ -157,3 +157,12 @@ class LocalRunner:
                     log.exception("on_failure of job %d (%s) raised", job.id, job.kind)
             return
         self.queue.complete(job.id)
+
+
+def start_local_runner(queue: JobQueue, settings: Settings, workers: int | None = None) -> LocalRunner:
+    """The product's handlers on `workers` (default CDS_JOB_WORKERS) local threads, started."""
+    from cds.jobs.handlers import default_registry
+
+    runner = LocalRunner(queue, default_registry(), settings, workers=workers or max(1, settings.job_workers))
+    runner.start()
+    return runner

@@ -46,7 +46,14 @@ def current_revision(url: str | URL) -> str | None:
 
     from cds.store.db import Database
 
-    db = Database(url)
+    parsed = normalise_url(url)
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and not Path(parsed.database).exists()
+    ):
+        return None  # do not create an empty file just to look
+    db = Database(parsed)
     try:
         with db.engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
