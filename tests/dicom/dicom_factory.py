@@ -145,7 +145,9 @@ def lumbar_specs(rows: int = 32, cols: int = 32, axial_tilt_deg: float = 0.0) ->
     }
 
 
-def write_lumbar_study(folder: Path, study_uid: str | None = None, **kw: Any) -> tuple[str, dict[str, SeriesSpec]]:
+def write_lumbar_study(
+    folder: Path, study_uid: str | None = None, **kw: Any
+) -> tuple[str, dict[str, SeriesSpec]]:
     study_uid = study_uid or generate_uid()
     specs = lumbar_specs()
     rng = np.random.default_rng(0)

@@ -26,7 +26,11 @@ def expect(kind: IngestKind, source: Path, **kw: object) -> IngestError:
 
 
 def sag_t2_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.dcm") if dcmread(p, stop_before_pixels=True).SeriesDescription == "SAG T2 TSE")
+    return sorted(
+        p
+        for p in folder.glob("*.dcm")
+        if dcmread(p, stop_before_pixels=True).SeriesDescription == "SAG T2 TSE"
+    )
 
 
 def test_good_study_loads(tmp_path: Path) -> None:

@@ -10,7 +10,14 @@ from dicom_factory import AX_IOP, SAG_IOP, SeriesSpec, lumbar_specs, rotated_iop
 from pydicom.uid import generate_uid
 
 from cds.dicom import SeriesKind, load_study
-from cds.dicom.geometry import Orientation, Plane, obliquity_deg, patient_to_voxel, plane_affine, voxel_to_patient
+from cds.dicom.geometry import (
+    Orientation,
+    Plane,
+    obliquity_deg,
+    patient_to_voxel,
+    plane_affine,
+    voxel_to_patient,
+)
 
 
 def _write_study(tmp_path: Path, specs: dict[str, SeriesSpec], shuffle: bool = True) -> None:
@@ -33,7 +40,9 @@ def test_affine_columns_follow_dicom_row_column_convention() -> None:
 
 
 def test_round_trip_voxel_patient_voxel_on_oblique_affine() -> None:
-    rot = rotation_x(27.0) @ np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
+    rot = rotation_x(27.0) @ np.array(
+        [[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]]
+    )
     o = Orientation.from_iop(rotated_iop(AX_IOP, rot))
     a = plane_affine(o, np.array([-80.0, -40.0, 12.0]), (0.7, 0.9), o.normal * 3.3 + np.asarray(o.row) * 0.4)
     kij = np.random.default_rng(1).uniform(0, 100, size=(50, 3))
@@ -91,7 +100,9 @@ def test_sheared_stack_keeps_in_plane_shift_in_affine(tmp_path: Path) -> None:
     (axial,) = load_study(tmp_path).axial_t2
     np.testing.assert_allclose(axial.affine[:3, 0], [0.0, 0.5, 3.0], atol=1e-6)
     assert axial.spacing_mm[0] == pytest.approx(3.0)
-    np.testing.assert_allclose(axial.voxel_to_patient(np.array([4.0, 2.0, 1.0])), [-9.0, -6.0, 12.0], atol=1e-6)
+    np.testing.assert_allclose(
+        axial.voxel_to_patient(np.array([4.0, 2.0, 1.0])), [-9.0, -6.0, 12.0], atol=1e-6
+    )
 
 
 def test_orientation_rejects_non_orthonormal_vectors() -> None:

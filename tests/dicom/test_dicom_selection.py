@@ -6,18 +6,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_factory import AX_IOP, COR_IOP, SAG_IOP, SeriesSpec, make_instance, rotated_iop, rotation_x, write_series
+from dicom_factory import (
+    AX_IOP,
+    COR_IOP,
+    SAG_IOP,
+    SeriesSpec,
+    make_instance,
+    rotated_iop,
+    rotation_x,
+    write_series,
+)
 from pydicom.uid import generate_uid
 
 from cds.dicom import SeriesKind, load_study
-from cds.dicom.headers import header_from_dataset
+from cds.dicom.headers import InstanceHeader, header_from_dataset
 from cds.dicom.selection import Weighting, weighting_of
 from cds.dicom.series import group_stacks
 from cds.dicom.sources.base import InstanceRef
 
 
-def sag(description: str, te: float | None = 100.0, tr: float | None = 3000.0, **kw: object) -> SeriesSpec:
-    return SeriesSpec(description, SAG_IOP, (-20.0, -60.0, 80.0), 9, 4.0, echo_time=te, repetition_time=tr, **kw)  # type: ignore[arg-type]
+def sag(description: str, te: float | None = 100.0, tr: float | None = 3000.0) -> SeriesSpec:
+    return SeriesSpec(description, SAG_IOP, (-20.0, -60.0, 80.0), 9, 4.0, echo_time=te, repetition_time=tr)
 
 
 def axial(description: str, tilt: float = 0.0, origin_z: float = 0.0, n: int = 5) -> SeriesSpec:
@@ -31,7 +40,7 @@ def write(tmp_path: Path, *specs: SeriesSpec) -> str:
     return study_uid
 
 
-def header(spec: SeriesSpec, **tags: object):  # type: ignore[no-untyped-def]
+def header(spec: SeriesSpec, **tags: object) -> InstanceHeader:
     ds = make_instance(spec, 0, generate_uid())
     for k, v in tags.items():
         setattr(ds, k, v)
@@ -100,7 +109,9 @@ def test_axial_series_with_angled_blocks_splits_into_one_volume_per_block(tmp_pa
         spec = axial("AX T2 blocks", tilt=tilt, origin_z=z, n=3)
         spec.series_uid = series_uid
         for t in range(3):
-            make_instance(spec, t, study_uid).save_as(tmp_path / f"block{b}_{t}.dcm", enforce_file_format=True)
+            make_instance(spec, t, study_uid).save_as(
+                tmp_path / f"block{b}_{t}.dcm", enforce_file_format=True
+            )
     study = load_study(tmp_path)
     assert len(study.axial_t2) == 3
     assert {v.series_uid for v in study.axial_t2} == {series_uid}
