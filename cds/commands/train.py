@@ -7,7 +7,6 @@ other subcommands stay fast.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,6 @@ def _run_sagittal(args: argparse.Namespace) -> int:
     from cds.train.sagittal import TrainConfig, train_sagittal
     from cds.train.synth_data import SynthSource
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.data_spider is None and args.data_synth is None:
         raise SystemExit("give --data-spider and/or --data-synth")
     config = TrainConfig(

@@ -233,7 +233,7 @@ def train_sagittal(
             loss.backward()
             optimiser.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
         record: dict[str, Any] = {
             "epoch": epoch + 1,
