@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
 
 from cds.domain import Level
 from cds.errors import BadRequest, StageError
@@ -233,11 +233,39 @@ def predict(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def linear_resize_matrix(n_in: int, n_out: int) -> sparse.csr_matrix:
+    """Sparse (n_out, n_in) matrix of linear interpolation with pixel centres aligned (edges clamped).
+
+    Why a matrix: upsampling four probability maps to a 640x512 slice with ndimage.zoom costs
+    ~90 ms; two sparse products with two non-zeros per row cost a few milliseconds.
+    """
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1.0)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    rows = np.repeat(np.arange(n_out), 2)
+    cols = np.stack([lo, hi], axis=1).ravel()
+    vals = np.stack([1.0 - frac, frac], axis=1).ravel().astype(np.float32)
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(n_out, n_in))
+
+
+def resize_linear(stack: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) -> (C, rows, cols) by separable linear interpolation."""
+    c, h, w = stack.shape
+    wr = linear_resize_matrix(h, shape[0])
+    wc = linear_resize_matrix(w, shape[1])
+    rows_done = wr @ stack.transpose(1, 0, 2).reshape(h, c * w)  # (rows, C*W)
+    rows_done = rows_done.reshape(shape[0] * c, w)
+    both = (wc @ rows_done.T).T  # (rows*C, cols)
+    return np.ascontiguousarray(both.reshape(shape[0], c, shape[1]).transpose(1, 0, 2), dtype=np.float32)
+
+
 def probabilities_to_input_grid(probs: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
     """(C, H, W) model-grid probabilities -> (C, rows, cols) on the input slice's grid."""
     r, c = geometry.resampled_shape
     cropped = probs[:, geometry.pad_top : geometry.pad_top + r, geometry.pad_left : geometry.pad_left + c]
-    return _resize(cropped, geometry.original_shape, order=1)
+    return resize_linear(np.asarray(cropped, dtype=np.float32), geometry.original_shape)
 
 
 def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:

@@ -121,3 +121,13 @@ def test_orientation_flips_and_transposes_to_head_up_anterior_left_and_back() ->
     assert out.shape == (2, 4, 3)
     assert np.array_equal(o.undo(out), arr)
     assert o.spacing((0.5, 0.8)) == (0.8, 0.5)
+
+
+def test_sparse_linear_resize_matches_scipy_zoom() -> None:
+    from scipy import ndimage
+
+    x = np.random.default_rng(0).random((3, 30, 24)).astype(np.float32)
+    ours = seg.resize_linear(x, (64, 51))
+    ref = ndimage.zoom(x, [1, 64 / 30, 51 / 24], order=1, mode="nearest", grid_mode=True)[:, :64, :51]
+    assert ours.shape == (3, 64, 51)
+    assert np.abs(ours - ref).max() < 1e-5
