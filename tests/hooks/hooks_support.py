@@ -19,8 +19,18 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
+from flask.testing import FlaskClient
 
-from cds.domain import THRESHOLDS, AnalysisResult, AnalysisStatus, Condition, Finding, Grade, Level, MeasurementName
+from cds.domain import (
+    THRESHOLDS,
+    AnalysisResult,
+    AnalysisStatus,
+    Condition,
+    Finding,
+    Grade,
+    Level,
+    MeasurementName,
+)
 from cds.hooks.catalog import StoredAnalysis
 from cds.hooks.studies import LumbarStudy
 
@@ -34,7 +44,9 @@ PATIENT_ID = "pat-1"
 @dataclass
 class SigningKey:
     kid: str = KID
-    private: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP384R1()))
+    private: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP384R1())
+    )
 
     def public_jwk(self) -> dict[str, Any]:
         jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.private.public_key()))
@@ -183,7 +195,11 @@ def service_request(
 
 
 def draft_orders(*requests: Mapping[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": dict(r)} for r in requests]}
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": dict(r)} for r in requests],
+    }
 
 
 # --- a tiny FHIR / JWKS server on loopback --------------------------------------------------------
@@ -198,7 +214,7 @@ class FakeServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            def do_GET(self) -> None:
                 outer.requests.append((self.path, self.headers.get("Authorization")))
                 status, body = outer.routes.get(self.path, (404, {"resourceType": "OperationOutcome"}))
                 data = json.dumps(body).encode()
@@ -224,3 +240,28 @@ class FakeServer:
         finally:
             self._server.shutdown()
             self._server.server_close()
+
+
+class Caller:
+    """Posts to the app as the test EHR would: a fresh signed JWT per call, aud = URL called."""
+
+    def __init__(self, client: FlaskClient, key: SigningKey, base: str) -> None:
+        self.client = client
+        self.key = key
+        self.base = base
+
+    def token(self, path: str, **kw: Any) -> str:
+        return self.key.token(self.base + path, **kw)
+
+    def post(
+        self,
+        path: str,
+        body: Any,
+        *,
+        token: str | None = None,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        headers = {"Authorization": "Bearer " + (token or self.token(path))}
+        data = raw if raw is not None else json.dumps(body).encode()
+        return self.client.post(path, data=data, headers=headers, content_type=content_type)

@@ -51,9 +51,7 @@ def _envelope(**over: Any) -> bytes:
 
 
 def test_valid_envelope_tolerates_extensions_and_unknown_members() -> None:
-    req = parse_json_model(
-        HookRequest, _envelope(extension={"com.example.x": {"a": 1}}, somethingNew=True)
-    )
+    req = parse_json_model(HookRequest, _envelope(extension={"com.example.x": {"a": 1}}, somethingNew=True))
     assert str(req.hookInstance) == HOOK_INSTANCE
     assert req.extension == {"com.example.x": {"a": 1}}
 
@@ -86,19 +84,29 @@ def test_valid_envelope_tolerates_extensions_and_unknown_members() -> None:
         (
             _envelope(
                 fhirServer="https://ehr.example.org/fhir",
-                fhirAuthorization={"access_token": "t", "token_type": "MAC", "expires_in": 1, "scope": "s",
-                                   "subject": "c"},
+                fhirAuthorization={
+                    "access_token": "t",
+                    "token_type": "MAC",
+                    "expires_in": 1,
+                    "scope": "s",
+                    "subject": "c",
+                },
             ),
             "token_type",
-        ),  # fmt: skip
+        ),
         (
             _envelope(
                 fhirServer="https://ehr.example.org/fhir",
-                fhirAuthorization={"access_token": "t", "token_type": "Bearer", "expires_in": "300",
-                                   "scope": "s", "subject": "c"},
+                fhirAuthorization={
+                    "access_token": "t",
+                    "token_type": "Bearer",
+                    "expires_in": "300",
+                    "scope": "s",
+                    "subject": "c",
+                },
             ),
             "expires_in",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_bad_envelopes_are_400_naming_the_field(body: bytes, where: str) -> None:
@@ -119,10 +127,15 @@ def test_access_token_never_in_repr() -> None:
         HookRequest,
         _envelope(
             fhirServer="https://ehr.example.org/fhir",
-            fhirAuthorization={"access_token": "TOPSECRET", "token_type": "Bearer", "expires_in": 300,
-                               "scope": "s", "subject": "c"},
+            fhirAuthorization={
+                "access_token": "TOPSECRET",
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "s",
+                "subject": "c",
+            },
         ),
-    )  # fmt: skip
+    )
     assert "TOPSECRET" not in repr(req) and "TOPSECRET" not in repr(req.fhirAuthorization)
     assert "TOPSECRET" not in str(req.fhirAuthorization)
 
@@ -169,16 +182,24 @@ def test_order_select_context_rules(change: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "item",
     [
-        {"card": "not-uuid", "outcome": "accepted", "acceptedSuggestions": [{"id": "x"}],
-         "outcomeTimestamp": "2026-01-01T00:00:00Z"},
+        {
+            "card": "not-uuid",
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": "x"}],
+            "outcomeTimestamp": "2026-01-01T00:00:00Z",
+        },
         {"card": HOOK_INSTANCE, "outcome": "ignored", "outcomeTimestamp": "2026-01-01T00:00:00Z"},
         {"card": HOOK_INSTANCE, "outcome": "accepted", "outcomeTimestamp": "2026-01-01T00:00:00Z"},
-        {"card": HOOK_INSTANCE, "outcome": "overridden", "acceptedSuggestions": [{"id": "x"}],
-         "outcomeTimestamp": "2026-01-01T00:00:00Z"},
+        {
+            "card": HOOK_INSTANCE,
+            "outcome": "overridden",
+            "acceptedSuggestions": [{"id": "x"}],
+            "outcomeTimestamp": "2026-01-01T00:00:00Z",
+        },
         {"card": HOOK_INSTANCE, "outcome": "overridden", "outcomeTimestamp": "2026-01-01T00:00:00"},
         {"card": HOOK_INSTANCE, "outcome": "overridden"},
     ],
-)  # fmt: skip
+)
 def test_feedback_rules(item: dict[str, Any]) -> None:
     with pytest.raises(BadRequest):
         parse_json_model(FeedbackRequest, json.dumps({"feedback": [item]}).encode())
@@ -287,7 +308,9 @@ def test_operation_outcome_entries_in_bundle_ignored() -> None:
 
 # --- prefetch -----------------------------------------------------------------------------------
 
-STUDIES = PrefetchTemplate("studies", "ImagingStudy?patient={{context.patientId}}&modality=MR", "Bundle", True)
+STUDIES = PrefetchTemplate(
+    "studies", "ImagingStudy?patient={{context.patientId}}&modality=MR", "Bundle", True
+)
 PATIENT = PrefetchTemplate("patient", "Patient/{{context.patientId}}", "Patient", False)
 CONTEXT = {"patientId": PATIENT_ID, "userId": "Practitioner/7"}
 
@@ -376,7 +399,10 @@ def test_wrong_resource_type_in_prefetch_is_400() -> None:
 def test_fetch_over_http_follows_pages_sends_bearer_and_respects_allow_list() -> None:
     server = FakeServer()
     first = f"/ImagingStudy?patient={PATIENT_ID}&modality=MR"
-    server.routes[first] = (200, bundle(imaging_study(OLD_STUDY_UID, started="2024-01-05"), next_url=f"{server.base}/page2"))
+    server.routes[first] = (
+        200,
+        bundle(imaging_study(OLD_STUDY_UID, started="2024-01-05"), next_url=f"{server.base}/page2"),
+    )
     server.routes["/page2"] = (200, bundle(imaging_study(STUDY_UID, rid="is-2")))
     with server.running():
         client = FhirClient(server.base, "fhir-token", ["127.0.0.1"], timeout_s=2)
