@@ -163,16 +163,33 @@ class FhirClient:
         return headers
 
     def _get(self, url: str, params: Mapping[str, Any] | None, deadline: float) -> dict[str, Any]:
+        return self._request("GET", url, params, None, deadline)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        body_json: Mapping[str, Any] | None,
+        deadline: float,
+    ) -> dict[str, Any]:
         host = urlsplit(url).hostname
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise UpstreamError(f"FHIR server {host!r} did not answer in time")
         timeout = min(self._timeout_s, remaining)
         try:
-            response = self._session.get(
+            headers = self._headers()
+            data = None
+            if body_json is not None:
+                headers["Content-Type"] = FHIR_JSON
+                data = json.dumps(body_json).encode()
+            response = self._session.request(
+                method,
                 url,
                 params=dict(params) if params else None,
-                headers=self._headers(),
+                data=data,
+                headers=headers,
                 timeout=(timeout, timeout),
                 allow_redirects=False,
                 stream=True,
@@ -183,7 +200,7 @@ class FhirClient:
             raise UpstreamError(f"FHIR server {host!r} could not be reached ({type(exc).__name__})") from exc
         with response:
             status = response.status_code
-            log.debug("FHIR GET host=%s status=%s", host, status)
+            log.debug("FHIR %s host=%s status=%s", method, host, status)
             if status in (401, 403):
                 raise FhirAccessDenied(f"FHIR server {host!r} refused access ({status})", status)
             if status in (404, 410):
@@ -222,6 +239,20 @@ class FhirClient:
         """GET one resource, e.g. read('Patient/123')."""
         deadline = time.monotonic() + self._total_timeout_s
         return self._get(self._resolve(path), None, deadline)
+
+    def transaction(self, bundle: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a transaction Bundle to the base; returns the transaction-response Bundle.
+
+        Used for write-back (cds.fhir.report.build_report_bundle, idempotent by conditional create).
+        Not retried here: the caller decides, and a retry is safe only for idempotent bundles.
+        """
+        if bundle.get("resourceType") != "Bundle" or bundle.get("type") not in {"transaction", "batch"}:
+            raise ValueError("transaction() needs a Bundle of type transaction or batch")
+        deadline = time.monotonic() + self._total_timeout_s
+        response = self._request("POST", self._base.rstrip("/"), None, bundle, deadline)
+        if response.get("resourceType") != "Bundle":
+            raise UpstreamError("FHIR server did not answer the transaction with a Bundle")
+        return response
 
     def search(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Search and follow `link[next]`; returns one searchset Bundle with every page's entries.

@@ -103,6 +103,20 @@ class _FhirHandler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"resourceType": "OperationOutcome"})
 
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length))
+        self.server.seen.append(
+            (self.path, {"content-type": self.headers.get("Content-Type", "")}, dict(self.headers))
+        )
+        if self.path != "/fhir":
+            self._send(404, {"resourceType": "OperationOutcome"})
+        elif body.get("type") == "transaction" and body.get("entry"):
+            entries = [{"response": {"status": "201 Created"}} for _ in body["entry"]]
+            self._send(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+        else:
+            self._send(422, {"resourceType": "OperationOutcome"})
+
 
 class _FhirServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -310,3 +324,19 @@ def test_custom_session_is_used(base: str) -> None:
     client = FhirClient(base, TOKEN, ["127.0.0.1"], 1.0, session=session)
     assert client.read("Patient/p1")["id"] == "p1"
     assert client._session is session
+
+
+def test_transaction_posts_fhir_json_to_the_base(client: FhirClient, server: _FhirServer) -> None:
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "POST"}}]}
+    response = client.transaction(bundle)
+    assert response["type"] == "transaction-response"
+    path, meta, headers = server.seen[-1]
+    assert path == "/fhir" and meta["content-type"] == "application/fhir+json"
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_transaction_rejected_by_server_is_upstream_error(client: FhirClient) -> None:
+    with pytest.raises(UpstreamError, match="422"):
+        client.transaction({"resourceType": "Bundle", "type": "transaction"})
+    with pytest.raises(ValueError):
+        client.transaction({"resourceType": "Bundle", "type": "searchset"})

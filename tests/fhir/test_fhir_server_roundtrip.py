@@ -114,12 +114,12 @@ def test_transaction_is_accepted_and_idempotent(
         images=(image,),
     )
     bundle = build_report_bundle(analysis, ctx)
-    first = _post_bundle(fhir_base, bundle)
+    client = FhirClient(fhir_base, None, ["127.0.0.1"], timeout_s=10)
+    first = [e["response"]["status"] for e in client.transaction(bundle)["entry"]]
     assert len(first) == 1 + 25 + 1 + 1 and all(s.startswith("201") for s in first)
-    second = _post_bundle(fhir_base, bundle)
+    second = [e["response"]["status"] for e in client.transaction(bundle)["entry"]]
     assert all(s.startswith("200") for s in second)  # matched by identifier: nothing created
 
-    client = FhirClient(fhir_base, None, ["127.0.0.1"], timeout_s=10)
     reports = client.search_resources(
         "DiagnosticReport", {"identifier": f"{codes.ANALYSIS_IDENTIFIER_SYSTEM}|roundtrip-1"}
     )
