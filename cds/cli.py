@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from cds.errors import CdsError
 
-COMMANDS: tuple[str, ...] = ("db", "serve", "worker", "analyze", "train")
+COMMANDS: tuple[str, ...] = ("db", "serve", "worker", "analyze", "train", "synth")
 
 
 def build_parser() -> argparse.ArgumentParser:
