@@ -228,34 +228,62 @@ def dural_sac_area(
     )
 
 
-def posterior_direction(
-    anterior: np.ndarray, sac: np.ndarray, spacing_mm: Sequence[float], fallback: Vector
-) -> tuple[np.ndarray, bool]:
-    """The patient's own anteroposterior axis in this slice: disc/body centroid -> sac centroid.
+@dataclass(frozen=True)
+class AxialAxes:
+    """The patient's own axes on one axial slice, in millimetre (row, col) space.
 
-    Why anatomy rather than the scanner axes: patients lie slightly rotated, and the canal's AP
-    diameter is defined along the mid-sagittal line of the spine, not of the magnet. Falls back
-    to ``fallback`` (the scanner's posterior direction from the affine) when a structure is
-    missing; the flag says whether the anatomical axis was used.
+    ``origin_mm`` lies on the mid-sagittal line (centre of the disc/vertebral body), ``posterior``
+    and ``left`` are unit vectors. Why anatomy rather than the scanner axes: patients lie slightly
+    rotated, and FINDINGS.md measures along the spine's own mid-sagittal line.
     """
-    if anterior.any() and sac.any():
-        vec = centroid_mm(sac, spacing_mm) - centroid_mm(anterior, spacing_mm)
-        if np.linalg.norm(vec) > 1.0:
-            return _unit(vec), True
-    return _unit(fallback), False
+
+    origin_mm: np.ndarray
+    posterior: np.ndarray
+    left: np.ndarray
+    anatomical: bool
+
+
+#: The disc/body's minor axis is trusted as the AP axis only within this angle of the scanner's.
+MAX_AXIS_DEVIATION_DEG = 25.0
+
+
+def axial_axes(
+    anterior: np.ndarray, sac: np.ndarray, spacing_mm: Sequence[float], posterior: Vector, left: Vector
+) -> AxialAxes:
+    """Mid-sagittal line of a slice from the disc/vertebral body (``anterior``) mask.
+
+    Origin: the centroid of the largest disc/body component (the spine's centre line). AP axis:
+    that component's minor principal axis (a vertebral body or disc is wider than deep), signed
+    to point posterior; used only when within MAX_AXIS_DEVIATION_DEG of the scanner's posterior
+    direction ``posterior`` (a protrusion can skew the shape), which is the fallback. ``left``
+    (scanner) only fixes the sign of the left axis.
+    """
+    post0, left0 = _unit(posterior), _unit(left)
+    if np.count_nonzero(anterior) >= 3:
+        main = largest_component(anterior)
+        origin = centroid_mm(main, spacing_mm)
+        _, minor = principal_axes(main, spacing_mm)
+        minor = minor if float(minor @ post0) >= 0 else -minor
+        if float(minor @ post0) >= np.cos(np.deg2rad(MAX_AXIS_DEVIATION_DEG)):
+            lft = np.array([-minor[1], minor[0]])
+            lft = lft if float(lft @ left0) >= 0 else -lft
+            return AxialAxes(origin, minor, lft, True)
+        return AxialAxes(origin, post0, left0, False)
+    origin = (
+        centroid_mm(sac, spacing_mm)
+        if sac.any()
+        else np.array([(sac.shape[0] - 1) * spacing_mm[0] / 2, (sac.shape[1] - 1) * spacing_mm[1] / 2])
+    )
+    return AxialAxes(origin, post0, left0, False)
 
 
 def canal_ap_diameter(
     sac: np.ndarray,
     spacing_mm: Sequence[float],
-    posterior_mm: Vector,
+    axes: AxialAxes,
     slice_index: int,
 ) -> Measurement:
-    """Canal AP diameter: the dural sac's length along the mid-sagittal line through its centre.
-
-    ``posterior_mm`` is the AP axis (see :func:`posterior_direction`); the line passes through
-    the sac's centroid, which lies on the mid-sagittal line of a roughly symmetric canal.
-    """
+    """Canal AP diameter: the dural sac's extent along the mid-sagittal line (FINDINGS.md)."""
     quality = mask_quality(sac, spacing_mm, what="dural sac", min_area_mm2=MIN_SAC_AREA_MM2)
     if not sac.any():
         return Measurement(
@@ -265,107 +293,138 @@ def canal_ap_diameter(
             reliable=False,
             issues=quality.issues,
         )
-    main = largest_component(sac)
-    length, start, end = chord_through(main, spacing_mm, centroid_mm(main, spacing_mm), posterior_mm)
+    length, start, end = chord_through(sac, spacing_mm, axes.origin_mm, axes.posterior)
+    issues = list(quality.issues)
+    if length == 0.0:
+        issues.append("the mid-sagittal line misses the dural sac")
     return Measurement(
         MeasurementName.AP_DIAMETER_MM,
         length,
         Provenance(
             Plane.AXIAL,
             slice_index,
-            "dural sac length along the AP line through its centroid",
+            "dural sac extent along the mid-sagittal line (disc/body centre, AP axis)",
             (_to_px(start, spacing_mm), _to_px(end, spacing_mm)),
         ),
-        reliable=quality.reliable,
-        issues=quality.issues,
-    )
-
-
-def side_mask(
-    shape: tuple[int, int],
-    spacing_mm: Sequence[float],
-    origin_mm: np.ndarray,
-    left_mm: Vector,
-    side: Side,
-) -> np.ndarray:
-    """Pixels on the patient's ``side`` of the line through ``origin_mm`` perpendicular to left_mm."""
-    rows, cols = np.indices(shape, dtype=np.float64)
-    left = _unit(left_mm)
-    proj = (rows * spacing_mm[0] - origin_mm[0]) * left[0] + (cols * spacing_mm[1] - origin_mm[1]) * left[1]
-    return proj > 0 if side is Side.LEFT else proj < 0
-
-
-def lateral_recess_depth(
-    anterior: np.ndarray,
-    facet: np.ndarray,
-    sac: np.ndarray,
-    spacing_mm: Sequence[float],
-    left_mm: Vector,
-    side: Side,
-    slice_index: int,
-) -> Measurement:
-    """Lateral recess depth on one side: the gap between the posterior disc/vertebral margin and
-    the superior articular facet at the recess (FINDINGS.md).
-
-    Method: on the patient's ``side`` of the midline (the line through the dural sac centroid
-    perpendicular to the left-right axis ``left_mm``), the shortest distance in millimetres from
-    the facet mask to the disc/vertebral-body mask. The recess is the narrowest passage between
-    these two structures, which is exactly where that shortest segment lies; both of its end
-    points are returned for drawing. Exact Euclidean distance transform with anisotropic
-    sampling, so non-square pixels are handled.
-    """
-    if not sac.any():
-        return _missing_recess(side, slice_index, "no dural sac to locate the midline")
-    half = side_mask(sac.shape, spacing_mm, centroid_mm(sac, spacing_mm), left_mm, side)
-    front = anterior & half
-    back = facet & half
-    if not front.any() or not back.any():
-        what = "disc/vertebral body" if not front.any() else "facet"
-        return _missing_recess(side, slice_index, f"no {what} on the {side.value} side")
-    dist, nearest = ndimage.distance_transform_edt(~front, sampling=tuple(spacing_mm), return_indices=True)
-    # Distances between pixel centres; the gap between the two boundaries is one pixel less
-    # than centre-to-centre along the measured direction, so subtract the pixel extent there.
-    rows, cols = np.nonzero(back)
-    k = int(np.argmin(dist[rows, cols]))
-    r, c = int(rows[k]), int(cols[k])
-    nr, nc = int(nearest[0][r, c]), int(nearest[1][r, c])
-    centre_gap = float(dist[r, c])
-    dvec = np.array([(r - nr) * spacing_mm[0], (c - nc) * spacing_mm[1]])
-    pixel_extent = _pixel_extent_along(dvec, spacing_mm)
-    depth = max(0.0, centre_gap - pixel_extent)
-    issues: list[str] = []
-    for mask, what in ((front, "disc/vertebral body"), (back, "facet")):
-        q = mask_quality(
-            largest_component(mask),
-            spacing_mm,
-            what=f"{side.value} {what}",
-            min_area_mm2=MIN_STRUCTURE_AREA_MM2,
-        )
-        issues.extend(i for i in q.issues if "edge" not in i)
-    return Measurement(
-        MeasurementName.LATERAL_RECESS_DEPTH_MM,
-        depth,
-        Provenance(
-            Plane.AXIAL,
-            slice_index,
-            "shortest facet-to-disc/vertebral margin distance on this side of the midline",
-            ((float(nr), float(nc)), (float(r), float(c))),
-        ),
-        side=side,
         reliable=not issues,
         issues=tuple(issues),
     )
 
 
-def _pixel_extent_along(vec_mm: np.ndarray, spacing_mm: Sequence[float]) -> float:
-    """Length of a pixel crossed along ``vec_mm`` (half a pixel at each of the two boundaries)."""
-    if not np.any(vec_mm):
-        return 0.0
-    u = np.abs(_unit(vec_mm))
-    # Distance along u to leave a (sr x sc) box from its centre, twice half: min over axes.
-    with np.errstate(divide="ignore"):
-        ext = [spacing_mm[i] / u[i] if u[i] > 1e-9 else np.inf for i in range(2)]
-    return float(min(ext))
+def pixel_coords(
+    shape: tuple[int, ...], spacing_mm: Sequence[float], axes: AxialAxes
+) -> tuple[np.ndarray, np.ndarray]:
+    """(AP, left) coordinates in mm of every pixel, relative to the axes' origin."""
+    rows, cols = np.indices(shape[:2], dtype=np.float64)
+    dr = rows * spacing_mm[0] - axes.origin_mm[0]
+    dc = cols * spacing_mm[1] - axes.origin_mm[1]
+    return dr * axes.posterior[0] + dc * axes.posterior[1], dr * axes.left[0] + dc * axes.left[1]
+
+
+#: Depth of the band behind the disc/body margin in which posterior-element pixels are pedicles
+#: (laminae start further back, about 13 mm behind the margin at the pedicle's medial wall).
+PEDICLE_BAND_MM = (-4.0, 10.0)
+
+
+def pedicle_half_width(
+    posterior_elements: np.ndarray,
+    anterior: np.ndarray,
+    spacing_mm: Sequence[float],
+    axes: AxialAxes,
+    side: Side,
+) -> float | None:
+    """Distance (mm) from the mid-sagittal line to the medial wall of the pedicle on ``side``.
+
+    The pedicles are the posterior-element pixels just behind the disc/vertebral body (within
+    PEDICLE_BAND_MM of its posterior margin at the midline); the medial-most of them on the side
+    is the pedicle's medial wall, which bounds the lateral recess laterally. None when the slice
+    does not pass through a pedicle.
+    """
+    if not posterior_elements.any() or not anterior.any():
+        return None
+    ap, lr = pixel_coords(anterior.shape, spacing_mm, axes)
+    near_mid = anterior & (np.abs(lr) < 3.0)
+    if not near_mid.any():
+        return None
+    margin = float(ap[near_mid].max())
+    sign = 1.0 if side is Side.LEFT else -1.0
+    band = (
+        posterior_elements
+        & (ap >= margin + PEDICLE_BAND_MM[0])
+        & (ap <= margin + PEDICLE_BAND_MM[1])
+        & (sign * lr > 2.0)
+    )
+    if not band.any():
+        return None
+    return float((sign * lr[band]).min())
+
+
+def medial_edge(mask: np.ndarray, spacing_mm: Sequence[float], axes: AxialAxes, side: Side) -> float | None:
+    """Distance (mm) from the mid-sagittal line to the medial-most pixel of ``mask`` on ``side``."""
+    if not mask.any():
+        return None
+    _, lr = pixel_coords(mask.shape, spacing_mm, axes)
+    sign = 1.0 if side is Side.LEFT else -1.0
+    on_side = mask & (sign * lr > 2.0)
+    return float((sign * lr[on_side]).min()) if on_side.any() else None
+
+
+def lateral_recess_depth(
+    anterior: np.ndarray,
+    bone: np.ndarray,
+    spacing_mm: Sequence[float],
+    axes: AxialAxes,
+    side: Side,
+    offset_mm: float,
+    slice_index: int,
+) -> Measurement:
+    """Lateral recess depth on one side of one slice (FINDINGS.md): along the AP line
+    ``offset_mm`` lateral of the mid-sagittal line (callers put it 1.5 mm medial to the pedicle's
+    medial wall, where the recess lies), the distance from the posterior disc/vertebral margin
+    (last ``anterior`` sample) to the superior articular process (first ``bone`` sample behind it).
+
+    When no bone follows (an open recess), the distance to the end of the image along the line is
+    returned; it is a lower bound, and anything over the 5 mm cut-off grades the same.
+    """
+    sign = 1.0 if side is Side.LEFT else -1.0
+    point = axes.origin_mm + sign * offset_mm * axes.left
+    d = axes.posterior
+    sp = np.asarray(spacing_mm, dtype=np.float64)
+    extent = float(np.hypot(anterior.shape[0] * sp[0], anterior.shape[1] * sp[1]))
+    t = np.arange(-extent, extent + LINE_STEP_MM, LINE_STEP_MM)
+    pts = point[None, :] + t[:, None] * d[None, :]
+    idx = np.floor(pts / sp[None, :] + 0.5).astype(np.int64)
+    inside = (
+        (idx[:, 0] >= 0)
+        & (idx[:, 0] < anterior.shape[0])
+        & (idx[:, 1] >= 0)
+        & (idx[:, 1] < anterior.shape[1])
+    )
+    front = np.zeros(t.shape, dtype=bool)
+    back = np.zeros(t.shape, dtype=bool)
+    front[inside] = anterior[idx[inside, 0], idx[inside, 1]]
+    back[inside] = bone[idx[inside, 0], idx[inside, 1]]
+    if not front.any():
+        return _missing_recess(side, slice_index, f"no disc/vertebral margin on the {side.value} recess line")
+    k0 = int(np.nonzero(front)[0].max())
+    behind = np.nonzero(back[k0 + 1 :])[0]
+    last_inside = int(np.nonzero(inside)[0].max())
+    k1 = k0 + 1 + int(behind[0]) if behind.size else last_inside
+    depth = (k1 - k0 - 1) * LINE_STEP_MM + (LINE_STEP_MM if behind.size else 0.0)
+    margin_pt, bone_pt = pts[k0] + 0.5 * LINE_STEP_MM * d, pts[k1] - 0.5 * LINE_STEP_MM * d
+    return Measurement(
+        MeasurementName.LATERAL_RECESS_DEPTH_MM,
+        float(max(depth, 0.0)),
+        Provenance(
+            Plane.AXIAL,
+            slice_index,
+            f"AP gap from the disc/vertebral margin to the articular process, {offset_mm:.1f} mm "
+            f"{side.value} of the midline"
+            + ("" if behind.size else " (no bone behind: open recess, lower bound)"),
+            (_to_px(margin_pt, spacing_mm), _to_px(bone_pt, spacing_mm)),
+        ),
+        side=side,
+    )
 
 
 def _missing_recess(side: Side, slice_index: int, why: str) -> Measurement:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from cds.domain import AnalysisResult, AnalysisStatus, Condition, Finding, Level, Side
+from cds.domain import AnalysisResult, AnalysisStatus, Condition, Finding, Level, MeasurementName, Side
 from cds.errors import CdsError, IngestError, StageError
 from cds.pipeline import axial as ax
 from cds.pipeline import measure as ms
@@ -192,35 +192,91 @@ def _with_native_slice(m: ms.Measurement, seg: ax.AxialSegmentation) -> ms.Measu
     return replace(m, provenance=replace(m.provenance, slice_index=seg.slice_indices[row]))
 
 
+#: The recess line lies this far medial to the pedicle's medial wall (FINDINGS.md "at the recess").
+RECESS_MEDIAL_TO_PEDICLE_MM = 1.5
+#: Without a pedicle on the level's slices: the superior articular process's medial edge lies
+#: about this far medial to the pedicle wall in a normal spine (used as a fallback, flagged).
+FACET_EDGE_MEDIAL_TO_PEDICLE_MM = 3.0
+
+
 def measure_level(seg: ax.AxialSegmentation, disc_height: ms.Measurement | None) -> LevelMeasurements:
     """DSCA and AP diameter on the narrowest slice, lateral recess depth per side (narrowest
-    slice of that side), disc height from the sagittal stage. Foraminal area ratio is not
-    measured (see README: it needs a parasagittal foramen segmentation this release lacks), so
-    foraminal findings are graded by the learned model and flagged uncertain."""
+    slice through the disc), disc height from the sagittal stage. The foraminal area ratio is not
+    measured (it needs a parasagittal foramen segmentation this release lacks), so foraminal
+    findings are graded by the learned model and flagged uncertain."""
     spacing = seg.label_spacing_mm
     sac = seg.mask(ax.SAC)
-    anterior = seg.mask(ax.DISC) | seg.mask(ax.BODY)
+    disc = seg.mask(ax.DISC)
+    anterior = disc | seg.mask(ax.BODY)
     facet = seg.mask(ax.FACET)
+    posterior_elements = seg.mask(ax.POSTERIOR)
+    bone = facet | posterior_elements
+    n = sac.shape[0]
+    axes = [ms.axial_axes(anterior[i], sac[i], spacing, POSTERIOR_RC, LEFT_RC) for i in range(n)]
     dsca = ms.dural_sac_area(sac, spacing)
     k = dsca.provenance.slice_index
-    direction, _anatomical = ms.posterior_direction(anterior[k], sac[k], spacing, POSTERIOR_RC)
-    ap = ms.canal_ap_diameter(sac[k], spacing, direction, k)
+    ap = ms.canal_ap_diameter(sac[k], spacing, axes[k], k)
     canal: list[ms.Measurement] = [_with_native_slice(dsca, seg), _with_native_slice(ap, seg)]
     if disc_height is not None:
         canal.append(disc_height)
     groups: dict[Condition, tuple[ms.Measurement, ...]] = {Condition.SPINAL_CANAL: tuple(canal)}
+    through_disc = [i for i in range(n) if disc[i].any()] or list(range(n))
     for side, condition in (
         (Side.LEFT, Condition.LEFT_SUBARTICULAR),
         (Side.RIGHT, Condition.RIGHT_SUBARTICULAR),
     ):
-        per_slice = [
-            ms.lateral_recess_depth(anterior[i], facet[i], sac[i], spacing, LEFT_RC, side, i)
-            for i in range(sac.shape[0])
-        ]
-        groups[condition] = (_with_native_slice(ms.narrowest(per_slice), seg),)
+        groups[condition] = (
+            _with_native_slice(
+                _recess(anterior, bone, posterior_elements, facet, spacing, axes, side, through_disc), seg
+            ),
+        )
     groups[Condition.LEFT_FORAMINAL] = ()
     groups[Condition.RIGHT_FORAMINAL] = ()
     return LevelMeasurements(groups)
+
+
+def _recess(
+    anterior: np.ndarray,
+    bone: np.ndarray,
+    posterior_elements: np.ndarray,
+    facet: np.ndarray,
+    spacing: tuple[float, float],
+    axes: Sequence[ms.AxialAxes],
+    side: Side,
+    rows: Sequence[int],
+) -> ms.Measurement:
+    """Narrowest lateral recess depth of one side over the slices through the disc."""
+    n = anterior.shape[0]
+    walls = [
+        w
+        for i in range(n)
+        if (w := ms.pedicle_half_width(posterior_elements[i], anterior[i], spacing, axes[i], side))
+        is not None
+    ]
+    issues: list[str] = []
+    if walls:
+        wall = float(np.median(walls))
+    else:
+        edges = [e for i in range(n) if (e := ms.medial_edge(facet[i], spacing, axes[i], side)) is not None]
+        if not edges:
+            return ms.Measurement(
+                MeasurementName.LATERAL_RECESS_DEPTH_MM,
+                0.0,
+                ms.Provenance(ms.Plane.AXIAL, rows[0], "no pedicle or facet found"),
+                side=side,
+                reliable=False,
+                issues=(f"no pedicle or articular process found on the {side.value} side",),
+            )
+        wall = float(np.median(edges)) + FACET_EDGE_MEDIAL_TO_PEDICLE_MM
+        issues.append(f"{side.value} pedicle not on the level's slices: recess located from the facet")
+    offset = max(wall - RECESS_MEDIAL_TO_PEDICLE_MM, 0.0)
+    per_slice = [
+        ms.lateral_recess_depth(anterior[i], bone[i], spacing, axes[i], side, offset, i) for i in rows
+    ]
+    best = ms.narrowest(per_slice)
+    if issues:
+        best = replace(best, reliable=False, issues=(*best.issues, *issues))
+    return best
 
 
 # ----------------------------------------------------------------------------------------------

@@ -80,30 +80,45 @@ def test_dsca_flags_tiny_sac() -> None:
     assert not m.reliable and any("too small" in i for i in m.issues)
 
 
-@pytest.mark.parametrize("angle_deg", [0.0, 20.0, -35.0])
+@pytest.mark.parametrize("angle_deg", [0.0, 15.0, -20.0])
 def test_ap_diameter_along_rotated_anatomical_axis(angle_deg: float) -> None:
-    """A sac ellipse rotated with the patient: the AP diameter is its full axis (2 x 9 mm)."""
+    """A spine rotated in the slice: the AP diameter is the sac's full axis (2 x 9 mm)."""
     shape = (200, 200)
     ang = np.deg2rad(angle_deg)
-    ap_axis = np.array([np.cos(ang), np.sin(ang)])  # the ellipse's u axis in (row, col) mm
+    ap_axis = np.array([np.cos(ang), np.sin(ang)])  # the ellipses' u axis in (row, col) mm
     sac_centre = np.array([45.0, 50.0])
     sac = ellipse(shape, tuple(sac_centre), (9.0, 6.0), SPACING, angle_rad=ang)
     disc_centre = sac_centre - 25.0 * ap_axis
     disc = ellipse(shape, tuple(disc_centre), (10.0, 18.0), SPACING, angle_rad=ang)
-    direction, anatomical = measure.posterior_direction(disc, sac, SPACING, fallback=(1.0, 0.0))
-    assert anatomical
-    assert np.dot(direction, ap_axis) == pytest.approx(1.0, abs=1e-3)
-    m = measure.canal_ap_diameter(sac, SPACING, direction, slice_index=3)
+    axes = measure.axial_axes(disc, sac, SPACING, posterior=(1.0, 0.0), left=(0.0, 1.0))
+    assert axes.anatomical
+    assert np.dot(axes.posterior, ap_axis) == pytest.approx(1.0, abs=1e-3)
+    assert np.dot(axes.left, (0.0, 1.0)) > 0.8
+    m = measure.canal_ap_diameter(sac, SPACING, axes, slice_index=3)
     assert m.value == pytest.approx(18.0, abs=0.5)
     assert m.provenance.slice_index == 3 and len(m.provenance.points_px) == 2
     (r0, c0), (r1, c1) = m.provenance.points_px
     assert np.hypot((r1 - r0) * SPACING[0], (c1 - c0) * SPACING[1]) == pytest.approx(m.value, abs=0.1)
 
 
-def test_posterior_direction_falls_back_without_disc() -> None:
+def test_axes_fall_back_to_scanner_axes_without_disc_or_when_skewed() -> None:
     sac = ellipse((100, 100), (20.0, 20.0), (5.0, 5.0), SPACING)
-    direction, anatomical = measure.posterior_direction(np.zeros_like(sac), sac, SPACING, (0.0, 2.0))
-    assert not anatomical and np.allclose(direction, (0.0, 1.0))
+    axes = measure.axial_axes(np.zeros_like(sac), sac, SPACING, (2.0, 0.0), (0.0, 1.0))
+    assert not axes.anatomical and np.allclose(axes.posterior, (1.0, 0.0))
+    skewed = ellipse((200, 200), (30.0, 40.0), (10.0, 18.0), SPACING, angle_rad=np.deg2rad(50))
+    axes = measure.axial_axes(skewed, sac, SPACING, (1.0, 0.0), (0.0, 1.0))
+    assert not axes.anatomical and np.allclose(axes.posterior, (1.0, 0.0))
+
+
+def test_ap_diameter_is_taken_on_the_midline_not_the_sac_centroid() -> None:
+    """A sac pushed to one side (paracentral protrusion): the AP line stays on the spine's midline."""
+    spacing = (0.5, 0.5)
+    disc = rect((120, 120), 10, 40, 20, 100)  # centre col 59.5
+    sac = rect((120, 120), 45, 65, 50, 90)  # 20 rows deep (10 mm) at the midline column
+    sac[45:55, 50:65] = False  # shallower (5 mm) on the midline
+    axes = measure.axial_axes(disc, sac, spacing, (1.0, 0.0), (0.0, 1.0))
+    m = measure.canal_ap_diameter(sac, spacing, axes, 0)
+    assert m.value == pytest.approx(5.0, abs=0.1)
 
 
 def test_chord_ignores_separate_blob_on_the_same_line() -> None:
@@ -113,40 +128,58 @@ def test_chord_ignores_separate_blob_on_the_same_line() -> None:
 
 
 def _recess_scene(gap_left_px: int, gap_right_px: int) -> tuple[np.ndarray, ...]:
-    """Rows grow posterior, columns grow toward patient left. Disc in front (rows 20-40),
-    facets behind it on each side with a chosen gap; sac in the middle behind the disc."""
+    """Rows grow posterior, columns grow toward patient left. Disc in front (rows 20-40, centre
+    column 59.5), articular processes behind it on each side with a chosen gap, pedicles lateral
+    to the recess just behind the disc, a lamina far behind."""
     shape = (100, 120)
     disc = rect(shape, 20, 40, 20, 100)
     sac = rect(shape, 42, 60, 50, 70)
     left_facet = rect(shape, 40 + gap_left_px, 70, 80, 95)
     right_facet = rect(shape, 40 + gap_right_px, 70, 25, 40)
-    return disc, left_facet | right_facet, sac
+    pedicles = rect(shape, 38, 50, 96, 105) | rect(shape, 38, 50, 15, 24)
+    lamina = rect(shape, 75, 80, 30, 90)
+    return disc, left_facet | right_facet, sac, pedicles | lamina
+
+
+SCENE_SPACING = (0.5, 0.8)
 
 
 def test_lateral_recess_depth_per_side_known_gaps() -> None:
-    spacing = (0.5, 0.8)
-    disc, facets, sac = _recess_scene(gap_left_px=8, gap_right_px=3)
-    left = (0.0, 1.0)  # patient left = increasing column
-    m_left = measure.lateral_recess_depth(disc, facets, sac, spacing, left, Side.LEFT, 7)
-    m_right = measure.lateral_recess_depth(disc, facets, sac, spacing, left, Side.RIGHT, 7)
-    assert m_left.side is Side.LEFT and m_right.side is Side.RIGHT
-    assert m_left.value == pytest.approx(8 * 0.5, abs=1e-6)
-    assert m_right.value == pytest.approx(3 * 0.5, abs=1e-6)
-    assert m_left.reliable and m_right.reliable
-    (r0, _c0), (r1, _c1) = m_left.provenance.points_px
-    assert r0 == 39 and r1 == 48  # last disc row and first facet row
+    disc, facets, sac, posterior = _recess_scene(gap_left_px=8, gap_right_px=3)
+    axes = measure.axial_axes(disc, sac, SCENE_SPACING, (1.0, 0.0), (0.0, 1.0))
+    left = measure.lateral_recess_depth(disc, facets | posterior, SCENE_SPACING, axes, Side.LEFT, 20.0, 7)
+    right = measure.lateral_recess_depth(disc, facets | posterior, SCENE_SPACING, axes, Side.RIGHT, 20.0, 7)
+    assert left.side is Side.LEFT and right.side is Side.RIGHT
+    assert left.value == pytest.approx(8 * 0.5, abs=0.06)
+    assert right.value == pytest.approx(3 * 0.5, abs=0.06)
+    assert left.reliable and right.reliable and left.provenance.slice_index == 7
+    (r0, _c0), (r1, _c1) = left.provenance.points_px
+    assert r0 == pytest.approx(39.5, abs=0.1) and r1 == pytest.approx(47.5, abs=0.1)  # the two boundaries
 
 
-def test_lateral_recess_depth_side_follows_left_direction() -> None:
-    disc, facets, sac = _recess_scene(gap_left_px=8, gap_right_px=3)
-    flipped = measure.lateral_recess_depth(disc, facets, sac, (1.0, 1.0), (0.0, -1.0), Side.LEFT, 0)
-    assert flipped.value == pytest.approx(3.0)
+def test_lateral_recess_open_recess_and_missing_margin() -> None:
+    disc, _facets, sac, _posterior = _recess_scene(4, 4)
+    axes = measure.axial_axes(disc, sac, SCENE_SPACING, (1.0, 0.0), (0.0, 1.0))
+    open_recess = measure.lateral_recess_depth(
+        disc, np.zeros_like(disc), SCENE_SPACING, axes, Side.LEFT, 20.0, 0
+    )
+    assert (
+        open_recess.reliable and open_recess.value > 20.0 and "open recess" in open_recess.provenance.method
+    )
+    far = measure.lateral_recess_depth(disc, disc, SCENE_SPACING, axes, Side.LEFT, 45.0, 0)
+    assert not far.reliable and "no disc/vertebral margin" in far.issues[0]
 
 
-def test_lateral_recess_depth_missing_facet_is_unreliable() -> None:
-    disc, _facets, sac = _recess_scene(4, 4)
-    m = measure.lateral_recess_depth(disc, np.zeros_like(disc), sac, (1.0, 1.0), (0.0, 1.0), Side.LEFT, 0)
-    assert not m.reliable and "facet" in m.issues[0]
+def test_pedicle_wall_and_facet_edge_offsets() -> None:
+    disc, facets, sac, posterior = _recess_scene(4, 4)
+    axes = measure.axial_axes(disc, sac, SCENE_SPACING, (1.0, 0.0), (0.0, 1.0))
+    origin_col = 59.5 * 0.8
+    left = measure.pedicle_half_width(posterior, disc, SCENE_SPACING, axes, Side.LEFT)
+    right = measure.pedicle_half_width(posterior, disc, SCENE_SPACING, axes, Side.RIGHT)
+    assert left == pytest.approx(96 * 0.8 - origin_col)  # the lamina behind is not a pedicle
+    assert right == pytest.approx(origin_col - 23 * 0.8)
+    assert measure.pedicle_half_width(np.zeros_like(disc), disc, SCENE_SPACING, axes, Side.LEFT) is None
+    assert measure.medial_edge(facets, SCENE_SPACING, axes, Side.LEFT) == pytest.approx(80 * 0.8 - origin_col)
 
 
 def test_narrowest_prefers_reliable_values() -> None:

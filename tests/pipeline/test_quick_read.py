@@ -72,6 +72,10 @@ def fake_axial_seg(
         # facets 4 mm behind the disc's posterior margin (row cr - 10), lateral to the sac
         lab[(rows >= cr - 6) & (rows < cr + 10) & (cols > cc + 12) & (cols < cc + 20)] = ax.FACET
         lab[(rows >= cr - 6) & (rows < cr + 10) & (cols < cc - 12) & (cols > cc - 20)] = ax.FACET
+        # pedicles just behind the disc margin, their medial walls 21 mm from the midline
+        lab[(rows >= cr - 12) & (rows < cr - 2) & (abs(cols - cc) >= 21) & (abs(cols - cc) < 26)] = (
+            ax.POSTERIOR
+        )
     probs = np.zeros((len(indices), len(ax.AXIAL_CLASSES), ax.CANONICAL_SIZE, ax.CANONICAL_SIZE), np.float32)
     frame = ax.canonical_frame(volume.affine, volume.shape[1:])
     return ax.AxialSegmentation(
@@ -127,6 +131,7 @@ def test_quick_read_composes_all_stages_with_real_geometry() -> None:
     left = result.finding(Level.L4_L5, Condition.LEFT_SUBARTICULAR)
     assert left is not None
     assert left.measurements[MeasurementName.LATERAL_RECESS_DEPTH_MM] == pytest.approx(4.0, abs=0.45)
+    assert left.grade is Grade.MODERATE and left.uncertain  # the rule decides; the model (severe) disagrees
     foraminal = result.finding(Level.L4_L5, Condition.LEFT_FORAMINAL)
     assert foraminal is not None and foraminal.uncertain  # not measured: the model decides, flagged
     assert set(result.timings_ms) >= {
