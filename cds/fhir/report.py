@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -418,6 +419,36 @@ def _check_reportable(analysis: AnalysisResult) -> None:
         raise ReportUnavailable("analysis has more than one finding for the same level and condition")
 
 
+def _narrative(analysis: AnalysisResult) -> dict[str, Any]:
+    """Human-readable XHTML of the report (EHRs that cannot read the Observations show this).
+
+    Generated from the same findings as the coded content; every text is escaped.
+    """
+    rows = []
+    for f in _ordered_findings(analysis):
+        value = f.deciding_value
+        name = f.condition.deciding_measurement
+        measured = _format_measurement(name, value) if value is not None else "not measured"
+        flag = " (uncertain)" if f.uncertain else ""
+        cells = (
+            f.level.value,
+            f.condition.display,
+            f.grade.display + flag,
+            measured,
+            f"{f.probability * 100:.0f} %",
+        )
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(
+        f"<th>{h}</th>" for h in ("Level", "Finding", "Grade", "Deciding measurement", "Probability")
+    )
+    div = (
+        '<div xmlns="http://www.w3.org/1999/xhtml">'
+        f"<p>{html.escape(conclusion_text(analysis))}</p>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table></div>"
+    )
+    return {"status": "generated", "div": div}
+
+
 def _report_core(
     analysis: AnalysisResult, ctx: ReportContext, link: _Linker, observation_ids: Sequence[str]
 ) -> dict[str, Any]:
@@ -433,6 +464,7 @@ def _report_core(
         "issued": _instant(ctx.issued),
         "result": [{"reference": link.ref(oid)} for oid in observation_ids],
         "conclusion": conclusion_text(analysis),
+        "text": _narrative(analysis),
     }
     study = _imaging_study_reference(ctx)
     if study is not None:

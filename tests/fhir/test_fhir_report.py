@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import xml.etree.ElementTree as ET
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -319,3 +320,25 @@ def test_validate_resource_rejects_without_echoing_values() -> None:
         "resourceType": "Patient",
         "id": "p1",
     }
+
+
+def test_report_narrative_is_well_formed_xhtml_with_every_finding(
+    analysis: AnalysisResult, ctx: ReportContext
+) -> None:
+    report = build_diagnostic_report(analysis, ctx)
+    assert report["text"]["status"] == "generated"
+    div = ET.fromstring(report["text"]["div"])
+    assert div.tag == "{http://www.w3.org/1999/xhtml}div"
+    rows = div.findall(".//{http://www.w3.org/1999/xhtml}tr")
+    assert len(rows) == 1 + 25
+    cells = [[td.text for td in row] for row in rows[1:]]
+    assert ["L4-L5", "central canal stenosis", "severe", "dural sac area 61.8 mm2", "97 %"] in cells
+    foramen = [
+        "L5-S1",
+        "left neural foraminal narrowing",
+        "moderate (uncertain)",
+        "foraminal area ratio 42 %",
+        "64 %",
+    ]
+    assert foramen in cells
+    assert all("text" not in r for r in report["contained"])  # contained resources carry no narrative
