@@ -70,8 +70,13 @@ def check_decodable(ds: Dataset) -> None:
         )
 
 
-def decode_frame(ds: Dataset, h: InstanceHeader, limits: IngestLimits) -> NDArray[np.float32]:
-    """One slice as float32 (rows, cols) in the modality's units (RescaleSlope/Intercept applied)."""
+def decode_frame(
+    ds: Dataset, h: InstanceHeader, limits: IngestLimits, out: NDArray[np.float32] | None = None
+) -> NDArray[np.float32]:
+    """One slice as float32 (rows, cols) in the modality's units (RescaleSlope/Intercept applied).
+
+    `out`, when given, is filled in place (a slice of the volume being built: no extra copy).
+    """
     check_frame_size(h, limits)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise ingest_error(
@@ -96,13 +101,16 @@ def decode_frame(ds: Dataset, h: InstanceHeader, limits: IngestLimits) -> NDArra
         ) from exc
     if raw.shape != (h.rows, h.cols):
         raise ingest_error(IngestKind.UNSUPPORTED_IMAGE, f"unexpected pixel array shape {raw.shape}")
-    frame = raw.astype(np.float32)
+    frame = np.empty_like(raw, dtype=np.float32) if out is None else out
+    frame[...] = raw
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
-        frame = frame.max() - frame  # MONOCHROME1: low values are bright; store one convention
+        np.subtract(frame.max(), frame, out=frame)  # low values are bright: store one convention
     slope = _number(ds, "RescaleSlope", 1.0)
     intercept = _number(ds, "RescaleIntercept", 0.0)
-    if slope != 1.0 or intercept != 0.0:
-        frame = frame * np.float32(slope) + np.float32(intercept)
+    if slope != 1.0:
+        frame *= np.float32(slope)
+    if intercept != 0.0:
+        frame += np.float32(intercept)
     return frame
 
 

@@ -155,19 +155,20 @@ def _decode(
     datasets = dict(src.read_instances(wanted))
     volumes = []
     for kind, stack in chosen:
-        frames = []
-        for h in stack.headers:
-            ds = datasets.get(h.ref)
+        first = stack.first
+        array = np.empty((stack.n_slices, first.rows or 0, first.cols or 0), dtype=np.float32)
+        for k, h in enumerate(stack.headers):
+            ds = datasets.pop(h.ref, None)  # drop each instance once decoded: lowers peak memory
             if ds is None:
                 raise ingest_error(
                     IngestKind.TRUNCATED, f"{src.describe()} did not return every instance of a series"
                 )
-            frames.append(decode_frame(ds, h, limits))
+            decode_frame(ds, h, limits, out=array[k])
         spacing = stack.first.pixel_spacing
         assert spacing is not None
         volumes.append(
             Volume(
-                array=np.stack(frames).astype(np.float32, copy=False),
+                array=array,
                 affine=stack.affine(),
                 spacing_mm=(float(stack.slice_spacing_mm or 0.0), float(spacing[0]), float(spacing[1])),
                 series_uid=stack.series_uid,

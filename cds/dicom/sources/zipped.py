@@ -3,7 +3,8 @@
 Archives are untrusted: member names may try path traversal ('../', absolute paths, drive
 letters), members may be symbolic links, and sizes in the central directory may promise a small
 file that inflates to gigabytes. Every member is checked before it is inflated, and inflation is
-capped at the declared size, so a lying header cannot exceed the limits either.
+capped at the declared size, so a lying header cannot exceed the limits either. Choosing series
+inflates each member only up to its pixel data; whole members are inflated only for the chosen ones.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from cds.dicom.errors import IngestKind, ingest_error
 from cds.dicom.limits import DEFAULT_LIMITS, IngestLimits
-from cds.dicom.reader import has_dicom_magic, is_dicomdir, read_dataset
+from cds.dicom.reader import DICM_OFFSET, has_dicom_magic, is_dicomdir, read_dataset
 from cds.dicom.sources.base import InstanceRef
 
 
@@ -38,11 +39,10 @@ class ZipSource:
                 raise ingest_error(IngestKind.EMPTY, f"{self.describe()} contains no files")
             found = 0
             for info in members:
-                data = self._read_member(archive, info)
-                if not has_dicom_magic(data[:132]) or _skipped_name(info.filename):
+                if _skipped_name(info.filename):
                     continue
-                ds = read_dataset(io.BytesIO(data), _label(info), headers_only=True)
-                if is_dicomdir(ds):
+                ds = self._read_header(archive, info)
+                if ds is None or is_dicomdir(ds):
                     continue
                 found += 1
                 yield InstanceRef(info.filename), ds
@@ -95,6 +95,23 @@ class ZipSource:
                 IngestKind.TOO_LARGE, f"{self.describe()} inflates beyond the total size limit"
             )
         return members
+
+    def _read_header(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Dataset | None:
+        """Inflate only as far as the header goes (pydicom stops before the pixel data)."""
+        try:
+            with archive.open(info) as fp:
+                if not has_dicom_magic(fp.read(DICM_OFFSET + 4)):
+                    return None
+                fp.seek(0)
+                return read_dataset(fp, _label(info), headers_only=True)  # type: ignore[arg-type]
+        except (zipfile.BadZipFile, EOFError) as exc:
+            raise ingest_error(IngestKind.CORRUPT, f"{_label(info)} cannot be inflated") from exc
+        except NotImplementedError as exc:
+            raise ingest_error(
+                IngestKind.NOT_DICOM, f"{_label(info)} uses an unsupported zip compression"
+            ) from exc
+        except RuntimeError as exc:  # encrypted member without password
+            raise ingest_error(IngestKind.NOT_DICOM, f"{_label(info)} is encrypted") from exc
 
     def _read_member(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
         try:
