@@ -1,8 +1,10 @@
 """Shared fixtures: databases on SQLite and on a real, throwaway PostgreSQL cluster.
 
-`database_url` is parametrised over both backends; every test that touches the store runs twice.
+`backend` is parametrised over both; `database_url` (an empty database), `db` (a migrated one),
+`app_settings`, `app` and `client` follow it, so every test that touches the store runs twice.
 The PostgreSQL cluster is started once per test session (initdb + pg_ctl on a spare port in a temp
-dir, ~1 s) and every test gets its own fresh database in it. PostgreSQL refuses to run as root, so
+dir, ~1 s) and every test gets its own fresh database in it; migrated databases are copies of a
+template migrated once per session (a file copy on SQLite, CREATE DATABASE ... TEMPLATE on PostgreSQL). PostgreSQL refuses to run as root, so
 as root the server runs as the `postgres` system user. Without PostgreSQL installed the postgres
 cases are skipped locally, but under CI (CI=true) that is an error: CI must test both backends.
 """
@@ -54,14 +56,15 @@ class PostgresCluster:
     def url(self, dbname: str) -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{dbname}"
 
-    def create_database(self) -> str:
+    def create_database(self, name: str | None = None, template: str | None = None) -> str:
         import psycopg
 
-        name = f"t_{uuid.uuid4().hex[:16]}"
+        name = name or f"t_{uuid.uuid4().hex[:16]}"
+        clause = f' TEMPLATE "{template}"' if template else ""
         with psycopg.connect(
             host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True
         ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"{clause}')
         return self.url(name)
 
 
@@ -103,22 +106,65 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def _migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Per backend, a database migrated to head once per session, copied for each test (fast)."""
+    return {}
+
+
+def _sqlite_template(templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cds.store.migrate import upgrade
+
+    if "sqlite" not in templates:
+        path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+        upgrade(f"sqlite:///{path}")
+        templates["sqlite"] = str(path)
+    return Path(templates["sqlite"])
+
+
+def _postgres_template(templates: dict[str, str], cluster: PostgresCluster) -> str:
+    from cds.store.migrate import upgrade
+
+    if "postgresql" not in templates:
+        name = "cds_template"
+        url = cluster.create_database(name)
+        upgrade(url)
+        templates["postgresql"] = name
+    return templates["postgresql"]
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database backend of this test run; `database_url` and `db` both follow it."""
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database on each backend (schema NOT created: use `db` for a migrated one)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'cds.db'}"
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
     return cluster.create_database()
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    """A Database migrated to head with the project's Alembic migrations."""
-    from cds.store.migrate import upgrade
-
-    upgrade(database_url)
-    database = Database(database_url)
+def db(
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    _migrated_templates: dict[str, str],
+) -> Iterator[Database]:
+    """A fresh Database at the newest migration (a copy of a once-migrated template)."""
+    if backend == "sqlite":
+        path = tmp_path / "cds.db"
+        shutil.copyfile(_sqlite_template(_migrated_templates, tmp_path_factory), path)
+        url = f"sqlite:///{path}"
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        url = cluster.create_database(template=_postgres_template(_migrated_templates, cluster))
+    database = Database(url)
     try:
         yield database
     finally:
@@ -126,18 +172,18 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture
-def app_settings(database_url: str, tmp_path: Path) -> Settings:
-    """Settings for an app on the parametrised database, data under tmp_path (dev mode off)."""
+def app_settings(db: Database, tmp_path: Path) -> Settings:
+    """Settings for an app on the `db` database, data under tmp_path (dev mode off)."""
     return Settings(
         data_dir=tmp_path / "data",
-        database_url=database_url,
+        database_url=db.url.render_as_string(hide_password=False),
         secret_key="test-secret-key-not-for-production",
         public_base_url="http://127.0.0.1:8080",
     )
 
 
 @pytest.fixture
-def app(db: Database, app_settings: Settings) -> Iterator[Flask]:
+def app(app_settings: Settings) -> Iterator[Flask]:
     """create_app() on a migrated database (SQLite and PostgreSQL)."""
     from cds import create_app
     from cds.extensions import services
