@@ -87,13 +87,13 @@ def write_study(folder: Path, extras: bool) -> int:
         normal = np.cross(row, col)
         for s in range(5):
             centre = np.array([0.0, 0.0, 120.0 - 35.0 * block]) + (s - 2) * 4.0 * normal
-            ipp = centre - 153.6 * np.array(row) - 153.6 * np.array(col)
+            corner = centre - 153.6 * np.array(row) - 153.6 * np.array(col)
             _instance(
                 study_uid,
                 axial_uid,
                 "AX T2 TSE",
                 row + col,
-                ipp.tolist(),
+                corner.tolist(),
                 100.0,
                 4000.0,
                 rng,
