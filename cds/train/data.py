@@ -127,4 +127,4 @@ def synth_class_table(label_names: dict[int, str]) -> dict[int, int]:
 
 
 def synth_studies(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.glob("*/truth/labels.json"))
+    return sorted(p.parent.parent for p in root.glob("*/truth/labels.json"))
