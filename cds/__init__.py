@@ -38,12 +38,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    """Each blueprint is registered here once its owner has committed it."""
     from cds.hooks.blueprint import bp as hooks_bp
     from cds.viewer.blueprint import bp as viewer_bp
 
-    app.register_blueprint(hooks_bp)
-    app.register_blueprint(viewer_bp)
+    app.register_blueprint(hooks_bp)  # /cds-services
+    app.register_blueprint(viewer_bp)  # /viewer/<token>
 
 
 def _register_error_handlers(app: Flask) -> None:

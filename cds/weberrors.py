@@ -15,7 +15,8 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from cds.errors import CdsError, PayloadTooLarge, Unauthorized
+from cds.errors import CdsError, PayloadTooLarge
+from cds.hooks.outcome import operation_outcome, outcome_for_error, outcome_for_unexpected
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,6 @@ _HTTP_ISSUE_CODES = {
     415: "not-supported",
     429: "throttled",
 }
-_MAX_DIAGNOSTICS = 300
-
-
-def operation_outcome(code: str, diagnostics: str | None = None) -> dict[str, Any]:
-    issue: dict[str, Any] = {"severity": "error", "code": code}
-    if diagnostics:
-        issue["diagnostics"] = diagnostics[:_MAX_DIAGNOSTICS]
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 def _respond(status: int, body: dict[str, Any]) -> Response:
@@ -50,11 +43,12 @@ def _respond(status: int, body: dict[str, Any]) -> Response:
 
 
 def handle_cds_error(error: CdsError) -> Response:
-    if isinstance(error, Unauthorized):  # 401 says nothing about why (CDS-HOOKS.md)
-        return _respond(401, operation_outcome(error.issue_code))
     if error.http_status >= 500:
         log.error("request failed: %s (%s)", type(error).__name__, error.issue_code)
-    return _respond(error.http_status, operation_outcome(error.issue_code, error.message))
+    response = _respond(error.http_status, outcome_for_error(error))  # 401: no diagnostics
+    if error.http_status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 def handle_http_error(error: HTTPException) -> Response:
@@ -72,7 +66,7 @@ def handle_unexpected(error: Exception) -> Response:
     # Where it broke, not what it said: an exception message may quote request data (PHI).
     where = "".join(traceback.format_tb(error.__traceback__))
     log.error("unhandled %s at\n%s", type(error).__name__, where)
-    return _respond(500, operation_outcome("exception", "internal error"))
+    return _respond(500, outcome_for_unexpected())
 
 
 def register_error_handlers(app: Flask) -> None:
