@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
+
 from cds.dicom.errors import IngestKind, ingest_error
 from cds.dicom.geometry import Plane
 from cds.dicom.headers import InstanceHeader
@@ -69,13 +71,35 @@ def _weighting_from_timing(h: InstanceHeader) -> Weighting:
     return Weighting.UNKNOWN
 
 
+_SAYS_AXIAL = re.compile(r"\bTRA|\bAX|AXIAL|TRANSV|\bTRANS\b")
+#: Axial blocks through L5-S1 follow the lordotic disc and can tilt past 45 degrees, where the
+#: normal is nearer the anterior-posterior axis than the head-feet axis. Up to this tilt about the
+#: left-right axis, a stack the description calls axial/transverse is accepted as axial.
+MAX_AXIAL_TILT_DEG = 65.0
+
+
+def plane_of(stack: Stack) -> Plane | None:
+    """The stack's plane: geometry decides, except for steep axial blocks that the words confirm."""
+    if stack.orientation is None:
+        return None
+    plane = stack.orientation.plane
+    if plane is Plane.CORONAL:
+        n = np.abs(stack.orientation.normal)
+        tilt = float(np.degrees(np.arccos(np.clip(n[2], 0.0, 1.0))))
+        text = f"{stack.first.series_description} {stack.first.protocol_name}".upper().replace("_", " ")
+        if n[0] < 0.5 and tilt <= MAX_AXIAL_TILT_DEG and _SAYS_AXIAL.search(text):
+            return Plane.AXIAL
+    return plane
+
+
 def kind_of(stack: Stack) -> SeriesKind:
     weighting = weighting_of(stack.first)
-    if stack.plane is Plane.SAGITTAL and weighting is Weighting.T2:
+    plane = plane_of(stack)
+    if plane is Plane.SAGITTAL and weighting is Weighting.T2:
         return SeriesKind.SAGITTAL_T2
-    if stack.plane is Plane.SAGITTAL and weighting is Weighting.T1:
+    if plane is Plane.SAGITTAL and weighting is Weighting.T1:
         return SeriesKind.SAGITTAL_T1
-    if stack.plane is Plane.AXIAL and weighting is Weighting.T2:
+    if plane is Plane.AXIAL and weighting is Weighting.T2:
         return SeriesKind.AXIAL_T2
     return SeriesKind.OTHER
 
@@ -120,7 +144,7 @@ def select_series(stacks: Sequence[Stack]) -> Selection:
         problem = unplaced_t2[0].problem if unplaced_t2 else None
         if problem is not None:  # a T2 series exists but its geometry is unusable: say that, not "absent"
             raise problem
-        planes = sorted({str(s.plane) for s in stacks if s.plane is not None})
+        planes = sorted({str(p) for s in stacks if (p := plane_of(s)) is not None})
         raise ingest_error(
             IngestKind.NO_SAGITTAL_T2,
             f"no sagittal T2-weighted series among {len(stacks)} stacks "

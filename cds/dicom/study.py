@@ -18,7 +18,7 @@ from cds.dicom.errors import IngestKind, ingest_error
 from cds.dicom.headers import InstanceHeader, header_from_dataset
 from cds.dicom.limits import DEFAULT_LIMITS, IngestLimits
 from cds.dicom.pixels import check_frame_size, decode_frame
-from cds.dicom.selection import SeriesKind, kind_of, select_series
+from cds.dicom.selection import SeriesKind, kind_of, plane_of, select_series
 from cds.dicom.series import Stack, group_stacks
 from cds.dicom.sources.base import DicomSource
 from cds.dicom.sources.folder import FolderSource
@@ -186,7 +186,7 @@ def _info(stack: Stack) -> SeriesInfo:
         series_uid=stack.series_uid,
         description=stack.description,
         kind=kind_of(stack),
-        plane=str(stack.plane) if stack.plane else "unknown",
+        plane=str(plane_of(stack) or "unknown"),
         n_slices=stack.n_slices,
         part=stack.part,
         problem=stack.problem.message if stack.problem else None,

@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 
 from cds.dicom import SeriesKind, load_study
 from cds.dicom.headers import InstanceHeader, header_from_dataset
-from cds.dicom.selection import Weighting, weighting_of
+from cds.dicom.selection import Weighting, kind_of, weighting_of
 from cds.dicom.series import group_stacks
 from cds.dicom.sources.base import InstanceRef
 
@@ -144,3 +144,22 @@ def test_multi_echo_series_splits_by_echo_time() -> None:
     stacks = group_stacks(headers)
     assert len(stacks) == 2 and all(s.problem is None and s.n_slices == 9 for s in stacks)
     assert sorted(s.first.echo_time or 0 for s in stacks) == [30.0, 100.0]
+
+
+@pytest.mark.parametrize(
+    ("description", "tilt", "expected"),
+    [
+        ("t2_tse_tra", 55.0, SeriesKind.AXIAL_T2),  # steep L5-S1 block: normal nearer A-P than head-feet
+        ("AX T2 L5-S1", -50.0, SeriesKind.AXIAL_T2),
+        ("COR T2", 55.0, SeriesKind.OTHER),  # the words say coronal: geometry alone stays coronal
+        ("T2 TSE", 55.0, SeriesKind.OTHER),  # no hint: not guessed
+        ("t2_tse_tra", 80.0, SeriesKind.OTHER),  # beyond any plausible disc angle: a coronal
+    ],
+)
+def test_steep_axial_blocks_need_words_to_confirm(
+    description: str, tilt: float, expected: SeriesKind
+) -> None:
+    spec = axial(description, tilt=tilt)
+    headers = [header_from_dataset(make_instance(spec, t, "1.2.3"), InstanceRef(str(t))) for t in range(5)]
+    (stack,) = group_stacks(headers)
+    assert kind_of(stack) is expected
