@@ -248,7 +248,13 @@ MAX_AXIS_DEVIATION_DEG = 25.0
 
 
 def axial_axes(
-    anterior: np.ndarray, sac: np.ndarray, spacing_mm: Sequence[float], posterior: Vector, left: Vector
+    anterior: np.ndarray,
+    sac: np.ndarray,
+    spacing_mm: Sequence[float],
+    posterior: Vector,
+    left: Vector,
+    *,
+    use_shape: bool = True,
 ) -> AxialAxes:
     """Mid-sagittal line of a slice from the disc/vertebral body (``anterior``) mask.
 
@@ -256,7 +262,8 @@ def axial_axes(
     that component's minor principal axis (a vertebral body or disc is wider than deep), signed
     to point posterior; used only when within MAX_AXIS_DEVIATION_DEG of the scanner's posterior
     direction ``posterior`` (a protrusion can skew the shape), which is the fallback. ``left``
-    (scanner) only fixes the sign of the left axis.
+    (scanner) only fixes the sign of the left axis. ``use_shape=False`` keeps the scanner's
+    directions and takes only the origin from the anatomy.
     """
     post0, left0 = _unit(posterior), _unit(left)
     if np.count_nonzero(anterior) >= 3:
@@ -264,7 +271,7 @@ def axial_axes(
         origin = centroid_mm(main, spacing_mm)
         _, minor = principal_axes(main, spacing_mm)
         minor = minor if float(minor @ post0) >= 0 else -minor
-        if float(minor @ post0) >= np.cos(np.deg2rad(MAX_AXIS_DEVIATION_DEG)):
+        if use_shape and float(minor @ post0) >= np.cos(np.deg2rad(MAX_AXIS_DEVIATION_DEG)):
             lft = np.array([-minor[1], minor[0]])
             lft = lft if float(lft @ left0) >= 0 else -lft
             return AxialAxes(origin, minor, lft, True)
@@ -327,23 +334,20 @@ PEDICLE_BAND_MM = (-4.0, 10.0)
 
 
 def pedicle_half_width(
-    posterior_elements: np.ndarray,
-    anterior: np.ndarray,
-    spacing_mm: Sequence[float],
-    axes: AxialAxes,
-    side: Side,
+    posterior_elements: np.ndarray, body: np.ndarray, spacing_mm: Sequence[float], axes: AxialAxes, side: Side
 ) -> float | None:
     """Distance (mm) from the mid-sagittal line to the medial wall of the pedicle on ``side``.
 
-    The pedicles are the posterior-element pixels just behind the disc/vertebral body (within
-    PEDICLE_BAND_MM of its posterior margin at the midline); the medial-most of them on the side
-    is the pedicle's medial wall, which bounds the lateral recess laterally. None when the slice
-    does not pass through a pedicle.
+    The pedicles are the posterior-element pixels just behind the vertebral body (within
+    PEDICLE_BAND_MM of the body's posterior margin at the midline; the body rather than the disc,
+    whose protrusions would push the band back into the laminae); the medial-most of them on the
+    side is the pedicle's medial wall, which bounds the lateral recess laterally. None when the
+    slice does not pass through a vertebral body and its pedicle.
     """
-    if not posterior_elements.any() or not anterior.any():
+    if not posterior_elements.any() or not body.any():
         return None
-    ap, lr = pixel_coords(anterior.shape, spacing_mm, axes)
-    near_mid = anterior & (np.abs(lr) < 3.0)
+    ap, lr = pixel_coords(body.shape, spacing_mm, axes)
+    near_mid = body & (np.abs(lr) < 3.0)
     if not near_mid.any():
         return None
     margin = float(ap[near_mid].max())

@@ -207,12 +207,17 @@ def measure_level(seg: ax.AxialSegmentation, disc_height: ms.Measurement | None)
     spacing = seg.label_spacing_mm
     sac = seg.mask(ax.SAC)
     disc = seg.mask(ax.DISC)
-    anterior = disc | seg.mask(ax.BODY)
+    body = seg.mask(ax.BODY)
+    anterior = disc | body
     facet = seg.mask(ax.FACET)
     posterior_elements = seg.mask(ax.POSTERIOR)
     bone = facet | posterior_elements
     n = sac.shape[0]
-    axes = [ms.axial_axes(anterior[i], sac[i], spacing, POSTERIOR_RC, LEFT_RC) for i in range(n)]
+    # Scanner directions, anatomical origin: patients lie within a few degrees of the scanner
+    # axes, and a disc's shape (protrusions) gives a noisier AP axis than that.
+    axes = [
+        ms.axial_axes(anterior[i], sac[i], spacing, POSTERIOR_RC, LEFT_RC, use_shape=False) for i in range(n)
+    ]
     dsca = ms.dural_sac_area(sac, spacing)
     k = dsca.provenance.slice_index
     ap = ms.canal_ap_diameter(sac[k], spacing, axes[k], k)
@@ -227,7 +232,8 @@ def measure_level(seg: ax.AxialSegmentation, disc_height: ms.Measurement | None)
     ):
         groups[condition] = (
             _with_native_slice(
-                _recess(anterior, bone, posterior_elements, facet, spacing, axes, side, through_disc), seg
+                _recess(anterior, body, bone, posterior_elements, facet, spacing, axes, side, through_disc),
+                seg,
             ),
         )
     groups[Condition.LEFT_FORAMINAL] = ()
@@ -237,6 +243,7 @@ def measure_level(seg: ax.AxialSegmentation, disc_height: ms.Measurement | None)
 
 def _recess(
     anterior: np.ndarray,
+    body: np.ndarray,
     bone: np.ndarray,
     posterior_elements: np.ndarray,
     facet: np.ndarray,
@@ -250,12 +257,13 @@ def _recess(
     walls = [
         w
         for i in range(n)
-        if (w := ms.pedicle_half_width(posterior_elements[i], anterior[i], spacing, axes[i], side))
-        is not None
+        if (w := ms.pedicle_half_width(posterior_elements[i], body[i], spacing, axes[i], side)) is not None
     ]
-    issues: list[str] = []
+    how = "pedicle wall"
     if walls:
-        wall = float(np.median(walls))
+        # The pedicle is an oval in the craniocaudal direction: its wall is most medial on the
+        # slice through its centre, so the minimum over slices is the wall.
+        wall = float(min(walls))
     else:
         edges = [e for i in range(n) if (e := ms.medial_edge(facet[i], spacing, axes[i], side)) is not None]
         if not edges:
@@ -268,15 +276,14 @@ def _recess(
                 issues=(f"no pedicle or articular process found on the {side.value} side",),
             )
         wall = float(np.median(edges)) + FACET_EDGE_MEDIAL_TO_PEDICLE_MM
-        issues.append(f"{side.value} pedicle not on the level's slices: recess located from the facet")
+        how = "articular process edge + 3 mm (no pedicle on the level's slices)"
     offset = max(wall - RECESS_MEDIAL_TO_PEDICLE_MM, 0.0)
     per_slice = [
         ms.lateral_recess_depth(anterior[i], bone[i], spacing, axes[i], side, offset, i) for i in rows
     ]
     best = ms.narrowest(per_slice)
-    if issues:
-        best = replace(best, reliable=False, issues=(*best.issues, *issues))
-    return best
+    prov = replace(best.provenance, method=f"{best.provenance.method}; recess line located from the {how}")
+    return replace(best, provenance=prov)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,6 +44,12 @@ CONTRACT = InputContract(
 )
 
 
+#: An affine whose slices already are in the canonical frame (rows posterior, columns left): used
+#: when cached canonical slices are measured, so that provenance points stay in canonical pixels.
+CANONICAL_AFFINE = np.array(
+    [[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
 # ----------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------
@@ -57,7 +63,8 @@ class LevelStack:
     level: Level
     images: np.ndarray  # (S, H, W) float32
     labels: np.ndarray  # (S, H, W) uint8 axial classes
-    truth: dict[str, Any]  # findings.json entry of the level
+    truth: dict[str, Any]  # findings.json "levels" entry of the level (grades, deciding measurements)
+    measured: dict[str, Any] = field(default_factory=dict)  # findings.json "measurements" entry
 
 
 def read_split(root: Path) -> dict[str, list[str]]:
@@ -154,6 +161,7 @@ def load_levels(root: Path, cache_dir: Path, studies: Sequence[str]) -> list[Lev
                         images=npz[f"{level.value}/images"].astype(np.float32),
                         labels=npz[f"{level.value}/labels"],
                         truth=dict(findings["levels"].get(level.value, {})),
+                        measured=dict(findings.get("measurements", {}).get(level.value, {})),
                     )
                 )
     return out
@@ -225,7 +233,7 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 def _segmentation_of(stack: LevelStack, probs: np.ndarray) -> ax.AxialSegmentation:
     frames = tuple(
-        ax.canonical_frame(np.eye(4), (ax.CANONICAL_SIZE, ax.CANONICAL_SIZE))
+        ax.canonical_frame(CANONICAL_AFFINE, (ax.CANONICAL_SIZE, ax.CANONICAL_SIZE))
         for _ in range(stack.images.shape[0])
     )
     return ax.AxialSegmentation(stack.images, probs, ax.postprocess(probs), tuple(range(len(frames))), frames)
@@ -233,38 +241,42 @@ def _segmentation_of(stack: LevelStack, probs: np.ndarray) -> ax.AxialSegmentati
 
 def measurement_errors(stacks: Sequence[LevelStack], probs: Sequence[np.ndarray]) -> dict[str, Any]:
     """MAE of the measurements taken on predicted masks against the generator's ground truth."""
+    return _errors(stacks, [_segmentation_of(s, p) for s, p in zip(stacks, probs, strict=True)])
+
+
+def _errors(stacks: Sequence[LevelStack], segs: Sequence[ax.AxialSegmentation]) -> dict[str, Any]:
     from cds.pipeline.quick_read import measure_level
 
     errors: dict[str, list[float]] = {"dsca_mm2": [], "ap_diameter_mm": [], "lateral_recess_depth_mm": []}
-    for stack, p in zip(stacks, probs, strict=True):
-        got = measure_level(_segmentation_of(stack, p), None).by_condition
-        truth = stack.truth
+    for stack, seg in zip(stacks, segs, strict=True):
+        got = measure_level(seg, None).by_condition
+        truth = stack.measured
         canal = {m.name: m.value for m in got[Condition.SPINAL_CANAL]}
-        gt = truth.get("spinal_canal", {}).get("measurements") or {}
-        dsca_t = _truth_value(truth, Condition.SPINAL_CANAL, MeasurementName.DSCA_MM2)
-        if dsca_t is not None:
-            errors["dsca_mm2"].append(abs(canal[MeasurementName.DSCA_MM2] - dsca_t))
-        ap_t = gt.get("ap_diameter_mm")
-        if ap_t is not None:
-            errors["ap_diameter_mm"].append(abs(canal[MeasurementName.AP_DIAMETER_MM] - float(ap_t)))
+        for name in (MeasurementName.DSCA_MM2, MeasurementName.AP_DIAMETER_MM):
+            if name.value in truth:
+                errors[name.value].append(abs(canal[name] - float(truth[name.value])))
+        recess = truth.get("lateral_recess_depth_mm") or {}
         for side, cond in (
             (Side.LEFT, Condition.LEFT_SUBARTICULAR),
             (Side.RIGHT, Condition.RIGHT_SUBARTICULAR),
         ):
-            t = _truth_value(truth, cond, MeasurementName.LATERAL_RECESS_DEPTH_MM)
-            m = got[cond][0]
-            if t is not None and m.side is side:
-                errors["lateral_recess_depth_mm"].append(abs(m.value - t))
+            if side.value in recess:
+                errors["lateral_recess_depth_mm"].append(abs(got[cond][0].value - float(recess[side.value])))
     return {k: {"mae": float(np.mean(v)) if v else None, "n": len(v)} for k, v in errors.items()}
 
 
-def _truth_value(level_truth: dict[str, Any], condition: Condition, name: MeasurementName) -> float | None:
-    entry = level_truth.get(condition.value, {})
-    m = entry.get("measurement") or {}
-    if m.get("name") == name.value:
-        return float(m["value"])
-    extra = entry.get("measurements") or {}
-    return float(extra[name.value]) if name.value in extra else None
+def ground_truth_mask_errors(stacks: Sequence[LevelStack]) -> dict[str, Any]:
+    """The same measurements on the ground-truth label maps (upsampled nearest): the error the
+    measurement method itself adds, before any segmentation error."""
+    segs = []
+    for s in stacks:
+        up = np.repeat(np.repeat(s.labels, ax.MEASURE_UPSAMPLE, axis=1), ax.MEASURE_UPSAMPLE, axis=2)
+        probs = np.zeros((s.labels.shape[0], len(ax.AXIAL_CLASSES), *s.labels.shape[1:]), np.float32)
+        frames = tuple(
+            ax.canonical_frame(CANONICAL_AFFINE, s.labels.shape[1:]) for _ in range(s.labels.shape[0])
+        )
+        segs.append(ax.AxialSegmentation(s.images, probs, up, tuple(range(len(frames))), frames))
+    return _errors(stacks, segs)
 
 
 def train_axial(
