@@ -1,0 +1,139 @@
+"""docker/: no Docker engine here, so check what can be checked without one: the compose file
+parses and is consistent (services, healthchecks, dependencies, settings names), the Dockerfile
+copies what exists and runs as non-root, and the gunicorn config reads its environment."""
+
+from __future__ import annotations
+
+import re
+import runpy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+
+
+def _compose() -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml")
+    data = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _known_settings() -> set[str]:
+    source = (ROOT / "cds" / "config.py").read_text()
+    return set(re.findall(r'"(CDS_[A-Z0-9_]+)"', source))
+
+
+def test_compose_has_the_five_services_with_healthchecks() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"web", "worker", "redis", "postgres", "orthanc"}
+    for name, service in services.items():
+        assert "healthcheck" in service and service["healthcheck"]["test"], name
+
+
+def test_compose_dependencies_wait_for_healthy_services() -> None:
+    services = _compose()["services"]
+    for name in ("web", "worker"):
+        depends = services[name]["depends_on"]
+        assert set(depends) == {"postgres", "redis", "orthanc"}
+        for dep, rule in depends.items():
+            assert rule["condition"] == "service_healthy"
+            assert "healthcheck" in services[dep], dep
+
+
+def test_compose_app_settings_are_real_settings() -> None:
+    services = _compose()["services"]
+    known = _known_settings()
+    for name in ("web", "worker"):
+        env = services[name]["environment"]
+        assert env["CDS_DATABASE_URL"].startswith("postgresql+psycopg://cds:")
+        assert env["CDS_DATABASE_URL"].endswith("@postgres:5432/cds")
+        assert env["CDS_DICOMWEB_URL"] == "http://orthanc:8042/dicom-web"
+        assert env["CDS_BROKER_URL"].startswith("redis://redis:6379")
+        unknown = {k for k in env if k.startswith("CDS_")} - known
+        assert not unknown, f"compose sets settings cds.config does not read: {unknown}"
+    assert services["web"]["command"] == ["web"] and services["worker"]["command"] == ["worker"]
+    assert services["web"]["build"]["dockerfile"] == "docker/Dockerfile"
+    assert services["postgres"]["environment"]["POSTGRES_USER"] == "cds"
+
+
+def test_dockerfile_is_slim_non_root_and_copies_existing_paths() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and not users[-1].startswith(("root", "0"))
+    assert "-c constraints.txt" in text and "whl/cpu" in text
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        *sources, _dest = line.split()
+        for src in sources:
+            assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+    entry = (DOCKER / "entrypoint.sh").read_text()
+    assert "cds db upgrade" in entry and "gunicorn -c /app/docker/gunicorn.conf.py" in entry
+
+
+def test_gunicorn_config_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDS_WEB_BIND", "127.0.0.1:9000")
+    monkeypatch.setenv("CDS_WEB_WORKERS", "3")
+    monkeypatch.setenv("CDS_WEB_THREADS", "8")
+    conf = runpy.run_path(str(DOCKER / "gunicorn.conf.py"))
+    assert conf["bind"] == "127.0.0.1:9000"
+    assert (conf["workers"], conf["threads"], conf["worker_class"]) == (3, 8, "gthread")
+    assert conf["wsgi_app"] == "cds:create_app()"
+    assert conf["accesslog"] is None  # viewer URLs carry tokens: no access log unless asked
+    monkeypatch.setenv("CDS_WEB_WORKERS", "lots")
+    with pytest.raises(SystemExit, match="CDS_WEB_WORKERS must be an integer"):
+        runpy.run_path(str(DOCKER / "gunicorn.conf.py"))
+
+
+def test_gunicorn_with_the_production_config_serves_discovery(tmp_path: Path) -> None:
+    """The real thing: gunicorn + docker/gunicorn.conf.py + create_app(), as the image runs it."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from cds.store.migrate import upgrade
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "CDS_DATA_DIR": str(tmp_path),
+        "CDS_WEB_BIND": f"127.0.0.1:{port}",
+        "CDS_WEB_WORKERS": "1",
+        "CDS_WEB_THREADS": "2",
+    }
+    env.pop("CDS_DATABASE_URL", None)
+    upgrade(f"sqlite:///{tmp_path / 'cds.db'}")
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    proc = subprocess.Popen(
+        [str(gunicorn), "-c", str(DOCKER / "gunicorn.conf.py")],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        body = None
+        deadline = time.monotonic() + 60
+        while body is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/cds-services", timeout=2) as resp:
+                    body = json.loads(resp.read())
+            except OSError:
+                time.sleep(0.2)
+        assert body is not None, "gunicorn did not serve"
+        assert {s["hook"] for s in body["services"]} >= {"patient-view", "order-select", "order-sign"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
