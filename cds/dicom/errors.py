@@ -29,6 +29,7 @@ class IngestKind(StrEnum):
     TOO_LARGE = "too_large"  # absurd sizes: pixels per frame, frames, files, bytes (bombs)
     UNSAFE_ARCHIVE = "unsafe_archive"  # zip with path traversal, links, or an absurd compression ratio
     UNSUPPORTED_ENDPOINT = "unsupported_endpoint"  # FHIR Endpoint we cannot or may not use
+    FRAME_OF_REFERENCE_MISMATCH = "frame_of_reference_mismatch"  # series not in one patient space
     STUDY_NOT_FOUND = "study_not_found"  # the requested StudyInstanceUID is not in the source
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from cds.dicom.errors import IngestKind, ingest_error
 from cds.dicom.volume import Volume
 from cds.domain import Level
 
@@ -43,7 +44,14 @@ def slice_levels(
     disc_normals: Mapping[Level, NDArray[np.float64]] | None = None,
     *,
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+    discs_frame_of_reference_uid: str | None = None,
 ) -> tuple[SliceLevel, ...]:
+    frame = axial.frame_of_reference_uid
+    if discs_frame_of_reference_uid and frame and discs_frame_of_reference_uid != frame:
+        raise ingest_error(
+            IngestKind.FRAME_OF_REFERENCE_MISMATCH,
+            "axial and sagittal series have different frames of reference; levels cannot be mapped",
+        )
     centres = {lv: _point(c, f"disc centre {lv}") for lv, c in disc_centres_patient.items()}
     normals = {lv: _unit(d, f"disc normal {lv}") for lv, d in (disc_normals or {}).items()}
     limits = _tolerances(centres, tolerance_mm)
@@ -73,9 +81,21 @@ def assign_axial_levels(
     disc_normals: Mapping[Level, NDArray[np.float64]] | None = None,
     *,
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+    discs_frame_of_reference_uid: str | None = None,
 ) -> tuple[Level | None, ...]:
-    """Per axial slice (k order) the disc level it passes through, or None."""
-    found = slice_levels(axial, disc_centres_patient, disc_normals, tolerance_mm=tolerance_mm)
+    """Per axial slice (k order) the disc level it passes through, or None.
+
+    Pass the sagittal volume's frame_of_reference_uid as `discs_frame_of_reference_uid`: when
+    both are known and differ (patient repositioned between series), patient coordinates are not
+    comparable and an IngestError(frame_of_reference_mismatch) is raised instead of a wrong level.
+    """
+    found = slice_levels(
+        axial,
+        disc_centres_patient,
+        disc_normals,
+        tolerance_mm=tolerance_mm,
+        discs_frame_of_reference_uid=discs_frame_of_reference_uid,
+    )
     return tuple(s.level for s in found)
 
 

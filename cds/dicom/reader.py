@@ -8,6 +8,7 @@ end-of-file warnings as truncation.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import warnings
 from typing import BinaryIO
@@ -26,6 +27,12 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 # warnings.catch_warnings swaps process-global state; job workers are threads, so reads that
 # inspect pydicom's warnings take turns (parsing is GIL-bound anyway).
 _WARNINGS_LOCK = threading.Lock()
+
+
+def file_label(name: str) -> str:
+    """A stable, PHI-free name for a file in messages: exports often name files and folders after
+    the patient, so errors and logs carry a short hash of the path instead of the path."""
+    return f"file {hashlib.sha256(name.encode('utf-8', 'surrogateescape')).hexdigest()[:10]}"
 
 
 def has_dicom_magic(head: bytes) -> bool:

@@ -95,19 +95,7 @@ def _series_stacks(series_uid: str, members: list[InstanceHeader]) -> list[Stack
     good = [h for h in members if _geometry_of(h) is not None]
     stacks: list[Stack] = []
     if bad:
-        stacks.append(
-            Stack(
-                series_uid,
-                tuple(bad),
-                None,
-                None,
-                problem=ingest_error(
-                    IngestKind.BAD_GEOMETRY,
-                    f"series '{bad[0].series_description}' lacks valid orientation, position "
-                    "or pixel spacing",
-                ),
-            )
-        )
+        stacks.append(Stack(series_uid, tuple(bad), None, None, problem=_geometry_problem(bad)))
     groups: list[tuple[Orientation, tuple[object, ...], list[InstanceHeader]]] = []
     for h in good:
         orientation = _geometry_of(h)
@@ -197,6 +185,18 @@ def _single_slice_stack(series_uid: str, orientation: Orientation, h: InstanceHe
 def _broken(series_uid: str, orientation: Orientation, ordered: Sequence[InstanceHeader], why: str) -> Stack:
     error = ingest_error(IngestKind.INCONSISTENT_SPACING, f"series '{ordered[0].series_description}' {why}")
     return Stack(series_uid, tuple(ordered), orientation, None, problem=error)
+
+
+def _geometry_problem(bad: Sequence[InstanceHeader]) -> IngestError:
+    description = bad[0].series_description
+    if any(h.frames > 1 for h in bad):  # enhanced MR keeps geometry in per-frame functional groups
+        return ingest_error(
+            IngestKind.UNSUPPORTED_IMAGE,
+            f"series '{description}' is enhanced multi-frame MR; single-frame MR images are supported",
+        )
+    return ingest_error(
+        IngestKind.BAD_GEOMETRY, f"series '{description}' lacks valid orientation, position or pixel spacing"
+    )
 
 
 def _geometry_of(h: InstanceHeader) -> Orientation | None:

@@ -176,6 +176,7 @@ def _decode(
                 kind=kind,
                 sop_uids=tuple(h.sop_uid for h in stack.headers),
                 part=stack.part,
+                frame_of_reference_uid=first.frame_of_reference_uid,
             )
         )
     return tuple(volumes)

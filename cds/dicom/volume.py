@@ -29,6 +29,7 @@ class Volume:
     kind: SeriesKind
     sop_uids: tuple[str, ...] = ()
     part: int = 0  # > 0 when the series was split into several stacks (e.g. one per disc angle)
+    frame_of_reference_uid: str = ""  # patient coordinates are comparable only within one frame
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3 or self.array.dtype != np.float32:

@@ -235,3 +235,27 @@ def test_rescale_slope_and_intercept_applied(tmp_path: Path) -> None:
     sag = load_study(tmp_path).sagittal_t2
     assert sag.array.dtype == np.float32
     np.testing.assert_allclose(sag.array[:, 0, 0], 2.5 * 100.0 * np.arange(1, 12) - 10)
+
+
+def test_enhanced_multiframe_without_top_level_geometry(tmp_path: Path) -> None:
+    write_lumbar_study(tmp_path)
+    for path in sag_t2_files(tmp_path):
+        ds = dcmread(path)
+        del ds.ImageOrientationPatient, ds.ImagePositionPatient
+        ds.NumberOfFrames = 11
+        ds.save_as(path, enforce_file_format=True)
+    err = expect(IngestKind.UNSUPPORTED_IMAGE, tmp_path)
+    assert "multi-frame" in err.message
+
+
+def test_messages_never_name_patient_folders_or_files(tmp_path: Path) -> None:
+    folder = tmp_path / "DOE^JOHN_1961"
+    write_lumbar_study(folder)
+    victim = sag_t2_files(folder)[0]
+    named = victim.with_name("DOE_JOHN_IM0001.dcm")
+    victim.rename(named)
+    named.write_bytes(named.read_bytes()[:-300])
+    err = expect(IngestKind.TRUNCATED, folder)
+    assert "DOE" not in err.message and "JOHN" not in err.message
+    (tmp_path / "empty^PATIENT").mkdir()
+    assert "PATIENT" not in expect(IngestKind.EMPTY, tmp_path / "empty^PATIENT").message

@@ -83,3 +83,15 @@ def test_invalid_inputs_raise_value_error() -> None:
     with pytest.raises(ValueError):
         assign_axial_levels(stack, DISCS, {Level.L4_L5: np.zeros(3)})
     assert assign_axial_levels(stack, {}) == (None,) * 5
+
+
+def test_different_frames_of_reference_are_refused() -> None:
+    from dataclasses import replace
+
+    from cds.errors import IngestError
+
+    stack = replace(axial_stack(35.0, 0.0), frame_of_reference_uid="1.2.3.1")
+    assert assign_axial_levels(stack, DISCS, discs_frame_of_reference_uid="1.2.3.1")[2] is Level.L4_L5
+    with pytest.raises(IngestError) as info:
+        assign_axial_levels(stack, DISCS, discs_frame_of_reference_uid="1.2.3.2")
+    assert info.value.kind == "frame_of_reference_mismatch"

@@ -31,6 +31,7 @@ def test_series_selected_and_geometry_matches_generator(
     _, study, labels = synth_study
     assert study.sagittal_t2.kind is SeriesKind.SAGITTAL_T2 and study.sagittal_t1 is not None
     assert len(study.axial_t2) == 5
+    assert len({v.frame_of_reference_uid for v in study.series}) == 1  # one patient space
     for volume in study.series:
         truth = labels["series"][volume.series_uid]
         assert truth["kind"] == volume.kind.value

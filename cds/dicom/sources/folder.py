@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 
 from cds.dicom.errors import IngestKind, ingest_error
 from cds.dicom.limits import DEFAULT_LIMITS, IngestLimits
-from cds.dicom.reader import DICM_OFFSET, has_dicom_magic, is_dicomdir, read_dataset
+from cds.dicom.reader import DICM_OFFSET, file_label, has_dicom_magic, is_dicomdir, read_dataset
 from cds.dicom.sources.base import InstanceRef
 
 _SKIP_NAMES = frozenset({"DICOMDIR", "Thumbs.db", "desktop.ini"})
@@ -28,7 +28,7 @@ class FolderSource:
     limits: IngestLimits = field(default=DEFAULT_LIMITS)
 
     def describe(self) -> str:
-        return f"folder {self.root.name or self.root}"
+        return "study folder"  # never the path: exports name folders after patients
 
     def iter_headers(self) -> Iterator[tuple[InstanceRef, Dataset]]:
         if not self.root.exists():
@@ -44,7 +44,7 @@ class FolderSource:
             if not _looks_like_dicom(path):
                 continue
             with path.open("rb") as fp:
-                ds = read_dataset(fp, path.name, headers_only=True)
+                ds = read_dataset(fp, file_label(str(path)), headers_only=True)
             if is_dicomdir(ds):
                 continue
             found += 1
@@ -56,12 +56,12 @@ class FolderSource:
         for ref in refs:
             path = Path(ref.key)
             with path.open("rb") as fp:
-                yield ref, read_dataset(fp, path.name, headers_only=False)
+                yield ref, read_dataset(fp, file_label(str(path)), headers_only=False)
 
     def _single_file(self) -> Iterator[tuple[InstanceRef, Dataset]]:
-        self._check_size(self.root.stat().st_size, self.root.name)
+        self._check_size(self.root.stat().st_size, file_label(str(self.root)))
         with self.root.open("rb") as fp:
-            ds = read_dataset(fp, self.root.name, headers_only=True)
+            ds = read_dataset(fp, file_label(str(self.root)), headers_only=True)
         yield InstanceRef(str(self.root)), ds
 
     def _candidate_files(self) -> list[Path]:
@@ -74,7 +74,7 @@ class FolderSource:
                 if name.startswith(".") or name in _SKIP_NAMES or path.is_symlink():
                     continue
                 size = path.stat().st_size
-                self._check_size(size, name)
+                self._check_size(size, file_label(str(path)))
                 total += size
                 files.append(path)
                 if len(files) > self.limits.max_instances * 2:

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from cds.dicom.errors import IngestKind, ingest_error
 from cds.dicom.limits import DEFAULT_LIMITS, IngestLimits
-from cds.dicom.reader import DICM_OFFSET, has_dicom_magic, is_dicomdir, read_dataset
+from cds.dicom.reader import DICM_OFFSET, file_label, has_dicom_magic, is_dicomdir, read_dataset
 from cds.dicom.sources.base import InstanceRef
 
 
@@ -30,7 +30,7 @@ class ZipSource:
     limits: IngestLimits = field(default=DEFAULT_LIMITS)
 
     def describe(self) -> str:
-        return f"zip archive {self.path.name}"
+        return "zip archive"  # never the file name: it may name the patient
 
     def iter_headers(self) -> Iterator[tuple[InstanceRef, Dataset]]:
         with self._open() as archive:
@@ -149,4 +149,4 @@ def _skipped_name(name: str) -> bool:
 
 
 def _label(info: zipfile.ZipInfo) -> str:
-    return f"archive member {PurePosixPath(info.filename).name}"
+    return f"archive member {file_label(info.filename).removeprefix('file ')}"
