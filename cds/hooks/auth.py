@@ -13,6 +13,9 @@ a database-backed guard.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +34,22 @@ log = logging.getLogger(__name__)
 #: Longest token lifetime (exp - iat) accepted. Bounds how long a jti must be remembered.
 MAX_LIFETIME_S = 3600
 _MAX_TOKEN_CHARS = 16_384
+
+
+def _segment(raw: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _peek(token: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Header and claims, UNVERIFIED: only to pick the issuer's key. jwt.decode verifies after."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None, None
+    return _segment(parts[0]), _segment(parts[1])
 
 
 class ReplayGuard(Protocol):
@@ -119,11 +138,9 @@ class Authenticator:
         token = authorization[len("Bearer ") :].strip()
         if not token or len(token) > _MAX_TOKEN_CHARS:
             raise self._reject("empty or oversized token")
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise self._reject("token is not a JWT") from None
+        header, unverified = _peek(token)
+        if header is None or unverified is None:
+            raise self._reject("token is not a JWT")
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
             raise self._reject("algorithm not allowed")

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 
 from cds.domain import FeedbackOutcome
 from cds.errors import BadRequest, CdsError, NotFound, PayloadTooLarge
 from cds.hooks.auth import Authenticator, VerifiedToken
 from cds.hooks.cards import prune_empty
+from cds.hooks.encode import encode_cards
 from cds.hooks.fhirsource import source_for
 from cds.hooks.models import FeedbackRequest, HookRequest, parse_json_model, parse_model
 from cds.hooks.outcome import outcome_for_error, outcome_for_unexpected
@@ -36,6 +38,7 @@ from cds.hooks.runtime import HooksRuntime, runtime
 from cds.hooks.service import HookCall, ServiceDefinition
 from cds.hooks.storecatalog import StoreCatalog
 from cds.store import queries
+from cds.store.records import HookCallRecord
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +121,9 @@ def _finish(
                 audit.outcome, audit.status, audit.cards = "unauthorized", 401, 0
             elif extra is not None:
                 extra(s)
-        queries.record_hook_call(
-            s,
-            queries.HookCall(
+        # Core insert into the store's audit table (no ORM unit of work on the hot path).
+        s.execute(
+            sa.insert(HookCallRecord).values(
                 hook_instance=audit.hook_instance or "-",
                 service_id=audit.service.id,
                 hook=audit.service.hook,
@@ -129,7 +132,7 @@ def _finish(
                 outcome=audit.outcome,
                 status_code=audit.status,
                 card_count=audit.cards,
-            ),
+            )
         )
     log.info(
         "hook_call request_id=%s service=%s status=%d outcome=%s cards=%d latency_ms=%.1f",
@@ -184,7 +187,7 @@ def _evaluate(
             service=service,
             request=hook_request,
             context=context,
-            catalog=StoreCatalog(session, svc.db, svc.jobs, settings.dicomweb_url),
+            catalog=StoreCatalog(session, svc.db, svc.jobs, rt.results, settings.dicomweb_url),
             presenter=rt.presenter,
             today=datetime.now(UTC).date(),
             fhir_source=source_for(hook_request, settings.fhir_allowed_hosts, settings.fhir_timeout_s),
@@ -220,7 +223,7 @@ def call_service(service_id: str) -> Response:
         _finish(rt, token, audit, started, rid)
     except CdsError as exc:  # a replayed jti, found in the final transaction
         return _error_response(exc)
-    resp = _json_response({"cards": cards})
+    resp = Response(encode_cards(cards, rt.presenter.fragment), status=200, mimetype=_JSON)
     resp.headers["X-Request-ID"] = rid
     return resp
 

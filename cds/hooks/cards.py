@@ -12,20 +12,19 @@ Order hooks speak of the PRIOR study only; the ordered study does not exist yet.
 
 from __future__ import annotations
 
-import logging
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from enum import Enum
 from typing import Any, Protocol
 
-from cds.domain import THRESHOLDS, AnalysisStatus, Condition, Finding, Grade, Indicator, MeasurementName
+from cds.domain import THRESHOLDS, AnalysisStatus, Condition, Finding, Indicator, MeasurementName
 from cds.hooks.catalog import StoredAnalysis
 from cds.hooks.markdown import escape
 from cds.hooks.studies import LumbarStudy
-
-log = logging.getLogger(__name__)
 
 SUMMARY_MAX = 139
 SOURCE_LABEL = "Lumbar spine MRI AI (cds-spine)"
@@ -168,18 +167,52 @@ def _detail(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -> str
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class _ResultText:
+    summary: str
+    indicator: str
+    detail: str
+
+
+#: Card texts by (analysis id, updated_at, framing, study date, study description, today): pure
+#: functions of immutable inputs, memoised because the 25-row table is the costliest part of a card.
+_TEXTS: OrderedDict[tuple[Any, ...], _ResultText] = OrderedDict()
+_TEXTS_LOCK = threading.Lock()
+_TEXTS_MAX = 1024
+
+
+def _result_text(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -> _ResultText:
+    key = (stored.analysis_id, stored.updated_at, req.framing, study.started, study.description, req.today)
+    with _TEXTS_LOCK:
+        found = _TEXTS.get(key)
+    if found is not None:
+        return found
+    assert stored.result is not None
+    worst = stored.result.worst()
+    text = _ResultText(
+        summary=_summary(stored, study, req),
+        indicator=Indicator.for_grade(worst.grade if worst else None).value,
+        detail=_detail(stored, study, req),
+    )
+    with _TEXTS_LOCK:
+        _TEXTS[key] = text
+        while len(_TEXTS) > _TEXTS_MAX:
+            _TEXTS.popitem(last=False)
+    return text
+
+
 def result_card(
     stored: StoredAnalysis, study: LumbarStudy, req: CardRequest, presenter: Presenter
 ) -> dict[str, Any]:
     """Card for a COMPLETE analysis, with the preliminary DiagnosticReport as a create suggestion."""
     if stored.status is not AnalysisStatus.COMPLETE or stored.result is None:
         raise ValueError("result_card needs a complete analysis")
-    worst = stored.result.worst()
+    text = _result_text(stored, study, req)
     card: dict[str, Any] = {
         "uuid": _new_uuid(),
-        "summary": _summary(stored, study, req),
-        "indicator": Indicator.for_grade(worst.grade if worst else None).value,
-        "detail": _detail(stored, study, req),
+        "summary": text.summary,
+        "indicator": text.indicator,
+        "detail": text.detail,
         "source": {"label": SOURCE_LABEL},
         "overrideReasons": _override_reasons(),
         "links": [
@@ -243,15 +276,15 @@ def unavailable_card(stored: StoredAnalysis, study: LumbarStudy, req: CardReques
 
 
 def prune_empty(value: Any) -> Any:
-    """Drop None, '', [] and {} members recursively (CDS clients reject empty optional fields)."""
+    """Drop None, '', [] and {} members recursively (CDS clients reject empty optional fields).
+
+    A suggestion's `resource` is left as is: it comes validated from cds.fhir (which never emits
+    empty elements), and walking a 25-Observation report on every call would cost milliseconds.
+    """
     if isinstance(value, Mapping):
-        out = {k: prune_empty(v) for k, v in value.items()}
+        out = {k: (v if k == "resource" else prune_empty(v)) for k, v in value.items()}
         return {k: v for k, v in out.items() if v not in (None, "", [], {})}
     if isinstance(value, list):
         items = [prune_empty(v) for v in value]
         return [v for v in items if v not in (None, "", [], {})]
     return value
-
-
-def grade_rank(grade: Grade) -> int:
-    return grade.rank

@@ -7,9 +7,10 @@ fhir.resources costs milliseconds that the hook's hot path does not need to pay 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,8 @@ class LinkPresenter:
         self._sign_explain = sign_explain
         self._ttl_s = ttl_s
         self._reports: OrderedDict[tuple[str, ...], dict[str, Any]] = OrderedDict()
+        #: JSON text of each cached report, by the identity of the cached dict (see encode.py).
+        self._texts: dict[int, str] = {}
         self._lock = threading.Lock()
 
     def viewer_url(self, analysis_id: str) -> str:
@@ -63,8 +66,16 @@ class LinkPresenter:
             study_date=study.started,
         )
         report = build_diagnostic_report(stored.result, ctx)
+        text = json.dumps(report, separators=(",", ":"))
         with self._lock:
             self._reports[key] = report
+            self._texts[id(report)] = text
             while len(self._reports) > _CACHE_SIZE:
-                self._reports.popitem(last=False)
+                _, evicted = self._reports.popitem(last=False)
+                self._texts.pop(id(evicted), None)
         return report
+
+    def fragment(self, resource: Mapping[str, Any]) -> str | None:
+        """The cached JSON text of a report this presenter returned (None for any other dict)."""
+        with self._lock:
+            return self._texts.get(id(resource))

@@ -1,8 +1,9 @@
 """JWT replay protection in the database, so that every gunicorn worker (and host) shares it.
 
-An (issuer, jti) pair is inserted under a unique constraint: the insert that wins is the first
-use; a unique violation is a replay. Rows are kept until the token (plus leeway) expires and are
-then deleted, in small batches, by later calls.
+An (issuer, jti) pair is inserted under a unique constraint with ON CONFLICT DO NOTHING: one row
+inserted means first use, none means a replay (SQLite and PostgreSQL alike, no savepoint, no
+exception path). Rows are kept until the token (plus leeway) expires and are then deleted by
+later calls, on about one call in PURGE_EVERY.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ import random
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from cds.store.records import SeenTokenRecord
 from cds.store.types import utcnow
 
-#: Expired rows are purged on about one call in this many (cheap, bounded, no extra thread).
 PURGE_EVERY = 200
 
 
@@ -25,10 +25,13 @@ def claim_token(session: Session, issuer: str, jti: str, expires_at: datetime) -
     """True if (issuer, jti) was not seen before; records it. Runs in the caller's transaction."""
     if random.randrange(PURGE_EVERY) == 0:
         session.execute(sa.delete(SeenTokenRecord).where(SeenTokenRecord.expires_at < utcnow()))
-    try:
-        with session.begin_nested():
-            session.add(SeenTokenRecord(issuer=issuer, jti=jti, expires_at=expires_at))
-            session.flush()
-    except IntegrityError:
-        return False
-    return True
+    dialect = session.get_bind().dialect.name
+    values = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
+    if dialect == "postgresql":
+        stmt: sa.Executable = postgresql.insert(SeenTokenRecord).values(values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(SeenTokenRecord).values(values).on_conflict_do_nothing()
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported by the store
+        raise RuntimeError(f"unsupported database dialect {dialect}")
+    result = session.execute(stmt)
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]

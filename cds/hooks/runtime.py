@@ -18,6 +18,7 @@ from cds.hooks.clients import load_clients
 from cds.hooks.jwks import JwksCache
 from cds.hooks.presenter import LinkPresenter
 from cds.hooks.replay import claim_token
+from cds.hooks.storecatalog import ResultCache
 from cds.signing import LinkPurpose, LinkSigner
 from cds.store.db import Database
 
@@ -45,6 +46,7 @@ class HooksRuntime:
     settings: Settings
     authenticator: Authenticator
     presenter: LinkPresenter
+    results: ResultCache
 
 
 def build_runtime(settings: Settings) -> HooksRuntime:
@@ -59,7 +61,7 @@ def build_runtime(settings: Settings) -> HooksRuntime:
         LinkSigner(settings.secret_key, LinkPurpose.EXPLAIN).sign,
         settings.viewer_link_ttl_s,
     )
-    return HooksRuntime(settings, authenticator, presenter)
+    return HooksRuntime(settings, authenticator, presenter, ResultCache())
 
 
 def runtime(app: Flask, settings: Settings) -> HooksRuntime:

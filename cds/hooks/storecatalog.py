@@ -1,54 +1,117 @@
 """AnalysisCatalog over the store (cds.store) and the job queue (cds.jobs).
 
-Lookups run in the request's one read-only session; asking for an analysis registers the study
-(if the store does not know it yet) and enqueues the ANALYZE job through cds.jobs.analysis,
-which is idempotent and race-safe across concurrent hook calls and worker processes.
+The hot path reads only what a card needs: one query for the analyses' status columns of the
+patient's studies, and the stored result JSON only for an analysis this worker has not parsed yet
+(a result is cached per (analysis id, updated_at), so a rewritten analysis is re-read). The
+selection rule is the store's (cds.store.queries.latest_complete_analysis / latest_analysis):
+per study the newest COMPLETE analysis, else the newest of any status.
+Asking for an analysis registers the study (if the store does not know it yet) and enqueues the
+ANALYZE job through cds.jobs.analysis, idempotent and race-safe across workers.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from cds.domain import AnalysisStatus
+from cds.domain import AnalysisResult, AnalysisStatus
 from cds.hooks.catalog import StoredAnalysis
 from cds.hooks.studies import LumbarStudy
 from cds.jobs.analysis import request_analysis
 from cds.jobs.queue import JobQueue
 from cds.store import queries
 from cds.store.db import Database
-from cds.store.records import AnalysisRecord
+from cds.store.records import AnalysisRecord, StudyRecord
+
+_OLDEST = datetime.min.replace(tzinfo=UTC)
 
 
-def to_stored(record: AnalysisRecord, study_uid: str) -> StoredAnalysis:
-    result = record.to_result() if record.status is AnalysisStatus.COMPLETE else None
-    return StoredAnalysis(
-        analysis_id=record.id,
-        study_uid=study_uid,
-        status=record.status,
-        result=result,
-        reason=record.reason,
-        updated_at=record.finished_at or record.updated_at,
-    )
+class ResultCache:
+    """Parsed AnalysisResults by (analysis id, updated_at), bounded, shared by a worker's threads."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[str, datetime | None], AnalysisResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, datetime | None]) -> AnalysisResult | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, datetime | None], value: AnalysisResult) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+def _pick(rows: list[Any]) -> Any:
+    """The store's rule: newest COMPLETE (finished_at, revision), else newest (revision, created_at)."""
+    complete = [r for r in rows if r.status is AnalysisStatus.COMPLETE]
+    if complete:
+        return max(complete, key=lambda r: (r.finished_at is not None, r.finished_at or _OLDEST, r.revision))
+    return max(rows, key=lambda r: (r.revision, r.created_at or _OLDEST))
 
 
 class StoreCatalog:
-    def __init__(self, session: Session, db: Database, jobs: JobQueue, dicomweb_url: str = "") -> None:
+    def __init__(
+        self, session: Session, db: Database, jobs: JobQueue, cache: ResultCache, dicomweb_url: str = ""
+    ) -> None:
         self._session = session
         self._db = db
         self._jobs = jobs
+        self._cache = cache
         self._dicomweb_url = dicomweb_url.rstrip("/")
 
     def lookup(self, study_uids: Sequence[str]) -> Mapping[str, StoredAnalysis]:
-        found: dict[str, StoredAnalysis] = {}
-        for uid in study_uids:
-            record = queries.latest_complete_analysis(self._session, uid) or queries.latest_analysis(
-                self._session, uid
+        if not study_uids:
+            return {}
+        a = AnalysisRecord
+        rows = self._session.execute(
+            sa.select(
+                StudyRecord.study_uid, a.id, a.status, a.reason, a.revision, a.created_at, a.updated_at,
+                a.finished_at,
             )
-            if record is not None:
-                found[uid] = to_stored(record, uid)
+            .join(StudyRecord, a.study_id == StudyRecord.id)
+            .where(StudyRecord.study_uid.in_(list(study_uids)))
+        ).all()  # fmt: skip
+        by_study: dict[str, list[Any]] = {}
+        for row in rows:
+            by_study.setdefault(row.study_uid, []).append(row)
+        found: dict[str, StoredAnalysis] = {}
+        for uid, candidates in by_study.items():
+            row = _pick(candidates)
+            result = self._result(row) if row.status is AnalysisStatus.COMPLETE else None
+            found[uid] = StoredAnalysis(
+                analysis_id=row.id,
+                study_uid=uid,
+                status=row.status,
+                result=result,
+                reason=row.reason,
+                updated_at=row.finished_at or row.updated_at,
+            )
         return found
+
+    def _result(self, row: Any) -> AnalysisResult:
+        key = (row.id, row.updated_at)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        record = queries.get_analysis(self._session, row.id)
+        if record is None:  # deleted between the two reads: treat as a fresh miss next time
+            raise LookupError("analysis disappeared during lookup")
+        result = record.to_result()
+        self._cache.put(key, result)
+        return result
 
     def request_analysis(self, study: LumbarStudy, patient_id: str) -> None:
         with self._db.session() as s:
