@@ -112,7 +112,7 @@ class FrameMap:
 
     def __init__(self, curve: SpineCurve, y_range: tuple[float, float], z_range: tuple[float, float]):
         self.curve = curve
-        step = 1.0
+        step = 2.0
         self.y0, self.z0 = y_range[0] - 2, z_range[0] - 2
         ny = int(np.ceil((y_range[1] - y_range[0] + 4) / step)) + 1
         nz = int(np.ceil((z_range[1] - z_range[0] + 4) / step)) + 1
@@ -124,6 +124,13 @@ class FrameMap:
 
     def to_frame(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Anatomy points (..., 3) -> (u, v, s) arrays of shape (...)."""
+        u, v, s, _, _ = self.to_frame_with_basis(a)
+        return u, v, s
+
+    def to_frame_with_basis(
+        self, a: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(u, v, s) plus the local tangent and normal (..., 2) in (y, z), for first-order offsets."""
         y, z = a[..., 1], a[..., 2]
         coords = np.stack([((y - self.y0) / self.step).ravel(), ((z - self.z0) / self.step).ravel()])
         kf = ndimage.map_coordinates(self.s_index, coords, order=1, mode="nearest").reshape(y.shape)
@@ -132,4 +139,4 @@ class FrameMap:
         dy, dz = y - c[..., 0], z - c[..., 1]
         s = self.curve.s[k] + dy * t[..., 0] + dz * t[..., 1]
         v = dy * n[..., 0] + dz * n[..., 1]
-        return a[..., 0], v, s
+        return a[..., 0], v, s, t, n

@@ -1,19 +1,20 @@
 """Write one synthetic series as MR Image Storage instances (pydicom), with geometry tags that match
 ``SeriesGeometry`` exactly and identifiers that cannot be mistaken for a real patient's.
 
-UIDs are deterministic: ``uid(seed, role)`` hashes the seed and the instance's role under the 2.25 (UUID)
-root, so the same seed writes byte-identical files and no UID collides across seeds.
+UIDs are deterministic: ``uid(seed, role)`` is a name-based (version 5) UUID of the seed and the instance's
+role under the 2.25 root, so the same seed writes byte-identical files and UIDs do not collide across seeds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 from cds.synth.appearance import Pixels
 from cds.synth.series import SeriesGeometry
@@ -21,8 +22,12 @@ from cds.synth.series import SeriesGeometry
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1450.1"  # fixed implementation class for the synth writer
 
 
+_UID_NAMESPACE = uuid.UUID("6f1c3a52-5b0e-4d8e-9a43-2f7d8c0b9e11")  # fixed namespace of cds.synth UIDs
+
+
 def uid(seed: int, role: str) -> str:
-    return generate_uid(prefix=None, entropy_srcs=["cds-synth", str(seed), role])
+    """Deterministic UID under the UUID-derived root 2.25 (a name-based UUID of seed and role)."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, f'cds-synth/{seed}/{role}').int}"
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,9 @@ def write_series(
         sop = uid(study.seed, f"{series.series_uid}/{k}")
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = sop
+        meta.MediaStorageSOPInstanceUID = UID(sop)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = IMPLEMENTATION_UID
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
         path = out_dir / f"{series.number:03d}_{k + 1:04d}.dcm"
         ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SpecificCharacterSet = "ISO_IR 100"

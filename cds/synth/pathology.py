@@ -42,6 +42,16 @@ def _bisect(f: Callable[[float], float], target: float, lo: float, hi: float, it
     return 0.5 * (lo + hi)
 
 
+def _set(drv: LevelDrivers, field: str, value: float) -> LevelDrivers:
+    """Copy of drv with one numeric driver changed (the searched one)."""
+    return {
+        "facet_left": lambda: replace(drv, facet_left=value),
+        "facet_right": lambda: replace(drv, facet_right=value),
+        "foraminal_left_mm": lambda: replace(drv, foraminal_left_mm=value),
+        "foraminal_right_mm": lambda: replace(drv, foraminal_right_mm=value),
+    }[field]()
+
+
 def _with(anat: Anatomy, level: Level, drv: LevelDrivers) -> Anatomy:
     d = list(anat.drivers)
     d[level.index] = drv
@@ -105,10 +115,10 @@ def sample_pathology(rng: np.random.Generator, anat: Anatomy) -> Anatomy:
                 lv: Level = lv,
                 ref: float = ref,
             ) -> float:
-                m = SpineModel(_with(anat, lv, replace(drv, **{field: mm})))
+                m = SpineModel(_with(anat, lv, _set(drv, field, mm)))
                 return foramen_area(m, lv, side, 0.4) / ref
 
-            drv = replace(drv, **{field: _bisect(f_for, target, 0.0, 12.0)})
+            drv = _set(drv, field, _bisect(f_for, target, 0.0, 12.0))
             anat = _with(anat, lv, drv)
         # --- lateral recesses: facet hypertrophy per side
         for side in Side:
@@ -124,8 +134,8 @@ def sample_pathology(rng: np.random.Generator, anat: Anatomy) -> Anatomy:
                 anat: Anatomy = anat,
                 lv: Level = lv,
             ) -> float:
-                return recess_depth(SpineModel(_with(anat, lv, replace(drv, **{field: h}))), lv, side, 0.25)
+                return recess_depth(SpineModel(_with(anat, lv, _set(drv, field, h))), lv, side, 0.25)
 
-            drv = replace(drv, **{field: _bisect(f_rec, target, 0.0, 1.2)})
+            drv = _set(drv, field, _bisect(f_rec, target, 0.0, 1.2))
             anat = _with(anat, lv, drv)
     return anat

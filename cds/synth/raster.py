@@ -15,7 +15,8 @@ the hypertrophied flavum or facet) that FINDINGS.md asks to be written as the ex
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -67,13 +68,22 @@ class _Canvas:
         self.labels = np.zeros(grid.shape, np.uint8)
         self.causes = np.zeros(grid.shape, np.uint8)
 
-    def _range(self, axis: Arr, lo: float, hi: float) -> slice:
-        return slice(int(np.searchsorted(axis, lo)), int(np.searchsorted(axis, hi, side="right")))
+    @staticmethod
+    def _range(axis: Arr, lo: float, hi: float) -> slice:
+        """Indices of the (uniform, ascending) axis values within [lo, hi], without a search."""
+        n = len(axis)
+        a0 = float(axis[0])
+        if n == 1:
+            return slice(0, 1) if lo <= a0 <= hi else slice(0, 0)
+        step = float(axis[1]) - a0
+        i0 = max(0, math.ceil((lo - a0) / step - 1e-6))
+        i1 = min(n, math.floor((hi - a0) / step + 1e-6) + 1)
+        return slice(i0, max(i0, i1))
 
     def paint(
         self,
         value: int | Callable[[Arr, Arr, Arr, Arr], Arr],
-        bbox: tuple[float, float, float, float, float, float],
+        bbox: Sequence[float],
         inside: Callable[[Arr, Arr, Arr], Arr],
         cause: int = 0,
     ) -> None:
@@ -305,7 +315,7 @@ class SpineModel:
     def _disc_shape(
         self, j: int, bulge: float, lobes: tuple[tuple[float, float, float, float, float], ...]
     ) -> tuple[Callable[[Arr, Arr, Arr], Arr], tuple[float, ...]]:
-        """Disc j footprint (+ bulge) with lobes (u_centre, half_width, depth, v_margin, cranial_extension)."""
+        """Disc j footprint (+ bulge) with lobes (u_centre, half_width, depth, v_margin, cranial_ext)."""
         vs = self.anat.vertebrae
         up, low = vs[j], vs[j + 1]
         lay = self.lay
@@ -333,14 +343,14 @@ class SpineModel:
             return m
 
         ext = 12.0
-        up = max([lb[4] for lb in lobes], default=0.0)
+        up_ext = max([lb[4] for lb in lobes], default=0.0)
         bbox = (
             -a0 - ext - 10,
             a0 + ext + 10,
             -b0 - ext,
             b0 + ext + 6 + abs(sl_lo) + abs(sl_hi),
             lo - 2,
-            hi + 2 + up,
+            hi + 2 + up_ext,
         )
         return inside, bbox
 
@@ -383,18 +393,15 @@ class SpineModel:
 
         def value(U: Arr, V: Arr, S: Arr, m: Arr) -> Arr:
             nuc = (
-                (U / (0.55 * a0)) ** 2
-                + ((V - sl - 1.5) / (0.5 * b0)) ** 2
-                + ((S - mid) / (0.8 * half + 0.3)) ** 2
+                (U / (0.68 * a0)) ** 2 + ((V - sl - 1.0) / (0.62 * b0)) ** 2 + ((S - mid) / (half + 0.9)) ** 4
             ) <= 1.0
             return np.where(nuc, nuc_id, ann_id).astype(np.uint8)
 
         if lv is not None:
-            for k, lobe in enumerate(fl):
+            for lobe in fl:
                 kind = CauseKind.DISC_FORAMINAL_LEFT if lobe[0] > 0 else CauseKind.DISC_FORAMINAL_RIGHT
                 shape, bbox = self._disc_shape(j, 0.0, (lobe,))
                 cv.paint(ann_id, bbox, shape, cause_id(lv, kind))
-                del k
             if lobes or d.bulge_mm > 0:
                 shape, bbox = self._disc_shape(j, d.bulge_mm, tuple(lobes))
                 cv.paint(ann_id, bbox, shape, cause_id(lv, CauseKind.DISC))
@@ -540,13 +547,14 @@ class SpineModel:
             )
             iap_ax = np.array([4.5, 4.0, 11.0])
             cv.paint(art_up, _ell_bbox(iap_c, iap_ax), _ellipsoid(iap_c, iap_ax))
-            cv.paint(
-                L.FACET_JOINT,
-                _ell_bbox(c0, ax0 * 1.15),
-                lambda U, V, S, c=c0, a=ax0, ic=iap_c, ia=iap_ax: (
-                    _ellipsoid(c, a * 1.15)(U, V, S) & _ellipsoid(ic, ia * 1.05)(U, V, S)
-                ),
-            )
+            sap_grown, iap_grown = _ellipsoid(c0, ax0 * 1.15), _ellipsoid(iap_c, iap_ax * 1.05)
+
+            def joint(
+                U: Arr, V: Arr, S: Arr, a: Callable[..., Arr] = sap_grown, b: Callable[..., Arr] = iap_grown
+            ) -> Arr:
+                return a(U, V, S) & b(U, V, S)
+
+            cv.paint(L.FACET_JOINT, _ell_bbox(c0, ax0 * 1.15), joint)
             if hyp > 0.02:
                 c, ax, _ = self.sap_geometry(lv, sign, hyp)
                 cv.paint(art_low, _ell_bbox(c, ax), _ellipsoid(c, ax), cause_id(lv, kind))

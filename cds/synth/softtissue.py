@@ -15,51 +15,76 @@ from cds.synth.raster import SpineModel
 Arr = np.ndarray
 
 
-def soft_tissue(model: SpineModel, u: Arr, v: Arr, s: Arr) -> Arr:
-    """Internal label of each point (1-D arrays) outside the spine structures."""
-    a = model.anat
+class TrunkOutline:
+    """Posterior skin line y_back(z) of the trunk in the anatomy frame.
+
+    Why not in the straightened frame: the back surface follows the lordosis only loosely, and far from
+    the spine the straightened frame bends strongly; so the trunk outline is an ellipse per height z in
+    the anatomy frame, placed behind a smoothed copy of the spine's centre line.
+    """
+
+    def __init__(self, model: SpineModel, curve_s: Arr, curve_yz: Arr):
+        a = model.anat
+        z = curve_yz[:, 1]
+        keep = np.concatenate([[True], np.diff(z) > 0.05])
+        # keep the monotonic (in z) part of the centre line, from the sacrum upwards
+        start = int(np.nonzero(~keep)[0].max()) + 1 if (~keep).any() else 0
+        zs, ys, ss = z[start:], curve_yz[start:, 0], curve_s[start:]
+        self.z_grid = np.arange(zs[0] - 200.0, zs[-1] + 200.0, 2.0)
+        y = np.interp(self.z_grid, zs, ys)
+        k = np.ones(41) / 41.0
+        y_s = np.convolve(np.pad(y, 20, mode="edge"), k, mode="valid")
+        s_at = np.interp(self.z_grid, zs, ss)
+        vpb = model.v_pb(s_at)
+        depth = vpb + model.canal_d(s_at) + 38.0 * a.muscle_scale + a.fat_mm
+        # buttocks: the back surface bulges posteriorly below the sacral promontory
+        butt = 25.0 * np.clip(-s_at / 80.0, 0.0, 1.0)
+        self.y_back = y_s + depth + butt
+
+    def back(self, z: Arr) -> Arr:
+        return np.interp(z, self.z_grid, self.y_back)
+
+
+def soft_tissue(model: SpineModel, trunk: TrunkOutline, a: Arr, u: Arr, v: Arr, s: Arr) -> Arr:
+    """Internal label of each point outside the spine structures (a: anatomy points (N, 3); u, v, s: (N,))."""
+    an = model.anat
     out = np.zeros(u.shape, np.uint8)
-    vpb = model.v_pb(s)
-    lam = vpb + model.canal_d(s)  # posterior canal wall at midline
-    v_skin = lam + 38.0 * a.muscle_scale + a.fat_mm
-    bd, bw = a.body_half_depth, a.body_half_width
-    vc = v_skin - bd
-    # pelvis: the trunk is wider and flatter below the sacral promontory
-    r = (u / bw) ** 2 + ((v - vc) / bd) ** 2
+    bd, bw = an.body_half_depth, an.body_half_width
+    yb = trunk.back(a[:, 2])
+    yc = yb - bd
+    r = (a[:, 0] / bw) ** 2 + ((a[:, 1] - yc) / bd) ** 2
     body = r <= 1.0
     out[body] = L.SUBCUT_FAT
-    inner_scale = 1.0 - a.fat_mm / bd
-    inner = r <= inner_scale**2
+    inner = r <= (1.0 - an.fat_mm / bd) ** 2
     skin = (r > (1.0 - 2.0 / bd) ** 2) & body
-    # abdominal / pelvic contents anterior to the spine
-    visc = inner & (v < -5.0)
-    out[visc] = L.VISCERA
-    # retroperitoneal fat around the spine and psoas
-    retro = inner & (v < 10.0) & (v > -model.anat.vertebrae[5].half_depth - 40.0) & (np.abs(u) < 70.0)
+    out[inner] = L.VISCERA
+    vpb = model.v_pb(s)
+    lam = vpb + model.canal_d(s)
+    hw = np.interp(s, model._mid_sorted, model._b_sorted)  # body half depth ~ size proxy
+    # fat around the vertebral bodies, the psoas and the posterior compartment
+    retro = inner & ((u / 42.0) ** 2 + ((v + 2.0) / (hw + 4.0)) ** 2 <= 1.0)
     out[retro] = L.RETRO_FAT
-    # deep posterior compartment (between muscles), fat
-    post = inner & (v >= -5.0)
-    out[post & ~retro] = L.RETRO_FAT
-    # paraspinal muscles (erector spinae + multifidus), two big ellipses behind the transverse processes
-    ms = a.muscle_scale
+    out[inner & (v > vpb)] = L.RETRO_FAT
+    ms = an.muscle_scale
     for sign in (1.0, -1.0):
-        mus = ((u - sign * 24.0 * ms) / (21.0 * ms)) ** 2 + (
-            (v - (lam + 14.0 * ms)) / (23.0 * ms)
+        # multifidus + erector spinae: one mass each side hugging the spinous processes
+        mus = ((u - sign * 21.0 * ms) / (24.0 * ms)) ** 2 + (
+            (v - (lam + 16.0 * ms)) / (21.0 * ms)
         ) ** 2 <= 1.0
-        mus &= inner & (s > model.sac_end - 30)
+        mus &= inner & (v > vpb) & (s > model.sac_end - 40)
         out[mus] = L.MUSCLE
         # quadratus lumborum lateral to the transverse processes
-        ql = ((u - sign * 60.0 * ms) / (14.0 * ms)) ** 2 + ((v - (vpb + 4.0)) / (9.0 * ms)) ** 2 <= 1.0
+        ql = ((u - sign * 58.0 * ms) / (13.0 * ms)) ** 2 + ((v - (vpb + 4.0)) / (9.0 * ms)) ** 2 <= 1.0
         out[ql & inner & (s > 0) & (s < 120)] = L.MUSCLE
         # psoas grows from L1 down to L5, beside the bodies
         grow = np.clip((130.0 - s) / 110.0, 0.0, 1.0)
         ps_r = (6.0 + 10.0 * grow) * ms
-        ps = ((u - sign * (model.anat.vertebrae[5].half_width + ps_r * 0.7)) / ps_r) ** 2 + (
+        ps = ((u - sign * (an.vertebrae[5].half_width + ps_r * 0.7)) / ps_r) ** 2 + (
             (v + 2.0) / (ps_r * 1.2)
         ) ** 2 <= 1.0
         out[ps & inner & (s > -40) & (grow > 0)] = L.PSOAS
     # aorta (bifurcates at L4) and inferior vena cava in front of the bodies
-    b_front = -np.interp(s, model._mid_sorted, model._b_sorted) + model.slip(s)
+    b_front = -hw + model.slip(s)
     aorta = ((u - 12.0) ** 2 + (v - (b_front - 12.0)) ** 2 <= 100.0) & (s > 75.0)
     ivc = (((u + 20.0) / 11.0) ** 2 + ((v - (b_front - 10.0)) / 7.0) ** 2 <= 1.0) & (s > 60.0)
     out[(aorta | ivc) & inner] = L.VESSEL

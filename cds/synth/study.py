@@ -31,6 +31,7 @@ from cds.synth.measure import LevelMeasurements, measure_all
 from cds.synth.pathology import sample_pathology
 from cds.synth.raster import CauseKind, Grid, SpineModel, cause_id
 from cds.synth.series import Scene, SeriesGeometry, SynthSeriesKind, sample_series
+from cds.synth.softtissue import TrunkOutline
 
 GENERATOR_VERSION = "0.1.0"
 _VOLUME_STEP = 0.6  # mm, resolution of the rasterised spine volume
@@ -67,7 +68,7 @@ def _sagittal(
     m = int(rng.choice(opts.sag_matrix))
     ps = fov / m
     centre = 0.5 * (top + bot)
-    centre[1] += float(rng.uniform(10, 40))
+    centre[1] += float(rng.uniform(0, 25))
     centre[2] += float(rng.uniform(-10, 10))
     centre[0] = float(pose.translation[0] + rng.uniform(-2, 2))
     rz = np.deg2rad(rng.uniform(-3, 3))
@@ -177,7 +178,7 @@ def generate_study(
         _VOLUME_STEP,
     )
     labels, causes = model.paint(grid)
-    scene = Scene(model, pose, frame, grid, labels, causes)
+    scene = Scene(model, pose, frame, grid, labels, causes, TrunkOutline(model, curve.s, curve.c))
     meas = measure_all(model, healthy)
 
     name = study_name or f"SYN-{seed:06d}"
@@ -316,7 +317,7 @@ def generate_study(
     table = {
         "labels": {str(k): v for k, v in L.GT_LABELS.items()},
         "groups": {k: list(v) for k, v in L.GT_GROUPS.items()},
-        "index_order": "(slice, row, col); slice k = InstanceNumber k + 1; affine: (k, row, col, 1) -> LPS mm",
+        "index_order": "(slice, row, col); slice k = InstanceNumber k + 1; affine (k, row, col, 1) -> LPS",
         "series": series_json,
         "causes": causes_json,
     }
