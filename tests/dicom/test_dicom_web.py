@@ -19,7 +19,12 @@ from orthanc_server import OrthancServer
 from cds.config import Settings
 from cds.dicom import IngestKind, load_study
 from cds.dicom.sources.dicomweb import DicomWebAuth, DicomWebSource, RetryPolicy
-from cds.dicom.sources.endpoint import source_for_endpoint, source_for_imaging_study, study_uid_of
+from cds.dicom.sources.endpoint import (
+    configured_source,
+    source_for_endpoint,
+    source_for_imaging_study,
+    study_uid_of,
+)
 from cds.errors import IngestError, UpstreamError
 
 # ---------------------------------------------------------------- real Orthanc
@@ -220,3 +225,12 @@ def test_imaging_study_endpoint_reference_is_followed() -> None:
     assert source_for_imaging_study(contained, [], SETTINGS).base_url == "https://pacs.example.org/x"
     with pytest.raises(IngestError):
         source_for_imaging_study(dict(imaging_study, endpoint=[]), [], SETTINGS)
+
+
+def test_configured_source_uses_settings() -> None:
+    source = configured_source(SETTINGS.with_overrides(dicomweb_timeout_s=7.5), "1.2.3")
+    assert source.base_url == SETTINGS.dicomweb_url and source._session.auth == ("svc", "pw")
+    assert source._retry.read_timeout_s == 7.5
+    with pytest.raises(IngestError) as info:
+        configured_source(Settings(), "1.2.3")
+    assert info.value.kind == IngestKind.UNSUPPORTED_ENDPOINT

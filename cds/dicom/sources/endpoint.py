@@ -104,6 +104,23 @@ def source_for_imaging_study(
     )
 
 
+def configured_source(
+    settings: Settings, study_uid: str, *, limits: IngestLimits = DEFAULT_LIMITS
+) -> DicomWebSource:
+    """The study on the PACS configured by CDS_DICOMWEB_URL (with its credentials and timeout)."""
+    if not settings.dicomweb_url:
+        raise ingest_error(
+            IngestKind.UNSUPPORTED_ENDPOINT, "no DICOMweb server configured (CDS_DICOMWEB_URL)"
+        )
+    return DicomWebSource(
+        settings.dicomweb_url,
+        study_uid,
+        auth=settings_auth(settings),
+        retry=settings_retry(settings),
+        limits=limits,
+    )
+
+
 def settings_auth(settings: Settings) -> DicomWebAuth:
     return DicomWebAuth(
         username=settings.dicomweb_username,
