@@ -104,3 +104,53 @@ def test_serve_upgrades_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert f"serving on http://127.0.0.1:{port}/cds-services" in out
+
+
+def test_demo_prepares_data_and_its_printed_call_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cds demo` end to end minus the server loop: a real synthetic study, registered and queued,
+    a signing key the service trusts, and a printed curl whose token and body the service accepts."""
+    import shlex
+
+    from cds import create_app
+    from cds.commands.demo import DemoPaths
+    from cds.config import Settings
+    from cds.extensions import services
+    from cds.hooks.clients import load_clients
+    from cds.jobs import JobStatus
+
+    monkeypatch.setenv("CDS_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("CDS_DATABASE_URL", raising=False)
+    monkeypatch.delenv("CDS_PUBLIC_BASE_URL", raising=False)
+    assert main(["demo", "--prepare-only", "--studies", "1", "--port", "8080"]) == 0
+    out = capsys.readouterr().out
+    assert "Discovery:      http://127.0.0.1:8080/cds-services" in out
+    paths = DemoPaths(tmp_path / "demo")
+    assert paths.key.stat().st_mode & 0o077 == 0  # private key readable by its owner only
+    assert "cds-demo-ehr" in {c for c in load_clients(paths.clients)}
+    curl = next(line for line in out.splitlines() if line.startswith("curl "))
+    words = shlex.split(curl)
+    url = words[words.index("POST") + 1]
+    auth = next(w for w in words if w.startswith("Authorization: Bearer "))
+    body_file = Path(next(w for w in words if w.startswith("@"))[1:])
+
+    settings = Settings.from_env().with_overrides(
+        clients_file=paths.clients,
+        secret_key=paths.secret.read_text().strip(),
+        public_base_url="http://127.0.0.1:8080",
+    )
+    app = create_app(settings)
+    try:
+        assert services(app).jobs.counts()[JobStatus.QUEUED] == 1  # the study's analysis is queued
+        client = app.test_client()
+        path = url.removeprefix("http://127.0.0.1:8080")
+        headers = {"Authorization": auth.removeprefix("Authorization: "), "Content-Type": "application/json"}
+        first = client.post(path, data=body_file.read_bytes(), headers=headers)
+        assert first.status_code == 200, first.get_data(as_text=True)
+        cards = first.get_json()["cards"]
+        assert len(cards) == 1 and "pending" in cards[0]["summary"].lower()
+        replay = client.post(path, data=body_file.read_bytes(), headers=headers)
+        assert replay.status_code == 401  # the printed token is single use
+    finally:
+        services(app).close()

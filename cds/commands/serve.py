@@ -51,6 +51,8 @@ def serve(settings: Any, host: str, port: int, job_workers: int | None = None) -
         log.info("started %d local job worker thread(s)", workers)
     if settings.clients_file is None:
         log.warning("CDS_CLIENTS_FILE is not set: no EHR is trusted, every hook call will get 401")
+    # Werkzeug's request log prints every path, and viewer paths carry signed link tokens.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = make_server(host, port, app, threaded=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     print(f"serving on http://{host}:{server.port}/cds-services (Ctrl-C to stop)", flush=True)
