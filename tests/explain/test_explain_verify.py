@@ -1,0 +1,162 @@
+"""The verifier against adversarial texts: each wrong statement must be caught and named."""
+
+from __future__ import annotations
+
+import pytest
+
+from cds.explain.findings import RationaleInput
+from cds.explain.verify import ViolationKind as K
+from cds.explain.verify import verify
+
+# A correct text for the `sample` fixture; every adversarial text below is a small edit of it.
+FORAMINA = (
+    "moderate left neural foraminal narrowing, foraminal area ratio 45 % (35 % to < 60 %); "
+    "severe right neural foraminal narrowing, foraminal area ratio 31 % (< 35 %)"
+)
+GOOD = (
+    "L3-L4: moderate central canal stenosis, dural sac area 88 mm2 (75 mm2 to < 100 mm2), "
+    "flagged as uncertain. L4-L5: severe central canal stenosis, dural sac area 62 mm2 (< 75 mm2); "
+    + FORAMINA
+    + ". L5-S1: no moderate or severe stenosis."
+)
+
+
+def kinds(text: str, inp: RationaleInput) -> set[K]:
+    return verify(text, inp).kinds()
+
+
+def test_good_text_passes(sample: RationaleInput) -> None:
+    result = verify(GOOD, sample)
+    assert result.ok, result.violations
+    assert {(f.level, f.condition) for f in sample.positives} <= result.mentioned
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # wrong level: the severe canal stenosis moved to L5-S1
+        (GOOD.replace("L4-L5: severe", "L5-S1: severe"), {K.WRONG_GRADE, K.MISSING_FINDING}),
+        # a level that was not analysed at all
+        (GOOD + " L2-L3: no stenosis.", {K.ABSENT_LEVEL}),
+        # impossible level names and bare vertebrae
+        (GOOD.replace("L5-S1: no", "L6-S1: no"), {K.UNKNOWN_LEVEL}),
+        (
+            GOOD.replace("L5-S1: no moderate or severe stenosis", "The L4 vertebra is unremarkable"),
+            {K.UNKNOWN_LEVEL},
+        ),
+        # wrong grade
+        (GOOD.replace("severe central canal", "moderate central canal"), {K.WRONG_GRADE, K.MISSING_FINDING}),
+        # invented number and a number from another finding
+        (GOOD.replace("62 mm2", "58 mm2"), {K.UNSUPPORTED_NUMBER}),
+        (GOOD.replace("ratio 45 %", "ratio 31 %"), {K.UNSUPPORTED_NUMBER}),
+        (GOOD.replace("62 mm2", "62 mm"), {K.UNSUPPORTED_NUMBER}),
+        # missing severe finding
+        (
+            GOOD.replace("; severe right neural foraminal narrowing, foraminal area ratio 31 % (< 35 %)", ""),
+            {K.MISSING_FINDING},
+        ),
+    ],
+)
+def test_adversarial_edits_are_caught(sample: RationaleInput, text: str, expected: set[K]) -> None:
+    found = kinds(text, sample)
+    assert expected <= found, (text, found)
+
+
+def test_bilateral_misuse_with_asymmetric_grades(sample: RationaleInput) -> None:
+    text = GOOD.replace(
+        FORAMINA,
+        "severe bilateral neural foraminal narrowing",
+    )
+    found = kinds(text, sample)
+    assert K.BILATERAL_MISUSE in found
+    assert K.WRONG_GRADE in found  # left is moderate
+
+
+def test_both_sides_phrase_is_bilateral_too(sample: RationaleInput) -> None:
+    assert K.BILATERAL_MISUSE in kinds(GOOD + " L4-L5: moderate foraminal narrowing on both sides.", sample)
+
+
+def test_per_side_grades_in_one_phrase_are_understood(sample: RationaleInput) -> None:
+    text = GOOD.replace(
+        FORAMINA,
+        "moderate left and severe right neural foraminal narrowing",
+    )
+    assert verify(text, sample).ok
+    swapped = text.replace("moderate left and severe right", "severe left and moderate right")
+    assert K.WRONG_GRADE in kinds(swapped, sample)
+
+
+def test_hedged_but_wrong_text_is_still_wrong(sample: RationaleInput) -> None:
+    hedged = GOOD.replace("severe central canal stenosis", "possibly moderate central canal stenosis")
+    assert K.WRONG_GRADE in kinds(hedged, sample)
+    ranged = GOOD.replace("severe central canal stenosis", "moderate-to-severe central canal stenosis")
+    assert K.AMBIGUOUS_GRADE in kinds(ranged, sample)
+
+
+def test_missing_side_on_foraminal_statement(sample: RationaleInput) -> None:
+    assert K.MISSING_SIDE in kinds(GOOD + " L4-L5: severe foraminal narrowing.", sample)
+
+
+def test_statement_without_level(sample: RationaleInput) -> None:
+    assert K.UNTIED_STATEMENT in kinds(GOOD + " There is also severe central canal stenosis.", sample)
+
+
+def test_statement_with_level_after_it(sample: RationaleInput) -> None:
+    text = (
+        "Severe central canal stenosis at L4-L5, with moderate left and severe right neural foraminal "
+        "narrowing. "
+        "Moderate central canal stenosis at L3-L4 is flagged as uncertain. No stenosis at the other levels."
+    )
+    assert verify(text, sample).ok, verify(text, sample).violations
+
+
+def test_uncertainty_must_be_flagged_and_not_invented(sample: RationaleInput) -> None:
+    assert K.UNCERTAINTY_NOT_FLAGGED in kinds(GOOD.replace(", flagged as uncertain", ""), sample)
+    invented = GOOD.replace("dural sac area 62 mm2 (< 75 mm2)", "dural sac area 62 mm2 (< 75 mm2), uncertain")
+    assert K.UNCERTAINTY_INVENTED in kinds(invented, sample)
+
+
+def test_negated_normal_claim_about_a_positive_level(sample: RationaleInput) -> None:
+    assert K.WRONG_GRADE in kinds(GOOD + " L4-L5: no central canal stenosis.", sample)
+    assert K.WRONG_GRADE in kinds(GOOD.replace("L5-S1: no", "L4-L5 and L5-S1: no"), sample)
+
+
+def test_number_within_rounding_and_thresholds(sample: RationaleInput) -> None:
+    assert verify(GOOD.replace("62 mm2", "61.8 mm2"), sample).ok
+    assert K.UNSUPPORTED_NUMBER in kinds(GOOD.replace("62 mm2", "61.2 mm2"), sample)
+    assert verify(GOOD.replace("ratio 45 %", "ratio 0.45"), sample).ok
+    # a threshold of another condition is not a threshold of this one
+    assert K.UNSUPPORTED_NUMBER in kinds(GOOD.replace("(< 75 mm2)", "(< 35 mm2)"), sample)
+
+
+def test_unsupported_clinical_terms(sample: RationaleInput) -> None:
+    text = GOOD.replace("L5-S1: no moderate", "L4-L5 shows a disc herniation. L5-S1: no moderate")
+    assert K.UNSUPPORTED_TERM in kinds(text, sample)
+    assert K.UNSUPPORTED_TERM in kinds(GOOD + " Surgical decompression is recommended.", sample)
+
+
+def test_heatmap_claims_need_heatmap_input(
+    sample: RationaleInput, sample_with_heatmap: RationaleInput
+) -> None:
+    heat = " The heatmap for L4-L5 central canal stenosis highlights the posterior disc margin."
+    assert K.UNSUPPORTED_HEATMAP in kinds(GOOD + heat, sample)
+    assert verify(GOOD + heat, sample_with_heatmap).ok
+    wrong_finding = (
+        " The heatmap for L4-L5 left neural foraminal narrowing highlights the posterior disc margin."
+    )
+    assert K.UNSUPPORTED_HEATMAP in kinds(GOOD + wrong_finding, sample_with_heatmap)
+    invented_region = " The heatmap for L4-L5 central canal stenosis highlights the facet joint."
+    assert K.UNSUPPORTED_HEATMAP in kinds(GOOD + invented_region, sample_with_heatmap)
+
+
+def test_length_and_empty(sample: RationaleInput) -> None:
+    assert verify("", sample).kinds() == {K.EMPTY}
+    long = GOOD + " L5-S1: no moderate or severe stenosis." * 3
+    assert K.TOO_LONG in kinds(long, sample)
+
+
+def test_violation_names_the_problem(sample: RationaleInput) -> None:
+    result = verify(GOOD.replace("62 mm2", "58 mm2"), sample)
+    (violation,) = result.violations
+    assert "58 mm2" in violation.message and "L4-L5" in violation.message
+    assert violation.to_json()["kind"] == "unsupported_number"
