@@ -47,7 +47,7 @@ def test_canonical_frame_puts_left_and_posterior_on_fixed_axes(row_dir: tuple, c
     offset_mm = np.array([20.0, 10.0, 0.0])  # LPS: +x left, +y posterior
     step_i, step_j = a[:3, 1], a[:3, 2]
     ij = centre + np.array([offset_mm @ step_i / 0.25, offset_mm @ step_j / 0.25])
-    img = marker_image(shape, (int(round(ij[0])), int(round(ij[1]))))
+    img = marker_image(shape, (round(ij[0]), round(ij[1])))
     out = ax.to_canonical(img, frame)
     rows, cols = np.nonzero(out > 0.5)
     r, c = rows.mean(), cols.mean()
