@@ -71,6 +71,15 @@ class Settings:
     max_request_bytes: int = 2 * 1024 * 1024
     jwt_leeway_s: int = 30
     dev_mode: bool = False
+    # Rationale writer (cds.explain): auto = local model when installed, else the template.
+    rationale_backend: str = "auto"  # auto | local | openai | template
+    rationale_url: str = ""  # OpenAI-compatible base URL, e.g. http://vllm:8000/v1
+    rationale_model: str = ""  # model name sent to the OpenAI-compatible endpoint
+    rationale_api_key: str = ""  # bearer token for that endpoint (never logged)
+    rationale_timeout_s: float = 30.0
+    rationale_max_new_tokens: int = 200
+    rationale_model_file: Path | None = None  # local GGUF; default: the pinned PyPI package
+    rationale_threads: int = 0  # torch threads for the local model; 0 = leave torch's default
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -135,4 +144,22 @@ class Settings:
             kw["jwt_leeway_s"] = _int(v, "CDS_JWT_LEEWAY_S")
         if v := env.get("CDS_DEV_MODE"):
             kw["dev_mode"] = _bool(v, "CDS_DEV_MODE")
+        if v := env.get("CDS_RATIONALE_BACKEND"):
+            if v not in {"auto", "local", "openai", "template"}:
+                raise SettingsError(f"CDS_RATIONALE_BACKEND must be auto|local|openai|template, got {v!r}")
+            kw["rationale_backend"] = v
+        if v := env.get("CDS_RATIONALE_URL"):
+            kw["rationale_url"] = v.rstrip("/")
+        if v := env.get("CDS_RATIONALE_MODEL"):
+            kw["rationale_model"] = v
+        if v := env.get("CDS_RATIONALE_API_KEY"):
+            kw["rationale_api_key"] = v
+        if v := env.get("CDS_RATIONALE_TIMEOUT_S"):
+            kw["rationale_timeout_s"] = _float(v, "CDS_RATIONALE_TIMEOUT_S")
+        if v := env.get("CDS_RATIONALE_MAX_NEW_TOKENS"):
+            kw["rationale_max_new_tokens"] = _int(v, "CDS_RATIONALE_MAX_NEW_TOKENS")
+        if v := env.get("CDS_RATIONALE_MODEL_FILE"):
+            kw["rationale_model_file"] = Path(v)
+        if v := env.get("CDS_RATIONALE_THREADS"):
+            kw["rationale_threads"] = _int(v, "CDS_RATIONALE_THREADS")
         return replace(s, **kw)
