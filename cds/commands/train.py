@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     seg.add_argument("--max-synth-studies", type=int, default=0, help="0 = all studies in --data-synth")
     seg.add_argument("--synth-slices", type=int, default=7, help="central sagittal slices used per study")
     seg.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
-    seg.add_argument("--init", type=Path, help="start from these weights (a model folder with a card)")
+    seg.add_argument("--init", type=Path, help="start from these weights: a model folder or a checkpoint.pt")
     seg.add_argument("--version", default="1.0.0")
     seg.set_defaults(handler=_run_sagittal)
 

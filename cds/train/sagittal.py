@@ -149,6 +149,15 @@ def evaluate_spider(model_parent: Path, spider_root: Path, patients: Sequence[st
     return {"per_patient": per_patient, "summary": summarise(per_patient) if per_patient else {}}
 
 
+def _initial_weights(init: Path) -> dict[str, torch.Tensor]:
+    """Weights to start from: a model folder (verified against its card) or a training checkpoint."""
+    if init.suffix == ".pt":
+        return dict(torch.load(init, map_location="cpu", weights_only=False)["network"])
+    from cds.ml.loading import load_model
+
+    return dict(load_model(init.name, init.parent, device="cpu").network.state_dict())
+
+
 def train_sagittal(
     *,
     out_dir: Path,
@@ -161,8 +170,8 @@ def train_sagittal(
 ) -> ModelSpec:
     """Train, write ``out_dir/model.safetensors`` + ``card.json``, and evaluate on held-out SPIDER.
 
-    ``init``: a model folder whose (verified) weights start the run, e.g. to add synthetic data to a
-    model trained on SPIDER without starting from scratch.
+    ``init``: a model folder (weights verified against its card) or a ``checkpoint.pt`` whose weights
+    start the run, e.g. to add synthetic data to a model trained on SPIDER without starting over.
     """
     torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
@@ -189,9 +198,7 @@ def train_sagittal(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network = UNet2D(arch)
     if init is not None:
-        from cds.ml.loading import load_model
-
-        network.load_state_dict(load_model(init.name, init.parent, device="cpu").network.state_dict())
+        network.load_state_dict(_initial_weights(init))
     network.to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
@@ -304,6 +311,9 @@ def train_sagittal(
         name = "spider_holdout" if config.spider_train else "spider_all_patients"
         spec = replace(spec, metrics={f"{name}_dice": result})
         write_card(spec, out_dir)
+        from cds.train.gallery import save_gallery
+
+        save_gallery(out_dir.parent, spider_root, holdout[:8], work_dir / "gallery.png")
     return spec
 
 
