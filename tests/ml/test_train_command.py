@@ -48,6 +48,7 @@ def test_train_writes_verified_weights_card_and_log_and_resumes(tmp_path: Path) 
     assert all(0.0 <= v <= 1.0 for v in summary.values())
     log = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
+    assert (work / "gallery.png").stat().st_size > 0
 
     # rerunning the finished command resumes from the last checkpoint: no epoch is trained twice
     assert main(args) == 0
