@@ -113,27 +113,35 @@ def _finish(
     """The call's single write transaction: jti claim, audit row and (feedback) payload rows."""
     svc = _services()
     latency_ms = (time.perf_counter() - started) * 1000.0
+    audit_row = sa.insert(HookCallRecord).values(
+        hook_instance=audit.hook_instance or "-",
+        service_id=audit.service.id,
+        hook=audit.service.hook,
+        patient_ref=audit.patient_ref,
+        latency_ms=latency_ms,
+        outcome=audit.outcome,
+        status_code=audit.status,
+        card_count=audit.cards,
+    )
     replayed = False
-    with svc.db.session() as s:
-        if token is not None:
-            if not claim_token(s, token.caller.issuer, token.jti, token.expires_at):
+    if extra is None:
+        # Hook calls: a Core transaction (no ORM unit of work on the hot path).
+        with svc.db.engine.begin() as conn:
+            if token is not None and not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
                 replayed = True
-                audit.outcome, audit.status, audit.cards = "unauthorized", 401, 0
-            elif extra is not None:
+                audit_row = audit_row.values(outcome="unauthorized", status_code=401, card_count=0)
+            conn.execute(audit_row)
+    else:
+        with svc.db.session() as s:
+            conn = s.connection()
+            if token is not None and not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
+                replayed = True
+                audit_row = audit_row.values(outcome="unauthorized", status_code=401, card_count=0)
+            else:
                 extra(s)
-        # Core insert into the store's audit table (no ORM unit of work on the hot path).
-        s.execute(
-            sa.insert(HookCallRecord).values(
-                hook_instance=audit.hook_instance or "-",
-                service_id=audit.service.id,
-                hook=audit.service.hook,
-                patient_ref=audit.patient_ref,
-                latency_ms=latency_ms,
-                outcome=audit.outcome,
-                status_code=audit.status,
-                card_count=audit.cards,
-            )
-        )
+            s.execute(audit_row)
+    if replayed:
+        audit.outcome, audit.status, audit.cards = "unauthorized", 401, 0
     log.info(
         "hook_call request_id=%s service=%s status=%d outcome=%s cards=%d latency_ms=%.1f",
         rid,

@@ -13,7 +13,6 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from cds.store.records import SeenTokenRecord
 from cds.store.types import utcnow
@@ -21,11 +20,12 @@ from cds.store.types import utcnow
 PURGE_EVERY = 200
 
 
-def claim_token(session: Session, issuer: str, jti: str, expires_at: datetime) -> bool:
-    """True if (issuer, jti) was not seen before; records it. Runs in the caller's transaction."""
+def claim_token(conn: sa.Connection, issuer: str, jti: str, expires_at: datetime) -> bool:
+    """True if (issuer, jti) was not seen before; records it. Runs in the caller's transaction
+    (a Core connection, or an ORM session's `session.connection()`)."""
     if random.randrange(PURGE_EVERY) == 0:
-        session.execute(sa.delete(SeenTokenRecord).where(SeenTokenRecord.expires_at < utcnow()))
-    dialect = session.get_bind().dialect.name
+        conn.execute(sa.delete(SeenTokenRecord).where(SeenTokenRecord.expires_at < utcnow()))
+    dialect = conn.dialect.name
     values = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
     if dialect == "postgresql":
         stmt: sa.Executable = postgresql.insert(SeenTokenRecord).values(values).on_conflict_do_nothing()
@@ -33,5 +33,5 @@ def claim_token(session: Session, issuer: str, jti: str, expires_at: datetime) -
         stmt = sqlite.insert(SeenTokenRecord).values(values).on_conflict_do_nothing()
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported by the store
         raise RuntimeError(f"unsupported database dialect {dialect}")
-    result = session.execute(stmt)
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    result = conn.execute(stmt)
+    return bool(result.rowcount == 1)

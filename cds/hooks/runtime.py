@@ -37,8 +37,8 @@ class DatabaseReplayGuard:
         self._db = db
 
     def first_use(self, issuer: str, jti: str, expires_at: datetime) -> bool:
-        with self._db.session() as s:
-            return claim_token(s, issuer, jti, expires_at)
+        with self._db.engine.begin() as conn:
+            return claim_token(conn, issuer, jti, expires_at)
 
 
 @dataclass
