@@ -19,7 +19,9 @@ def register(subparsers: Any) -> None:
         help="sagittal T2 segmentation (disc, vertebra, canal) on SPIDER and/or synthetic studies",
     )
     seg.add_argument("--data-spider", type=Path, help="SPIDER PNG folder (patient sub-folders)")
-    seg.add_argument("--data-synth", type=Path, help="folder written by `cds synth`")
+    seg.add_argument(
+        "--data-synth", type=Path, action="append", help="folder written by `cds synth` (repeatable)"
+    )
     seg.add_argument("--out", type=Path, default=Path("models/sagittal_seg"), help="model folder to write")
     seg.add_argument("--work-dir", type=Path, help="checkpoints and logs (default: var/train/<out name>)")
     seg.add_argument("--epochs", type=int, default=24)
@@ -61,7 +63,9 @@ def _run_sagittal(args: argparse.Namespace) -> int:
         version=args.version,
     )
     synth = (
-        SynthSource(args.data_synth, max_studies=args.max_synth_studies, slices_per_study=args.synth_slices)
+        SynthSource(
+            tuple(args.data_synth), max_studies=args.max_synth_studies, slices_per_study=args.synth_slices
+        )
         if args.data_synth
         else None
     )

@@ -432,39 +432,14 @@ def _describe(root: Path, names: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cds.train.axial_seg --data DIR``: train, write models/axial_seg, print metrics."""
+    """``python -m cds.train.axial_seg``: the same as ``cds train axial-seg``."""
     import argparse
 
+    from cds.commands.train_pipeline import add_axial_arguments, run_axial
+
     parser = argparse.ArgumentParser(prog="python -m cds.train.axial_seg", description=__doc__)
-    parser.add_argument(
-        "--data", type=Path, required=True, help="folder written by `cds synth` (with split.json)"
-    )
-    parser.add_argument("--out", type=Path, default=Path("models/axial_seg"))
-    parser.add_argument("--work-dir", type=Path, default=Path("var/train/axial_seg"))
-    parser.add_argument("--epochs", type=int, default=AxialTrainConfig.epochs)
-    parser.add_argument("--steps-per-epoch", type=int, default=AxialTrainConfig.steps_per_epoch)
-    parser.add_argument("--batch-size", type=int, default=AxialTrainConfig.batch_size)
-    parser.add_argument("--base-channels", type=int, default=AxialTrainConfig.base_channels)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-train", type=int, default=0, help="use only the first N training studies")
-    parser.add_argument("--version", default="1.0.0")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = AxialTrainConfig(
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        base_channels=args.base_channels,
-        seed=args.seed,
-        threads=args.threads,
-        version=args.version,
-    )
-    spec = train_axial(
-        data_root=args.data, out_dir=args.out, work_dir=args.work_dir, config=config, max_train=args.max_train
-    )
-    print(json.dumps({"model": spec.tag, "sha256": spec.sha256, "metrics": dict(spec.metrics)}, indent=1))
-    return 0
+    add_axial_arguments(parser)
+    return run_axial(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

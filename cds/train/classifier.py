@@ -367,41 +367,14 @@ def _confusion(truth: list[int], pred: list[int]) -> list[list[int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cds.train.classifier --data DIR``: train, calibrate, write models/classifier."""
+    """``python -m cds.train.classifier``: the same as ``cds train classifier``."""
     import argparse
 
+    from cds.commands.train_pipeline import add_classifier_arguments, run_classifier
+
     parser = argparse.ArgumentParser(prog="python -m cds.train.classifier", description=__doc__)
-    parser.add_argument(
-        "--data", type=Path, required=True, help="folder written by `cds synth` (with split.json)"
-    )
-    parser.add_argument("--seg-model", type=Path, default=Path("models/axial_seg"))
-    parser.add_argument("--out", type=Path, default=Path("models/classifier"))
-    parser.add_argument("--work-dir", type=Path, default=Path("var/train/classifier"))
-    parser.add_argument("--epochs", type=int, default=ClassifierTrainConfig.epochs)
-    parser.add_argument("--batch-size", type=int, default=ClassifierTrainConfig.batch_size)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-train", type=int, default=0)
-    parser.add_argument("--version", default="1.0.0")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = ClassifierTrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        threads=args.threads,
-        version=args.version,
-    )
-    spec = train_classifier(
-        data_root=args.data,
-        seg_model_dir=args.seg_model,
-        out_dir=args.out,
-        work_dir=args.work_dir,
-        config=config,
-        max_train=args.max_train,
-    )
-    print(json.dumps({"model": spec.tag, "sha256": spec.sha256, "metrics": dict(spec.metrics)}, indent=1))
-    return 0
+    add_classifier_arguments(parser)
+    return run_classifier(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

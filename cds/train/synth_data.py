@@ -58,17 +58,18 @@ def central_indices(labels: np.ndarray, canal_class_mask: np.ndarray, n: int) ->
 
 @dataclass(frozen=True)
 class SynthSource:
-    root: Path
+    roots: tuple[Path, ...]
     max_studies: int = 0
     slices_per_study: int = 7
 
     def studies(self) -> list[Path]:
-        found = synth_studies(self.root)
-        return found[: self.max_studies] if self.max_studies else found
+        found = sorted({s.resolve(): s for root in self.roots for s in synth_studies(root)}.values())
+        unique = list({s.name: s for s in found}.values())  # the same study name is the same seed
+        return unique[: self.max_studies] if self.max_studies else unique
 
     def describe(self) -> dict[str, Any]:
         studies = self.studies()
-        info: dict[str, Any] = {"folder": str(self.root), "studies": len(studies)}
+        info: dict[str, Any] = {"folders": [str(r) for r in self.roots], "studies": len(studies)}
         if studies:
             truth = json.loads((studies[0] / "truth" / "findings.json").read_text(encoding="utf-8"))
             info["generator_version"] = truth.get("generator_version")
