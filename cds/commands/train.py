@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cds.commands import train_pipeline
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("train", help="train a model shipped in models/")
@@ -42,6 +44,7 @@ def register(subparsers: Any) -> None:
     seg.add_argument("--init", type=Path, help="start from these weights: a model folder or a checkpoint.pt")
     seg.add_argument("--version", default="1.0.0")
     seg.set_defaults(handler=_run_sagittal)
+    train_pipeline.register_models(models)  # axial-seg, classifier (owner: pipeline)
 
 
 def _run_sagittal(args: argparse.Namespace) -> int:
