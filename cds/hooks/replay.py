@@ -1,7 +1,7 @@
 """JWT replay protection in the database, so that every gunicorn worker (and host) shares it.
 
-An (issuer, jti) pair is inserted under a unique constraint with ON CONFLICT DO NOTHING: one row
-inserted means first use, none means a replay (SQLite and PostgreSQL alike, no savepoint, no
+An (issuer, jti) pair is inserted under a unique constraint with ON CONFLICT DO NOTHING RETURNING: a
+returned row means first use, none means a replay (SQLite and PostgreSQL alike, no savepoint, no
 exception path). Rows are kept until the token (plus leeway) expires and are then deleted by
 later calls, on about one call in PURGE_EVERY.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -28,10 +29,10 @@ def claim_token(conn: sa.Connection, issuer: str, jti: str, expires_at: datetime
     dialect = conn.dialect.name
     values = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
     if dialect == "postgresql":
-        stmt: sa.Executable = postgresql.insert(SeenTokenRecord).values(values).on_conflict_do_nothing()
+        stmt: Any = postgresql.insert(SeenTokenRecord).values(values).on_conflict_do_nothing()
     elif dialect == "sqlite":
         stmt = sqlite.insert(SeenTokenRecord).values(values).on_conflict_do_nothing()
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported by the store
         raise RuntimeError(f"unsupported database dialect {dialect}")
-    result = conn.execute(stmt)
-    return bool(result.rowcount == 1)
+    # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT (psycopg reports -1).
+    return conn.execute(stmt.returning(SeenTokenRecord.id)).first() is not None
