@@ -321,4 +321,53 @@ def train_sagittal(
     return spec
 
 
-__all__ = ["CONTRACT", "MODEL_NAME", "TrainConfig", "evaluate_spider", "train_sagittal"]
+def export_checkpoint(checkpoint: Path, out_dir: Path, spider_root: Path | None, version: str) -> ModelSpec:
+    """Write the weights of a (possibly interrupted) run's checkpoint as a model folder and evaluate it.
+
+    Why: on a shared CPU a long schedule may have to be cut short; the last completed epoch is then
+    shipped or used to initialise the next run, with its held-out figures measured like any model's.
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = dict(state["config"])
+    arch = UNetConfig(
+        base_channels=int(cfg["base_channels"]), depth=int(cfg["depth"]), num_classes=len(LABELS)
+    )
+    network = UNet2D(arch)
+    network.load_state_dict(state["network"])
+    sha = save_weights(network, out_dir / "model.safetensors")
+    holdout: list[str] = []
+    train_patients: list[str] = []
+    if spider_root is not None:
+        patients = spider_patients(spider_root)
+        if cfg["spider_train"]:
+            train_patients, holdout = split_patients(patients, int(cfg["n_holdout"]), int(cfg["seed"]))
+        else:
+            holdout = patients
+    spec = ModelSpec(
+        name=out_dir.name,
+        version=version,
+        sha256=sha,
+        architecture={"type": "UNet2D", **asdict(arch)},
+        input=CONTRACT,
+        labels=LABELS,
+        thresholds=DEFAULT_THRESHOLDS,
+        training={
+            "exported_from_checkpoint": {"epoch": int(state["epoch"]), "of_epochs": int(cfg["epochs"])},
+            "config": {k: v for k, v in cfg.items() if k != "augment"},
+            "spider": {
+                "credit": SPIDER_CREDIT,
+                "train_patients": train_patients,
+                "held_out_patients": holdout,
+            },
+        },
+    )
+    write_card(spec, out_dir)
+    if holdout and spider_root is not None:
+        clear_cache()
+        name = "spider_holdout" if cfg["spider_train"] else "spider_all_patients"
+        spec = replace(spec, metrics={f"{name}_dice": evaluate_spider(out_dir.parent, spider_root, holdout)})
+        write_card(spec, out_dir)
+    return spec
+
+
+__all__ = ["CONTRACT", "MODEL_NAME", "TrainConfig", "evaluate_spider", "export_checkpoint", "train_sagittal"]
