@@ -4,7 +4,8 @@ SQLite (the embedded default) gets three things it needs to be correct with seve
 WAL (readers do not block the writer), a busy timeout (writers wait instead of failing), and
 BEGIN IMMEDIATE for write sessions (a transaction takes the write lock when it starts, so two
 read-then-write transactions cannot deadlock on lock upgrade, and savepoints work). Read-only
-sessions use a plain deferred BEGIN so hook reads never queue behind writers.
+sessions use a plain deferred BEGIN so hook reads never queue behind writers, and refuse writes
+(query_only on SQLite, READ ONLY transactions on PostgreSQL).
 PostgreSQL needs none of this; URLs are normalised to the psycopg 3 driver.
 """
 
@@ -30,7 +31,7 @@ def normalise_url(url: str | URL) -> URL:
     return parsed
 
 
-def _sqlite_engine(url: URL, begin: str, **kw: Any) -> Engine:
+def _sqlite_engine(url: URL, begin: str, *, query_only: bool = False, **kw: Any) -> Engine:
     engine = sa.create_engine(
         url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}, **kw
     )
@@ -49,6 +50,8 @@ def _sqlite_engine(url: URL, begin: str, **kw: Any) -> Engine:
             # here) would otherwise cap every writer (each hook call writes audit + jti) at ~100/s.
             cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        if query_only:
+            cursor.execute("PRAGMA query_only=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -68,10 +71,13 @@ class Database:
             self.engine = _sqlite_engine(self.url, "BEGIN IMMEDIATE", echo=echo)
             in_memory = self.url.database in (None, "", ":memory:")
             # An in-memory database exists per connection pool: readers must share the writer's.
-            self._read_engine = self.engine if in_memory else _sqlite_engine(self.url, "BEGIN", echo=echo)
+            self._read_engine = (
+                self.engine if in_memory else _sqlite_engine(self.url, "BEGIN", query_only=True, echo=echo)
+            )
         else:
             self.engine = sa.create_engine(self.url, echo=echo, pool_pre_ping=True)
-            self._read_engine = self.engine
+            # Same pool; psycopg begins these transactions READ ONLY (no extra round trip).
+            self._read_engine = self.engine.execution_options(postgresql_readonly=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
 

@@ -11,7 +11,8 @@ from cds.store.migrate import current_revision, head_revision, upgrade
 from cds.store.records import Base
 
 EXPECTED_TABLES = {
-    "studies", "series", "analyses", "findings", "explanations", "hook_calls", "feedback", "jobs", "seen_tokens",
+    "studies", "series", "analyses", "findings", "explanations", "hook_calls", "feedback", "jobs",
+    "seen_tokens",
 }  # fmt: skip
 
 

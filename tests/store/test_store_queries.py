@@ -299,3 +299,10 @@ def test_session_rolls_back_on_error(db: Database) -> None:
         raise RuntimeError("boom")
     with db.session(readonly=True) as s:
         assert q.study_by_uid(s, "5.5.5") is None
+
+
+def test_readonly_session_refuses_writes(db: Database) -> None:
+    with pytest.raises(sa.exc.DBAPIError), db.session(readonly=True) as s:
+        q.upsert_study(s, "4.4.4")
+    with db.session(readonly=True) as s:
+        assert q.study_by_uid(s, "4.4.4") is None
