@@ -105,7 +105,7 @@ _TOKEN_RE = re.compile(
   | (?P<subart>\bsubarticular(?:\s+zones?)?(?:\s*\(\s*lateral\s+recess(?:es)?\s*\))?
         (?:\s+(?:stenosis|stenoses|narrowing))?
         |\blateral\s+recess(?:es)?(?:\s+(?:stenosis|stenoses|narrowing))?)
-  | (?P<foram>\b(?:neural\s+|neuro)?foramin(?:al|a|en)\b(?:\s+(?:stenosis|stenoses|narrowing))?)
+  | (?P<foram>\b(?:neural\s+|neuro)?foram(?:inal|ina|en)\b(?:\s+(?:stenosis|stenoses|narrowing))?)
   | (?P<canal>\b(?:(?:central|spinal)\s+)?canal(?:\s+(?:stenosis|stenoses|narrowing))?
         |\b(?:central|spinal)\s+(?:stenosis|stenoses))
   | (?P<generic>\bstenos[ie]s\b|\bnarrowing\b)

