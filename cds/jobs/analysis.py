@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cds.config import Settings
 from cds.domain import AnalysisMode, AnalysisResult, AnalysisStatus
 from cds.errors import IngestError, ModelError, StageError
 from cds.jobs.kinds import JobKind
@@ -93,6 +94,23 @@ def resolve_load_study() -> Callable[[Any], Any]:
     return load_study
 
 
+def open_source(source_uri: str, study_uid: str, settings: Settings) -> Any:
+    """What load_study reads: a local folder/zip path, or a DICOMweb study (URL .../studies/<uid>).
+
+    PACS credentials from settings are sent only to the configured DICOMweb server, never to
+    another host a stored URL might name.
+    """
+    if not source_uri.startswith(("http://", "https://")):
+        return Path(source_uri)
+    from cds.dicom.sources.dicomweb import DicomWebAuth, DicomWebSource
+
+    base = source_uri.split("/studies/", 1)[0].rstrip("/")
+    auth = None
+    if settings.dicomweb_url and base == settings.dicomweb_url.rstrip("/"):
+        auth = DicomWebAuth(username=settings.dicomweb_username, password=settings.dicomweb_password)
+    return DicomWebSource(base, study_uid, auth=auth)
+
+
 def _store(ctx: JobContext, request: AnalyzeRequest, result: AnalysisResult) -> None:
     with ctx.db.session() as s:
         queries.save_analysis(s, request.study_uid, result, analysis_id=request.analysis_id)
@@ -140,7 +158,7 @@ def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:
         raise PermanentJobError(reason) from exc
 
     try:
-        study = load_study(Path(source) if "://" not in source else source)
+        study = load_study(open_source(source, request.study_uid, ctx.settings))
     except IngestError as exc:
         # A readable answer, not a job failure: the study cannot be analysed, and the card says why.
         _store(

@@ -160,3 +160,20 @@ def test_study_without_source_fails(db: Database, monkeypatch: pytest.MonkeyPatc
     runner.run_until_idle()
     status, result = _stored(db)
     assert status is AnalysisStatus.FAILED and result.reason == "study has no image source registered"
+
+
+def test_dicomweb_source_gets_credentials_only_for_the_configured_pacs() -> None:
+    from cds.dicom.sources.dicomweb import DicomWebSource
+
+    settings = Settings(
+        dicomweb_url="http://pacs.local:8042/dicom-web", dicomweb_username="cds", dicomweb_password="pw"
+    )
+    own = analysis.open_source("http://pacs.local:8042/dicom-web/studies/1.2.3", "1.2.3", settings)
+    assert isinstance(own, DicomWebSource)
+    assert (own.base_url, own.study_uid) == ("http://pacs.local:8042/dicom-web", "1.2.3")
+    assert own._session.auth == ("cds", "pw")
+    other = analysis.open_source("http://elsewhere.example/dicom-web/studies/1.2.3", "1.2.3", settings)
+    assert isinstance(other, DicomWebSource) and other._session.auth is None
+    assert analysis.open_source("/data/dicom/SYN-1/dicom", "1.2.3", settings) == Path(
+        "/data/dicom/SYN-1/dicom"
+    )
