@@ -27,19 +27,36 @@ _RECESS_BANDS = ((5.3, 7.5), (3.2, 4.8), (0.4, 2.8))
 _RATIO_BANDS = ((0.64, 1.0), (0.38, 0.57), (0.08, 0.32))
 
 
-def _bisect(f: Callable[[float], float], target: float, lo: float, hi: float, iters: int = 7) -> float:
-    """x in [lo, hi] with f(x) ~ target, for f decreasing in x (more pathology -> smaller value)."""
-    if f(lo) <= target:
+def _bisect(f: Callable[[float], float], target: float, lo: float, hi: float, iters: int = 4) -> float:
+    """x in [lo, hi] with f(x) ~ target, for f decreasing in x (more pathology -> smaller value).
+
+    Regula falsi with the Illinois modification: the measurements are smooth in their driver, so a few
+    evaluations land within a fraction of a grade band (each evaluation rasterises a small region).
+    """
+    f_lo = f(lo) - target
+    if f_lo <= 0:
         return lo
-    if f(hi) >= target:
+    f_hi = f(hi) - target
+    if f_hi >= 0:
         return hi
+    side = 0
+    x = 0.5 * (lo + hi)
     for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if f(mid) > target:
-            lo = mid
+        x = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
+        fx = f(x) - target
+        if abs(fx) < 1e-9:
+            return x
+        if fx > 0:
+            lo, f_lo = x, fx
+            if side == 1:
+                f_hi *= 0.5
+            side = 1
         else:
-            hi = mid
-    return 0.5 * (lo + hi)
+            hi, f_hi = x, fx
+            if side == -1:
+                f_lo *= 0.5
+            side = -1
+    return x
 
 
 def _set(drv: LevelDrivers, field: str, value: float) -> LevelDrivers:
@@ -58,8 +75,17 @@ def _with(anat: Anatomy, level: Level, drv: LevelDrivers) -> Anatomy:
     return replace(anat, drivers=tuple(d))
 
 
+def _balanced_grades(rng: np.random.Generator) -> list[int]:
+    """Target grade per level: each grade at least once in a patient's five levels, in random order."""
+    g = [0, 1, 2, *(int(x) for x in rng.integers(0, 3, size=len(Level) - 3))]
+    return [int(x) for x in rng.permutation(g)]
+
+
 def sample_pathology(rng: np.random.Generator, anat: Anatomy) -> Anatomy:
     """Return the anatomy with drivers for every level (background degeneration + targeted narrowing)."""
+    canal_targets = _balanced_grades(rng)
+    recess_targets = {side: _balanced_grades(rng) for side in Side}
+    foramen_targets = {side: _balanced_grades(rng) for side in Side}
     for lv in Level:
         caudal = lv.index / 4.0
         deg = float(np.clip(rng.beta(1.2, 2.2) + 0.25 * caudal * rng.random(), 0, 1))
@@ -70,23 +96,28 @@ def sample_pathology(rng: np.random.Generator, anat: Anatomy) -> Anatomy:
             bulge_mm=float(deg * rng.uniform(0.0, 1.2)),
             listhesis_mm=listhesis,
             flavum_mm=float(rng.uniform(2.0, 3.2)),
-            protrusion_half_width_mm=float(rng.uniform(5.0, 9.0)),
+            protrusion_half_width_mm=float(rng.uniform(4.5, 7.5)),
         )
         anat = _with(anat, lv, drv)
+        # grade targets of the lateral recesses are drawn first: a paracentral protrusion (which also
+        # narrows the recess on its side) is only aimed at a side whose recess is meant to be narrowed
+        recess_grades = {side: recess_targets[side][lv.index] for side in Side}
         # --- central canal: protrusion and/or flavum hypertrophy scaled by one severity x in [0, 1]
-        g = int(rng.integers(3))
+        g = canal_targets[lv.index]
         target = float(rng.uniform(*_DSCA_BANDS[g]))
-        mech = int(rng.integers(4))  # 0 protrusion, 1 flavum, 2 both, 3 both + paracentral
-        kind = [ProtrusionKind.CENTRAL, ProtrusionKind.PARACENTRAL_LEFT, ProtrusionKind.PARACENTRAL_RIGHT][
-            int(rng.choice(3, p=[0.7, 0.15, 0.15]))
-        ]
+        mech = int(rng.integers(3))  # 0 protrusion, 1 flavum, 2 both
+        narrowed = [s for s in Side if recess_grades[s] > 0]
+        kind = ProtrusionKind.CENTRAL
+        if narrowed and rng.random() < 0.5:
+            side = narrowed[int(rng.integers(len(narrowed)))]
+            kind = ProtrusionKind.PARACENTRAL_LEFT if side is Side.LEFT else ProtrusionKind.PARACENTRAL_RIGHT
         base = drv
 
         def canal(
             x: float, base: LevelDrivers = base, mech: int = mech, kind: ProtrusionKind = kind
         ) -> LevelDrivers:
-            prot = 11.0 * x if mech in (0, 2, 3) else 0.0
-            flav = base.flavum_mm + (7.0 * x if mech in (1, 2, 3) else 0.0)
+            prot = 15.0 * x if mech in (0, 2) else 0.0
+            flav = base.flavum_mm + (10.0 * x if mech in (1, 2) else 0.0)
             return replace(
                 base, protrusion=kind if prot > 0 else ProtrusionKind.NONE, protrusion_mm=prot, flavum_mm=flav
             )
@@ -96,10 +127,28 @@ def sample_pathology(rng: np.random.Generator, anat: Anatomy) -> Anatomy:
 
         drv = canal(_bisect(f_canal, target, 0.0, 1.0))
         anat = _with(anat, lv, drv)
+        # --- lateral recesses: facet hypertrophy per side
+        for side in Side:
+            g = recess_grades[side]
+            target = float(rng.uniform(*_RECESS_BANDS[g]))
+            field = "facet_left" if side is Side.LEFT else "facet_right"
+
+            def f_rec(
+                h: float,
+                side: Side = side,
+                field: str = field,
+                drv: LevelDrivers = drv,
+                anat: Anatomy = anat,
+                lv: Level = lv,
+            ) -> float:
+                return recess_depth(SpineModel(_with(anat, lv, _set(drv, field, h))), lv, side, 0.25)
+
+            drv = _set(drv, field, _bisect(f_rec, target, 0.0, 1.2))
+            anat = _with(anat, lv, drv)
         # --- foramina: foraminal protrusion per side (after facets and height loss)
         healthy = SpineModel(anat.without_pathology())
         for side in Side:
-            g = int(rng.integers(3))
+            g = foramen_targets[side][lv.index]
             target = float(rng.uniform(*_RATIO_BANDS[g]))
             ref = foramen_area(healthy, lv, side, 0.4)
             field = "foraminal_left_mm" if side is Side.LEFT else "foraminal_right_mm"
@@ -119,23 +168,5 @@ def sample_pathology(rng: np.random.Generator, anat: Anatomy) -> Anatomy:
                 return foramen_area(m, lv, side, 0.4) / ref
 
             drv = _set(drv, field, _bisect(f_for, target, 0.0, 12.0))
-            anat = _with(anat, lv, drv)
-        # --- lateral recesses: facet hypertrophy per side
-        for side in Side:
-            g = int(rng.integers(3))
-            target = float(rng.uniform(*_RECESS_BANDS[g]))
-            field = "facet_left" if side is Side.LEFT else "facet_right"
-
-            def f_rec(
-                h: float,
-                side: Side = side,
-                field: str = field,
-                drv: LevelDrivers = drv,
-                anat: Anatomy = anat,
-                lv: Level = lv,
-            ) -> float:
-                return recess_depth(SpineModel(_with(anat, lv, _set(drv, field, h))), lv, side, 0.25)
-
-            drv = _set(drv, field, _bisect(f_rec, target, 0.0, 1.2))
             anat = _with(anat, lv, drv)
     return anat

@@ -477,13 +477,14 @@ class SpineModel:
         v0 = vpb + dc + 2
 
         def spinous(U: Arr, V: Arr, S: Arr) -> Arr:
+            # a plate sloping caudally, narrow at its waist and club-shaped at the tip
             x = np.clip((V - v0) / sp_len, 0, 1)
-            sc = mid - 2.0 - 6.0 * x
-            hh = 8.0 + 3.0 * x
+            sc = mid - 2.0 - 7.0 * x
+            hh = 8.5 - 3.5 * np.sin(np.pi * x) + 1.5 * x
             return (
                 (np.abs(U) <= 3.5 - 1.0 * x)
                 & (v0 - 3 <= V)
-                & (((V - v0) / sp_len) ** 4 + ((S - sc) / hh) ** 4 <= 1.0)
+                & (np.abs((V - v0) / sp_len) ** 2.5 + np.abs((S - sc) / hh) ** 2.5 <= 1.0)
             )
 
         cv.paint(pid, (-4, 4, v0 - 3, v0 + sp_len + 1, mid - 20, mid + 12), spinous)

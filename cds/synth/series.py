@@ -91,17 +91,16 @@ class Scene:
 
     def volume_labels(self, u: np.ndarray, v: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest-voxel (internal label, cause id) of the spine volume; 0 outside it."""
+        # The grid's outermost voxels are empty (see study.py), so clipping out-of-volume indices onto the
+        # border returns 0 without a validity mask.
         g = self.grid
-        du = float(g.u[1] - g.u[0])
-        iu = np.rint((u - g.u[0]) / du).astype(np.int64)
-        iv = np.rint((v - g.v[0]) / du).astype(np.int64)
-        is_ = np.rint((s - g.s[0]) / du).astype(np.int64)
+        inv = 1.0 / float(g.u[1] - g.u[0])
         nu, nv, ns = g.shape
-        ok = (iu >= 0) & (iu < nu) & (iv >= 0) & (iv < nv) & (is_ >= 0) & (is_ < ns)
-        flat = np.where(ok, (iu * nv + iv) * ns + is_, 0)
-        lab = np.where(ok, self.labels.ravel()[flat], 0).astype(np.uint8)
-        cau = np.where(ok, self.causes.ravel()[flat], 0).astype(np.uint8)
-        return lab, cau
+        iu = np.clip(np.rint((u - g.u[0]) * inv), 0, nu - 1).astype(np.int32)
+        iv = np.clip(np.rint((v - g.v[0]) * inv), 0, nv - 1).astype(np.int32)
+        is_ = np.clip(np.rint((s - g.s[0]) * inv), 0, ns - 1).astype(np.int32)
+        flat = (iu.astype(np.int64) * nv + iv) * ns + is_
+        return self.labels.ravel()[flat], self.causes.ravel()[flat]
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,12 @@ def sample_series(geom: SeriesGeometry, scene: Scene) -> SampledSeries:
     """
     th = geom.slice_thickness
     through = [-th / 3, 0.0, th / 3] if th > 1.8 else [0.0]
-    inplane = [(-0.25, -0.25), (-0.25, 0.25), (0.25, -0.25), (0.25, 0.25)]
+    # two diagonal in-plane sub-samples per through-plane position, rotated between positions
+    inplane = (
+        [(-0.25, -0.25), (0.25, 0.25)]
+        if len(through) > 1
+        else [(-0.25, -0.25), (-0.25, 0.25), (0.25, -0.25), (0.25, 0.25)]
+    )
     n, r, c = geom.n_slices, geom.rows, geom.cols
     nsub = len(through) * len(inplane)
     sub = np.zeros((n, r, c, nsub), np.uint8)
@@ -131,8 +135,10 @@ def sample_series(geom: SeriesGeometry, scene: Scene) -> SampledSeries:
     vv = np.zeros((n, r, c), np.float32)
     rot_t = scene.pose.rotation.T
     offsets = []
-    for dt in through:
+    for n_t, dt in enumerate(through):
         for di, dj in inplane:
+            if n_t % 2 == 1:
+                di = -di
             dp = di * geom.pixel_spacing[0] * geom.col_dir + dj * geom.pixel_spacing[1] * geom.row_dir
             offsets.append(rot_t @ (dp + dt * geom.normal))
     for k in range(n):

@@ -64,7 +64,10 @@ def soft_tissue(model: SpineModel, trunk: TrunkOutline, a: Arr, u: Arr, v: Arr, 
     # fat around the vertebral bodies, the psoas and the posterior compartment
     retro = inner & ((u / 42.0) ** 2 + ((v + 2.0) / (hw + 4.0)) ** 2 <= 1.0)
     out[retro] = L.RETRO_FAT
-    out[inner & (v > vpb)] = L.RETRO_FAT
+    # posterior abdominal wall: muscle, with a fat plane between it and the paraspinal muscles
+    post = inner & (v > vpb + 6.0)
+    out[post] = L.MUSCLE
+    out[post & (v < vpb + 14.0)] = L.RETRO_FAT
     ms = an.muscle_scale
     for sign in (1.0, -1.0):
         # multifidus + erector spinae: one mass each side hugging the spinous processes

@@ -178,6 +178,10 @@ def generate_study(
         _VOLUME_STEP,
     )
     labels, causes = model.paint(grid)
+    for arr in (labels, causes):  # empty border: out-of-volume lookups clip onto it (series.Scene)
+        arr[[0, -1], :, :] = 0
+        arr[:, [0, -1], :] = 0
+        arr[:, :, [0, -1]] = 0
     scene = Scene(model, pose, frame, grid, labels, causes, TrunkOutline(model, curve.s, curve.c))
     meas = measure_all(model, healthy)
 

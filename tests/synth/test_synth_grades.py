@@ -10,7 +10,7 @@ import pytest
 
 from cds.domain import Condition, Grade, Level, Side
 from cds.errors import BadRequest
-from cds.synth.anatomy import LevelDrivers, ProtrusionKind, sample_anatomy
+from cds.synth.anatomy import Anatomy, LevelDrivers, ProtrusionKind, sample_anatomy
 from cds.synth.dataset import Split, assign_split
 from cds.synth.measure import LevelMeasurements, measure_all, measure_level
 from cds.synth.pathology import sample_pathology
@@ -47,7 +47,7 @@ def test_measurement_to_grade_rule_at_the_thresholds(
         assert m.grade(cond) is grade, cond
 
 
-def _healthy_anatomy(seed: int):  # type: ignore[no-untyped-def]
+def _healthy_anatomy(seed: int) -> Anatomy:
     return sample_anatomy(np.random.default_rng(seed), tuple(LevelDrivers() for _ in Level))
 
 
