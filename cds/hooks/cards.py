@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from cds.domain import THRESHOLDS, AnalysisStatus, Condition, Finding, Indicator, MeasurementName
 from cds.hooks.catalog import StoredAnalysis
 from cds.hooks.markdown import escape
+from cds.hooks.reports import ReportOnFile
 from cds.hooks.studies import LumbarStudy
 
 SUMMARY_MAX = 139
@@ -59,6 +60,8 @@ class CardRequest:
     framing: Framing
     patient_id: str
     today: date
+    #: Radiologist reports on file, by ImagingStudy id (prefetch `reports`).
+    reports: Mapping[str, ReportOnFile] = field(default_factory=dict)
 
 
 def _new_uuid() -> str:
@@ -148,6 +151,12 @@ def _detail(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -> str
             f"This patient already has a lumbar spine MRI{f' from {age}' if age else ''}. "
             "These are its findings, not a read of the study being ordered."
         )
+    on_file = req.reports.get(study.resource_id) if study.resource_id else None
+    if on_file is not None:
+        when = f" of {on_file.issued.isoformat()}" if on_file.issued else ""
+        lines.append(
+            f"A radiologist's report{when} ({on_file.status}) is on file for this study: read it first."
+        )
     lines.append("Preliminary machine read: not reviewed by a radiologist.")
     lines.append("")
     lines.append(findings_table(result.findings))
@@ -182,7 +191,8 @@ _TEXTS_MAX = 1024
 
 
 def _result_text(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -> _ResultText:
-    key = (stored.analysis_id, stored.updated_at, req.framing, study.started, study.description, req.today)
+    on_file = req.reports.get(study.resource_id) if study.resource_id else None
+    key = (stored.analysis_id, stored.updated_at, req.framing, study, on_file, req.today)
     with _TEXTS_LOCK:
         found = _TEXTS.get(key)
     if found is not None:

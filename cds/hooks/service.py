@@ -19,6 +19,7 @@ from cds.hooks.cards import CardRequest, Framing, Presenter
 from cds.hooks.catalog import AnalysisCatalog
 from cds.hooks.models import HookRequest
 from cds.hooks.prefetch import FhirSource, PrefetchTemplate, resolve, validate_template
+from cds.hooks.reports import reports_by_study
 
 
 @dataclass
@@ -50,7 +51,8 @@ class HookCall:
         return self._prefetched
 
     def card_request(self, framing: Framing) -> CardRequest:
-        return CardRequest(framing=framing, patient_id=self.patient_id, today=self.today)
+        reports = reports_by_study(self.prefetched().get("reports"))
+        return CardRequest(framing=framing, patient_id=self.patient_id, today=self.today, reports=reports)
 
 
 Decide = Callable[[HookCall], list[dict[str, Any]]]
