@@ -58,7 +58,8 @@ class ModelCard:
     parts: tuple[ModelPart, ...]
 
     @classmethod
-    def read(cls, path: Path = CARD_PATH) -> ModelCard:
+    def read(cls, path: Path | None = None) -> ModelCard:
+        path = path or CARD_PATH
         try:
             data = json.loads(path.read_text())
             return cls(
