@@ -725,7 +725,17 @@ def _check_loose(loose: list[_Tok], sentence: str, toks: list[_Tok], inp: Ration
             group = next((x for x in reversed(toks[: toks.index(t)]) if x.kind == "level"), None)
             if group is None:
                 group = next((x for x in toks[toks.index(t) :] if x.kind == "level"), None)
-            grades = {f.grade for lv in (group.levels if group else ()) for f in inp.at_level(lv)}
+            # "..., the left side is severe": a side word in the same clause narrows the candidates.
+            i = toks.index(t)
+            lo = next((k for k in range(i - 1, -1, -1) if toks[k].kind in ("comma", "level")), -1)
+            hi = next((k for k in range(i + 1, len(toks)) if toks[k].kind in ("comma", "level")), len(toks))
+            sides = {x.side for x in toks[lo + 1 : hi] if x.kind == "side"}
+            grades = {
+                f.grade
+                for lv in (group.levels if group else ())
+                for f in inp.at_level(lv)
+                if not sides or (f.condition.side is not None and f.condition.side.value in sides)
+            }
             if group is None or t.grade not in grades:
                 v.append(
                     Violation(

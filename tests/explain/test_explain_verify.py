@@ -160,3 +160,8 @@ def test_violation_names_the_problem(sample: RationaleInput) -> None:
     (violation,) = result.violations
     assert "58 mm2" in violation.message and "L4-L5" in violation.message
     assert violation.to_json()["kind"] == "unsupported_number"
+
+
+def test_loose_grade_with_a_side_is_checked_against_that_side(sample: RationaleInput) -> None:
+    assert verify(GOOD + " L4-L5: the right side is severe.", sample).ok
+    assert K.WRONG_GRADE in kinds(GOOD + " L4-L5: the left side is severe.", sample)
