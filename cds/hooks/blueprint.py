@@ -47,6 +47,7 @@ bp = Blueprint("cds_hooks", __name__, url_prefix="/cds-services")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9\-_.]{1,64}$")
 _JSON = "application/json"
 _DISCOVERY_BODY: bytes | None = None
+_AUDIT_INSERT = sa.insert(HookCallRecord)
 
 
 def _services() -> Any:
@@ -113,33 +114,32 @@ def _finish(
     """The call's single write transaction: jti claim, audit row and (feedback) payload rows."""
     svc = _services()
     latency_ms = (time.perf_counter() - started) * 1000.0
-    audit_row = sa.insert(HookCallRecord).values(
-        hook_instance=audit.hook_instance or "-",
-        service_id=audit.service.id,
-        hook=audit.service.hook,
-        patient_ref=audit.patient_ref,
-        latency_ms=latency_ms,
-        outcome=audit.outcome,
-        status_code=audit.status,
-        card_count=audit.cards,
-    )
+    row = {
+        "hook_instance": audit.hook_instance or "-",
+        "service_id": audit.service.id,
+        "hook": audit.service.hook,
+        "patient_ref": audit.patient_ref,
+        "latency_ms": latency_ms,
+        "outcome": audit.outcome,
+        "status_code": audit.status,
+        "card_count": audit.cards,
+    }
+    replayed_row = {**row, "outcome": "unauthorized", "status_code": 401, "card_count": 0}
     replayed = False
     if extra is None:
         # Hook calls: a Core transaction (no ORM unit of work on the hot path).
         with svc.db.engine.begin() as conn:
             if token is not None and not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
-                replayed = True
-                audit_row = audit_row.values(outcome="unauthorized", status_code=401, card_count=0)
-            conn.execute(audit_row)
+                replayed, row = True, replayed_row
+            conn.execute(_AUDIT_INSERT, row)
     else:
         with svc.db.session() as s:
             conn = s.connection()
             if token is not None and not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
-                replayed = True
-                audit_row = audit_row.values(outcome="unauthorized", status_code=401, card_count=0)
+                replayed, row = True, replayed_row
             else:
                 extra(s)
-            s.execute(audit_row)
+            conn.execute(_AUDIT_INSERT, row)
     if replayed:
         audit.outcome, audit.status, audit.cards = "unauthorized", 401, 0
     log.info(

@@ -20,19 +20,22 @@ from cds.store.types import utcnow
 
 PURGE_EVERY = 200
 
+# Built once: statement construction costs more than the insert itself on the hot path.
+_CLAIM: dict[str, Any] = {
+    "postgresql": postgresql.insert(SeenTokenRecord).on_conflict_do_nothing().returning(SeenTokenRecord.id),
+    "sqlite": sqlite.insert(SeenTokenRecord).on_conflict_do_nothing().returning(SeenTokenRecord.id),
+}
+_PURGE = sa.delete(SeenTokenRecord).where(SeenTokenRecord.expires_at < sa.bindparam("now"))
+
 
 def claim_token(conn: sa.Connection, issuer: str, jti: str, expires_at: datetime) -> bool:
     """True if (issuer, jti) was not seen before; records it. Runs in the caller's transaction
     (a Core connection, or an ORM session's `session.connection()`)."""
     if random.randrange(PURGE_EVERY) == 0:
-        conn.execute(sa.delete(SeenTokenRecord).where(SeenTokenRecord.expires_at < utcnow()))
-    dialect = conn.dialect.name
-    values = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
-    if dialect == "postgresql":
-        stmt: Any = postgresql.insert(SeenTokenRecord).values(values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(SeenTokenRecord).values(values).on_conflict_do_nothing()
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported by the store
-        raise RuntimeError(f"unsupported database dialect {dialect}")
+        conn.execute(_PURGE, {"now": utcnow()})
+    stmt = _CLAIM.get(conn.dialect.name)
+    if stmt is None:  # pragma: no cover - the store supports SQLite and PostgreSQL only
+        raise RuntimeError(f"unsupported database dialect {conn.dialect.name}")
     # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT (psycopg reports -1).
-    return conn.execute(stmt.returning(SeenTokenRecord.id)).first() is not None
+    row = conn.execute(stmt, {"issuer": issuer, "jti": jti, "expires_at": expires_at}).first()
+    return row is not None

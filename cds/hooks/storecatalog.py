@@ -31,6 +31,22 @@ from cds.store.records import AnalysisRecord, StudyRecord
 
 _OLDEST = datetime.min.replace(tzinfo=UTC)
 
+#: Status columns of every analysis of the given studies (built once; the hot path only binds).
+_STATUS_QUERY = (
+    sa.select(
+        StudyRecord.study_uid,
+        AnalysisRecord.id,
+        AnalysisRecord.status,
+        AnalysisRecord.reason,
+        AnalysisRecord.revision,
+        AnalysisRecord.created_at,
+        AnalysisRecord.updated_at,
+        AnalysisRecord.finished_at,
+    )
+    .join(StudyRecord, AnalysisRecord.study_id == StudyRecord.id)
+    .where(StudyRecord.study_uid.in_(sa.bindparam("uids", expanding=True)))
+)
+
 
 class ResultCache:
     """Parsed AnalysisResults by (analysis id, updated_at), bounded, shared by a worker's threads."""
@@ -75,15 +91,7 @@ class StoreCatalog:
     def lookup(self, study_uids: Sequence[str]) -> Mapping[str, StoredAnalysis]:
         if not study_uids:
             return {}
-        a = AnalysisRecord
-        rows = self._session.execute(
-            sa.select(
-                StudyRecord.study_uid, a.id, a.status, a.reason, a.revision, a.created_at, a.updated_at,
-                a.finished_at,
-            )
-            .join(StudyRecord, a.study_id == StudyRecord.id)
-            .where(StudyRecord.study_uid.in_(list(study_uids)))
-        ).all()  # fmt: skip
+        rows = self._session.execute(_STATUS_QUERY, {"uids": list(study_uids)}).all()  # fmt: skip
         by_study: dict[str, list[Any]] = {}
         for row in rows:
             by_study.setdefault(row.study_uid, []).append(row)
