@@ -43,6 +43,8 @@ def add_axial_arguments(p: argparse.ArgumentParser) -> None:
     _common(p, "axial_seg", epochs=12, batch=8)
     p.add_argument("--steps-per-epoch", type=int, default=50)
     p.add_argument("--base-channels", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
+    p.add_argument("--init", type=Path, help="fine-tune from this model folder (card + weights, verified)")
 
 
 def add_classifier_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,6 +68,7 @@ def run_axial(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size,
         base_channels=args.base_channels,
+        lr=args.lr,
         seed=args.seed,
         threads=args.threads,
         version=args.version,

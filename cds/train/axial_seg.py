@@ -280,8 +280,15 @@ def ground_truth_mask_errors(stacks: Sequence[LevelStack]) -> dict[str, Any]:
 
 
 def train_axial(
-    *, data_root: Path, out_dir: Path, work_dir: Path, config: AxialTrainConfig, max_train: int = 0
+    *,
+    data_root: Path,
+    out_dir: Path,
+    work_dir: Path,
+    config: AxialTrainConfig,
+    max_train: int = 0,
+    init: Path | None = None,
 ) -> ModelSpec:
+    """Train (or fine-tune from ``init``, a model folder with a card), evaluate, write weights + card."""
     from cds.ml.loading import save_weights
     from cds.train.sagittal import dice_ce_loss
 
@@ -310,7 +317,12 @@ def train_axial(
         depth=config.depth,
     )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network = UNet2D(arch).to(device)
+    network = UNet2D(arch)
+    if init is not None:
+        from cds.ml.loading import load_model
+
+        network.load_state_dict(load_model(init.name, init.parent, device="cpu").network.state_dict())
+    network.to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -395,6 +407,7 @@ def train_axial(
             "data": _describe(data_root, train_names),
             "train_level_blocks": len(train),
             "validation_level_blocks": len(val),
+            "initialised_from": _init_tag(init),
         },
         known_limits=(
             "Trained on synthetic axial T2 only (cds synth); real-scanner axial images are untested.",
@@ -405,6 +418,14 @@ def train_axial(
     write_card(spec, out_dir)
     (out_dir / "training_log.jsonl").write_text(log_path.read_text(encoding="utf-8"), encoding="utf-8")
     return spec
+
+
+def _init_tag(init: Path | None) -> str | None:
+    if init is None:
+        return None
+    from cds.ml.spec import read_card
+
+    return f"{read_card(init.name, init.parent).tag} (sha256 {read_card(init.name, init.parent).sha256[:12]})"
 
 
 def evaluate(network: torch.nn.Module, val: Sequence[LevelStack]) -> dict[str, Any]:
