@@ -137,3 +137,20 @@ def test_heatmap_notes_reach_template_and_prompt(levels_json: dict[str, Any]) ->
     assert "Heatmap for L4-L5 central canal stenosis: highlights the posterior disc margin." in (
         backend.calls[0][-1].content
     )
+
+
+def test_template_path_never_imports_torch() -> None:
+    """The web process may write template rationales; it must not pull in torch or transformers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from cds.explain.rationale import write_rationale; "
+        "from cds.config import Settings; "
+        "r = write_rationale({'L4-L5': {'spinal_canal': {'grade': 'severe'}}}, "
+        "settings=Settings(rationale_backend='template')); "
+        "assert r.writer.value == 'template', r; "
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -143,12 +143,19 @@ def _bf16_copy(gguf: Path, tag: str, cache: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     tmp = cache / f"{tag}-bf16.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    # dequantize=True: a plain dense model (packed GGUF layers cannot be saved, and their CPU matmul
+    # casts to float32 on every call).
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent,
+        gguf_file=gguf.name,
+        dtype=torch.bfloat16,
+        quantization_config=GgufConfig(dequantize=True),
+    )
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     del model
