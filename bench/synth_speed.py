@@ -56,6 +56,8 @@ def main() -> None:
             for c in Condition:
                 counts[c][m.grade(c)] += 1
     dt = time.perf_counter() - t0
+    if args.grades == 0:
+        return
     per = dt / max(args.grades, 1)
     print(f"grade histogram over {args.grades} patients ({args.grades * 5} levels, {per:.2f} s/patient):")
     print(f"{'condition':22s} {'normal_mild':>12s} {'moderate':>9s} {'severe':>7s}")

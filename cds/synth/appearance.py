@@ -120,12 +120,12 @@ def sample_profile(rng: np.random.Generator) -> ScannerProfile:
         field_strength_t=field,
         manufacturer=man,
         model_name=model,
-        tissue_gain_t2=tuple(float(x) for x in np.exp(rng.normal(0, 0.12, nt))),
-        tissue_gain_t1=tuple(float(x) for x in np.exp(rng.normal(0, 0.12, nt))),
+        tissue_gain_t2=tuple(float(x) for x in np.exp(rng.normal(0, 0.18, nt))),
+        tissue_gain_t1=tuple(float(x) for x in np.exp(rng.normal(0, 0.18, nt))),
         marrow_gain=tuple(float(x) for x in np.exp(rng.normal(0, 0.1, L.N_V))),
-        snr=float(rng.uniform(8, 40) * (1.3 if field > 2 else 1.0)),
+        snr=float(rng.uniform(15, 60) * (1.3 if field > 2 else 1.0)),
         blur_px=float(rng.uniform(0.3, 1.0)),
-        coil_depth_mm=float(rng.uniform(70, 200)),
+        coil_depth_mm=float(rng.uniform(45, 180)),
         bias_amp=float(rng.uniform(0.0, 0.25)),
         ghost=float(rng.uniform(0.02, 0.08)) if rng.random() < 0.2 else 0.0,
         motion=float(rng.uniform(0.02, 0.06)) if rng.random() < 0.1 else 0.0,
@@ -178,8 +178,12 @@ def render(
         img[k] *= np.clip(1.0 + amp[k] * tex, 0.2, 2.0)
         img[k] = ndimage.gaussian_filter(img[k], profile.blur_px)
     # coil: receive sensitivity falls with depth from the posterior surface coil
-    depth = np.clip(60.0 - sampled.v, 0.0, None)
-    coil = 0.25 + 0.75 * np.exp(-depth / profile.coil_depth_mm)
+    # full sensitivity from the canal backwards (the coil array sits under the back), falling off
+    # anteriorly into the abdomen; a mild extra gain right at the skin
+    depth = np.clip(25.0 - sampled.v, 0.0, None)
+    coil = (0.2 + 0.8 * np.exp(-depth / profile.coil_depth_mm)) * (
+        1.0 + 0.15 * np.clip((sampled.v - 60) / 60, 0, 1)
+    )
     yy, xx = np.meshgrid(np.linspace(-1, 1, r), np.linspace(-1, 1, c), indexing="ij")
     cf = rng.normal(0, 1, 3)
     bias = np.exp(profile.bias_amp * (cf[0] * yy + cf[1] * xx + cf[2] * xx * yy))

@@ -38,8 +38,10 @@ class TrunkOutline:
         vpb = model.v_pb(s_at)
         depth = vpb + model.canal_d(s_at) + 38.0 * a.muscle_scale + a.fat_mm
         # buttocks: the back surface bulges posteriorly below the sacral promontory
-        butt = 25.0 * np.clip(-s_at / 80.0, 0.0, 1.0)
-        self.y_back = y_s + depth + butt
+        # the back follows the lordosis only in part; below the sacral promontory the buttocks bulge
+        y_flat = float(np.median(y_s)) + 0.45 * (y_s - float(np.median(y_s)))
+        butt = 45.0 * np.clip((20.0 - s_at) / 90.0, 0.0, 1.0) ** 1.5
+        self.y_back = y_flat + depth + butt
 
     def back(self, z: Arr) -> Arr:
         return np.interp(z, self.z_grid, self.y_back)

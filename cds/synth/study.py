@@ -74,9 +74,13 @@ def _sagittal(
     rz = np.deg2rad(rng.uniform(-3, 3))
     row = np.array([np.sin(rz), np.cos(rz), 0.0])  # anterior -> posterior across columns
     col = np.array([0.0, 0.0, -1.0])  # head -> feet down the rows
-    th = float(rng.uniform(2.5, 4.5))
-    sp = th * float(rng.uniform(1.0, 1.2))
-    n = max(opts.min_sag_slices, int(np.ceil(64.0 / sp)) | 1)
+    if rng.random() < 0.25:  # thin contiguous slices, like a 3D SPACE/CUBE acquisition reformatted
+        th = float(rng.uniform(1.2, 2.0))
+        sp = th
+    else:
+        th = float(rng.uniform(2.5, 4.5))
+        sp = th * float(rng.uniform(1.0, 1.2))
+    n = max(opts.min_sag_slices, int(np.ceil(min(64.0, 40 * sp) / sp)) | 1)
     normal = np.cross(row, col)
     origin = centre - (n - 1) / 2 * sp * normal - (m - 1) / 2 * ps * (row + col)
     return SeriesGeometry(SynthSeriesKind.SAGITTAL_T2, m, m, (ps, ps), th, sp, n, row, col, origin)
