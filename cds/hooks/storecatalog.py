@@ -91,7 +91,9 @@ class StoreCatalog:
     def lookup(self, study_uids: Sequence[str]) -> Mapping[str, StoredAnalysis]:
         if not study_uids:
             return {}
-        rows = self._session.execute(_STATUS_QUERY, {"uids": list(study_uids)}).all()  # fmt: skip
+        # Core execution on the session's connection: a column select needs no ORM machinery.
+        conn = self._session.connection()
+        rows = conn.execute(_STATUS_QUERY, {"uids": list(study_uids)}).all()
         by_study: dict[str, list[Any]] = {}
         for row in rows:
             by_study.setdefault(row.study_uid, []).append(row)
