@@ -32,12 +32,14 @@ Arr = np.ndarray
 class CauseKind(IntEnum):
     """What a tagged excess voxel is; cause id = 1 + 8 * level.index + kind."""
 
-    DISC = 0  # diffuse bulge / central / paracentral protrusion
+    DISC = 0  # posterior bulge / protrusion material in the central zone (|u| < 4 mm)
     DISC_FORAMINAL_LEFT = 1
     DISC_FORAMINAL_RIGHT = 2
     FLAVUM = 3
     FACET_LEFT = 4
     FACET_RIGHT = 5
+    DISC_LEFT = 6  # posterior bulge / protrusion material left of the central zone
+    DISC_RIGHT = 7
 
 
 def cause_id(level: Level, kind: CauseKind) -> int:
@@ -85,7 +87,7 @@ class _Canvas:
         value: int | Callable[[Arr, Arr, Arr, Arr], Arr],
         bbox: Sequence[float],
         inside: Callable[[Arr, Arr, Arr], Arr],
-        cause: int = 0,
+        cause: int | Callable[[Arr, Arr, Arr], Arr] = 0,
     ) -> None:
         g = self.g
         su = self._range(g.u, bbox[0], bbox[1])
@@ -104,7 +106,10 @@ class _Canvas:
             lab[m] = np.broadcast_to(value(U, V, S, m), m.shape)[m]
         else:
             lab[m] = value
-        self.causes[su, sv, ss][m] = cause
+        if callable(cause):
+            self.causes[su, sv, ss][m] = np.broadcast_to(cause(U, V, S), m.shape)[m]
+        else:
+            self.causes[su, sv, ss][m] = cause
 
 
 def _superellipse(u: Arr, v: Arr, a: Arr | float, b: Arr | float, p: float) -> Arr:
@@ -404,7 +409,23 @@ class SpineModel:
                 cv.paint(ann_id, bbox, shape, cause_id(lv, kind))
             if lobes or d.bulge_mm > 0:
                 shape, bbox = self._disc_shape(j, d.bulge_mm, tuple(lobes))
-                cv.paint(ann_id, bbox, shape, cause_id(lv, CauseKind.DISC))
+                ids = np.array(
+                    [cause_id(lv, k) for k in (CauseKind.DISC_RIGHT, CauseKind.DISC, CauseKind.DISC_LEFT)]
+                )
+                v_back = 0.3 * b0 + sl
+
+                def zone(U: Arr, V: Arr, S: Arr, ids: Arr = ids) -> Arr:
+                    return ids[(U > -4.0).astype(int) + (U >= 4.0).astype(int)].astype(np.uint8)
+
+                def posterior(
+                    U: Arr, V: Arr, S: Arr, shape: Callable[..., Arr] = shape, v_back: float = v_back
+                ) -> Arr:
+                    # only the posterior margin narrows canal, recesses and foramina: the anterior and
+                    # lateral bulge is drawn (below, untagged) but is no cause of a finding
+                    return shape(U, V, S) & (v_back <= V)
+
+                cv.paint(ann_id, bbox, shape)
+                cv.paint(ann_id, bbox, posterior, zone)
         shape, bbox = self._disc_shape(j, 0.0, ())
         cv.paint(value, bbox, shape)
 

@@ -47,6 +47,11 @@ class TrunkOutline:
         return np.interp(z, self.z_grid, self.y_back)
 
 
+def vpb_cavity(model: SpineModel, s: Arr) -> Arr:
+    """The abdominal cavity ends a little behind the posterior vertebral margin (kidneys, psoas)."""
+    return model.v_pb(s) + 6.0
+
+
 def soft_tissue(model: SpineModel, trunk: TrunkOutline, a: Arr, u: Arr, v: Arr, s: Arr) -> Arr:
     """Internal label of each point outside the spine structures (a: anatomy points (N, 3); u, v, s: (N,))."""
     an = model.anat
@@ -59,17 +64,17 @@ def soft_tissue(model: SpineModel, trunk: TrunkOutline, a: Arr, u: Arr, v: Arr, 
     out[body] = L.SUBCUT_FAT
     inner = r <= (1.0 - an.fat_mm / bd) ** 2
     skin = (r > (1.0 - 2.0 / bd) ** 2) & body
-    out[inner] = L.VISCERA
+    # abdominal / pelvic cavity anteriorly; the rest of the trunk wall is muscle
+    out[inner] = L.MUSCLE
+    cavity = (a[:, 0] / (0.8 * bw)) ** 2 + ((a[:, 1] - (yc - 0.22 * bd)) / (0.72 * bd)) ** 2 <= 1.0
+    out[inner & cavity & (v < vpb_cavity(model, s) + 0.015 * u * u)] = L.VISCERA
     vpb = model.v_pb(s)
     lam = vpb + model.canal_d(s)
     hw = np.interp(s, model._mid_sorted, model._b_sorted)  # body half depth ~ size proxy
     # fat around the vertebral bodies, the psoas and the posterior compartment
-    retro = inner & ((u / 42.0) ** 2 + ((v + 2.0) / (hw + 4.0)) ** 2 <= 1.0)
+    retro = inner & ((u / 42.0) ** 2 + ((v + 2.0) / (hw + 4.0)) ** 2 <= 1.0) & (v < 0.0)
     out[retro] = L.RETRO_FAT
     # posterior abdominal wall: muscle, with a fat plane between it and the paraspinal muscles
-    post = inner & (v > vpb + 6.0)
-    out[post] = L.MUSCLE
-    out[post & (v < vpb + 14.0)] = L.RETRO_FAT
     ms = an.muscle_scale
     for sign in (1.0, -1.0):
         # multifidus + erector spinae: one mass each side hugging the spinous processes

@@ -114,14 +114,21 @@ def _axial(
 
 def _cause_ids(level: Level, condition: Condition) -> list[int]:
     side = condition.side
+    left = side is Side.LEFT
     if condition is Condition.SPINAL_CANAL:
-        kinds = [CauseKind.DISC, CauseKind.FLAVUM, CauseKind.FACET_LEFT, CauseKind.FACET_RIGHT]
-    elif side is Side.LEFT:
-        kinds = [CauseKind.DISC, CauseKind.FACET_LEFT, CauseKind.DISC_FORAMINAL_LEFT]
+        kinds = [CauseKind.DISC, CauseKind.DISC_LEFT, CauseKind.DISC_RIGHT, CauseKind.FLAVUM]
+        kinds += [CauseKind.FACET_LEFT, CauseKind.FACET_RIGHT]
+    elif condition in (Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR):
+        kinds = [
+            CauseKind.DISC_LEFT if left else CauseKind.DISC_RIGHT,
+            CauseKind.FACET_LEFT if left else CauseKind.FACET_RIGHT,
+        ]
     else:
-        kinds = [CauseKind.DISC, CauseKind.FACET_RIGHT, CauseKind.DISC_FORAMINAL_RIGHT]
-    if condition in (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL):
-        kinds = [k for k in kinds if k is not CauseKind.DISC] + [CauseKind.DISC]
+        kinds = [
+            CauseKind.DISC_FORAMINAL_LEFT if left else CauseKind.DISC_FORAMINAL_RIGHT,
+            CauseKind.FACET_LEFT if left else CauseKind.FACET_RIGHT,
+            CauseKind.DISC_LEFT if left else CauseKind.DISC_RIGHT,
+        ]
     return [cause_id(level, k) for k in kinds]
 
 
