@@ -177,3 +177,31 @@ def test_dicomweb_source_gets_credentials_only_for_the_configured_pacs() -> None
     assert analysis.open_source("/data/dicom/SYN-1/dicom", "1.2.3", settings) == Path(
         "/data/dicom/SYN-1/dicom"
     )
+
+
+def test_racing_hook_calls_create_one_analysis_and_one_job(db: Database, tmp_path: Path) -> None:
+    import threading
+
+    from cds.jobs import JobStatus
+
+    queue, _runner = _setup(db, tmp_path)
+    barrier = threading.Barrier(8)
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def hook_call() -> None:
+        barrier.wait()
+        try:
+            ids.append(analysis.request_analysis(db, queue, STUDY).id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hook_call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(ids) == 8 and len(set(ids)) == 1
+    counts = queue.counts()
+    assert counts[JobStatus.QUEUED] == 1 and sum(counts.values()) == 1
