@@ -39,3 +39,11 @@ def test_migrations_match_records(database_url: str) -> None:
     finally:
         db.dispose()
     assert diff == [], f"records and migrations differ; write a migration: {diff}"
+
+
+def test_postgres_urls_use_the_psycopg3_driver() -> None:
+    from cds.store.db import normalise_url
+
+    for raw in ("postgres://u:p@h/db", "postgresql://u:p@h/db", "postgresql+psycopg://u:p@h/db"):
+        assert normalise_url(raw).drivername == "postgresql+psycopg"
+    assert normalise_url("sqlite:////tmp/x.db").drivername == "sqlite"
