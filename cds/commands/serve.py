@@ -49,6 +49,13 @@ def serve(settings: Any, host: str, port: int, job_workers: int | None = None) -
     if workers > 0 and settings.jobs_backend == "local":
         runner = start_local_runner(services(app).jobs, settings, workers)
         log.info("started %d local job worker thread(s)", workers)
+    elif settings.jobs_backend != "local":
+        log.info(
+            "CDS_JOBS_BACKEND=%s: no in-process job workers (run that backend's workers)",
+            settings.jobs_backend,
+        )
+    else:
+        log.warning("no job workers in this process: analyses wait for a `cds worker` process")
     if settings.clients_file is None:
         log.warning("CDS_CLIENTS_FILE is not set: no EHR is trusted, every hook call will get 401")
     # Werkzeug's request log prints every path, and viewer paths carry signed link tokens.
