@@ -13,10 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cds.config import Settings
 from cds.domain import AnalysisMode, AnalysisResult, AnalysisStatus
-from cds.errors import IngestError, ModelError, StageError
+from cds.errors import Forbidden, IngestError, ModelError, StageError
 from cds.jobs.kinds import JobKind
 from cds.jobs.queue import JobQueue
 from cds.jobs.registry import JobContext, PermanentJobError
@@ -97,18 +98,30 @@ def resolve_load_study() -> Callable[[Any], Any]:
 def open_source(source_uri: str, study_uid: str, settings: Settings) -> Any:
     """What load_study reads: a local folder/zip path, or a DICOMweb study (URL .../studies/<uid>).
 
-    PACS credentials from settings are sent only to the configured DICOMweb server, never to
-    another host a stored URL might name.
+    A DICOMweb URL must point at the configured PACS (CDS_DICOMWEB_URL) or a host in
+    CDS_DICOMWEB_ALLOWED_HOSTS (Forbidden otherwise: a stored URL must not aim the worker at
+    internal addresses), and the PACS credentials are sent only to the configured PACS.
     """
     if not source_uri.startswith(("http://", "https://")):
         return Path(source_uri)
-    from cds.dicom.sources.dicomweb import DicomWebAuth, DicomWebSource
+    from cds.dicom.sources.dicomweb import DicomWebAuth, DicomWebSource, RetryPolicy
 
     base = source_uri.split("/studies/", 1)[0].rstrip("/")
+    host = urlsplit(base).hostname or ""
+    configured = bool(settings.dicomweb_url) and base == settings.dicomweb_url.rstrip("/")
+    if not configured and host not in settings.dicomweb_allowed_hosts:
+        raise Forbidden(
+            f"DICOMweb host {host!r} is neither CDS_DICOMWEB_URL nor in CDS_DICOMWEB_ALLOWED_HOSTS"
+        )
     auth = None
-    if settings.dicomweb_url and base == settings.dicomweb_url.rstrip("/"):
-        auth = DicomWebAuth(username=settings.dicomweb_username, password=settings.dicomweb_password)
-    return DicomWebSource(base, study_uid, auth=auth)
+    if configured:
+        auth = DicomWebAuth(
+            username=settings.dicomweb_username,
+            password=settings.dicomweb_password,
+            bearer_token=settings.dicomweb_bearer_token,
+        )
+    retry = RetryPolicy(read_timeout_s=settings.dicomweb_timeout_s)
+    return DicomWebSource(base, study_uid, auth=auth, retry=retry)
 
 
 def _store(ctx: JobContext, request: AnalyzeRequest, result: AnalysisResult) -> None:
@@ -159,6 +172,9 @@ def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:
 
     try:
         study = load_study(open_source(source, request.study_uid, ctx.settings))
+    except Forbidden as exc:
+        _fail(ctx, request, exc.message)
+        raise PermanentJobError(exc.message) from exc
     except IngestError as exc:
         # A readable answer, not a job failure: the study cannot be analysed, and the card says why.
         _store(

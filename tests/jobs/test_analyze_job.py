@@ -14,7 +14,7 @@ import pytest
 
 from cds.config import Settings
 from cds.domain import AnalysisResult, AnalysisStatus, Condition, Finding, Grade, Level, MeasurementName
-from cds.errors import IngestError, ModelError
+from cds.errors import Forbidden, IngestError, ModelError
 from cds.jobs import JobStatus, analysis
 from cds.jobs.handlers import default_registry
 from cds.jobs.queue import JobQueue
@@ -172,8 +172,11 @@ def test_dicomweb_source_gets_credentials_only_for_the_configured_pacs() -> None
     assert isinstance(own, DicomWebSource)
     assert (own.base_url, own.study_uid) == ("http://pacs.local:8042/dicom-web", "1.2.3")
     assert own._session.auth == ("cds", "pw")
-    other = analysis.open_source("http://elsewhere.example/dicom-web/studies/1.2.3", "1.2.3", settings)
-    assert isinstance(other, DicomWebSource) and other._session.auth is None
+    with pytest.raises(Forbidden):
+        analysis.open_source("http://169.254.169.254/dicom-web/studies/1.2.3", "1.2.3", settings)
+    allowed = settings.with_overrides(dicomweb_allowed_hosts=("pacs2.example",))
+    other = analysis.open_source("http://pacs2.example/dicom-web/studies/1.2.3", "1.2.3", allowed)
+    assert isinstance(other, DicomWebSource) and other._session.auth is None  # no credentials leak
     assert analysis.open_source("/data/dicom/SYN-1/dicom", "1.2.3", settings) == Path(
         "/data/dicom/SYN-1/dicom"
     )
