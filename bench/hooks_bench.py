@@ -239,7 +239,7 @@ def _prepare(
             algorithm=alg,
             headers={"kid": "bench"},
         )
-        for _ in range(8)
+        for _ in range(40)
     ]
     (work / "bench.lua").write_text(LUA % {"dir": str(work)})
     env = {
@@ -254,8 +254,24 @@ def _prepare(
     return env, warm
 
 
+def _warm_floor(url: str, body: bytes) -> None:
+    """Wait until the floor's workers answer (gunicorn binds before its workers have booted)."""
+    import requests
+
+    deadline = time.monotonic() + 60
+    ok = 0
+    while ok < 40:
+        try:
+            ok += requests.post(url, data=body, timeout=5).status_code == 200
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise SystemExit("floor app did not answer") from None
+            time.sleep(0.2)
+
+
 def _warm_up(url: str, body: bytes, tokens: list[str]) -> None:
-    """One request per token (runtime, report cache, DB pools): checks the hook really answers."""
+    """One request per token, spread over the workers (runtime, report cache, DB pools), and a
+    check that the hook really answers with a card."""
     import requests
 
     for tok in tokens:
@@ -318,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                 _wait_ready(port, proc)
                 if spec.startswith("cds"):
                     _warm_up(url, (work / "body.json").read_bytes(), warm)
+                else:
+                    _warm_floor(url, (work / "body.json").read_bytes())
                 results[name] = _wrk(url, work / "bench.lua", args)
             finally:
                 _stop(proc)
