@@ -342,6 +342,11 @@ def train_axial(
             rng.setstate(state["rng"])
             start_epoch = int(state["epoch"])
             log.info("resuming after epoch %d", start_epoch)
+        else:
+            log.warning("checkpoint config differs from this run; starting afresh")
+            log_path.unlink(missing_ok=True)
+    else:
+        log_path.unlink(missing_ok=True)
     val_slices = [(s, k) for s in val for k in range(0, s.images.shape[0])]
     for epoch in range(start_epoch, config.epochs):
         network.train()
