@@ -208,13 +208,18 @@ class Finding:
             condition=condition,
             grade=Grade(data["grade"]),
             probability=float(data["probability"]),
-            measurements={MeasurementName(k): float(v) for k, v in dict(data.get("measurements", {})).items()},
+            measurements={
+                MeasurementName(k): float(v) for k, v in dict(data.get("measurements", {})).items()
+            },
             uncertain=bool(data.get("uncertain", False)),
         )
 
 
 class AnalysisStatus(StrEnum):
-    """Lifecycle of one analysis. UNANALYSABLE: the study was read but cannot be analysed (reason says why)."""
+    """Lifecycle of one analysis.
+
+    UNANALYSABLE: the study was read but cannot be analysed (reason says why).
+    """
 
     PENDING = "pending"
     RUNNING = "running"
@@ -246,7 +251,10 @@ class FeedbackOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class AnalysisResult:
-    """What quick_read returns and the store keeps: findings per level and condition, or why there are none."""
+    """What quick_read returns and the store keeps.
+
+    Findings per level and condition, or (no findings) the reason there are none.
+    """
 
     status: AnalysisStatus
     findings: tuple[Finding, ...] = ()
