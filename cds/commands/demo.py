@@ -172,6 +172,7 @@ def generate_studies(dicom_dir: Path, first_seed: int, count: int) -> list[Path]
 def register_studies(settings: Any, folders: list[Path]) -> list[DemoStudy]:
     """Register each study (and its series) in the store and request its analysis (idempotent)."""
     from cds.dicom import load_study
+    from cds.domain import AnalysisStatus
     from cds.jobs.analysis import request_analysis
     from cds.jobs.queue import JobQueue
     from cds.store import queries
@@ -202,7 +203,10 @@ def register_studies(settings: Any, folders: list[Path]) -> list[DemoStudy]:
                         instance_count=int(volume.array.shape[0]),
                     )
             analysis = request_analysis(db, jobs, study.study_uid)
-            print(f"  {folder.parent.name}: study {study.study_uid} -> analysis {analysis.status.value}")
+            state = analysis.status.value
+            if analysis.status is AnalysisStatus.FAILED:
+                state = f"failed before ({analysis.reason}); queued again"
+            print(f"  {folder.parent.name}: study {study.study_uid} -> analysis {state}")
             registered.append(
                 DemoStudy(study.study_uid, str(study.patient_id), study.study_date, study.description, folder)
             )
