@@ -80,6 +80,7 @@ def run_axial(args: argparse.Namespace) -> int:
             work_dir=args.work_dir,
             config=config,
             max_train=args.max_train,
+            init=args.init,
         )
     )
 

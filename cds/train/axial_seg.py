@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -139,7 +140,10 @@ def prepare_study(study_dir: Path, cache_dir: Path) -> Path | None:
         log.warning("skipping %s: no axial level block with labels", study_dir.name)
         return None
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, allow_pickle=False, **arrays)
+    # Write then rename: another training process may read the cache at the same time.
+    partial = out.with_name(f".{out.stem}.{os.getpid()}.npz")
+    np.savez_compressed(partial, allow_pickle=False, **arrays)
+    os.replace(partial, out)
     return out
 
 
