@@ -88,7 +88,7 @@ def sample_pathology(rng: np.random.Generator, anat: Anatomy) -> Anatomy:
     foramen_targets = {side: _balanced_grades(rng) for side in Side}
     for lv in Level:
         caudal = lv.index / 4.0
-        deg = float(np.clip(rng.beta(1.2, 2.2) + 0.25 * caudal * rng.random(), 0, 1))
+        deg = float(np.clip(rng.beta(1.5, 1.5) + 0.25 * caudal * rng.random(), 0, 1))
         listhesis = float(rng.uniform(2.0, 7.0)) if rng.random() < (0.12 if lv.index >= 3 else 0.03) else 0.0
         drv = LevelDrivers(
             degeneration=deg,
@@ -106,6 +106,8 @@ def sample_pathology(rng: np.random.Generator, anat: Anatomy) -> Anatomy:
         g = canal_targets[lv.index]
         target = float(rng.uniform(*_DSCA_BANDS[g]))
         mech = int(rng.integers(3))  # 0 protrusion, 1 flavum, 2 both
+        if g == 2 and rng.random() < 0.5:
+            mech = 2  # severe stenosis in a large canal usually needs both
         narrowed = [s for s in Side if recess_grades[s] > 0]
         kind = ProtrusionKind.CENTRAL
         if narrowed and rng.random() < 0.5:

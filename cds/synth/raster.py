@@ -398,7 +398,9 @@ class SpineModel:
 
         def value(U: Arr, V: Arr, S: Arr, m: Arr) -> Arr:
             nuc = (
-                (U / (0.68 * a0)) ** 2 + ((V - sl - 1.0) / (0.62 * b0)) ** 2 + ((S - mid) / (half + 0.9)) ** 4
+                (U / (0.7 * a0)) ** 2
+                + ((V - sl - 1.0) / (0.58 * b0)) ** 2
+                + ((S - mid) / (0.75 * half + 0.6)) ** 2
             ) <= 1.0
             return np.where(nuc, nuc_id, ann_id).astype(np.uint8)
 

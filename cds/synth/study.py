@@ -170,7 +170,7 @@ def generate_study(
 
     # pose: L3 centre near the magnet isocentre, small rotations
     rot = rotation_xyz(
-        float(r_geom.uniform(-8, 8)), float(r_geom.uniform(-3, 3)), float(r_geom.uniform(-4, 4))
+        float(r_geom.uniform(-5, 5)), float(r_geom.uniform(-3, 3)), float(r_geom.uniform(-4, 4))
     )
     l3 = curve.at(float(0.5 * (model.lay.body_lo[V_INDEX["L3"]] + model.lay.body_hi[V_INDEX["L3"]])))[0]
     target = np.array([r_geom.uniform(-10, 10), r_geom.uniform(-30, 10), r_geom.uniform(-30, 30)])
