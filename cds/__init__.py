@@ -23,8 +23,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from cds.config import Settings
     from cds.store.migrate import ensure_database_dir
 
-    if settings is None:
+    if settings is None:  # the deployed path (gunicorn, `cds serve`): refuse unsafe settings
         settings = Settings.from_env()
+        check_deployable(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["SECRET_KEY"] = settings.secret_key or None
@@ -35,6 +36,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     _register_error_handlers(app)
     _register_blueprints(app)
     return app
+
+
+def check_deployable(settings: Settings) -> None:
+    """Settings a served instance must have. Tests and tools pass Settings explicitly and skip this."""
+    from cds.config import SettingsError
+
+    if not settings.secret_key and not settings.dev_mode:
+        raise SettingsError(
+            "CDS_SECRET_KEY is required (it signs the viewer links in cards); "
+            "generate one with `python -c 'import secrets; print(secrets.token_hex(32))'`"
+        )
 
 
 def _register_blueprints(app: Flask) -> None:

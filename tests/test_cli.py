@@ -76,7 +76,12 @@ def _free_port() -> int:
 
 def test_serve_upgrades_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = _free_port()
-    env = {**os.environ, "CDS_DATA_DIR": str(tmp_path / "data"), "CDS_JOB_WORKERS": "1"}
+    env = {
+        **os.environ,
+        "CDS_DATA_DIR": str(tmp_path / "data"),
+        "CDS_JOB_WORKERS": "1",
+        "CDS_SECRET_KEY": "k" * 32,
+    }
     env.pop("CDS_DATABASE_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cds.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -154,3 +159,13 @@ def test_demo_prepares_data_and_its_printed_call_is_accepted(
         assert replay.status_code == 401  # the printed token is single use
     finally:
         services(app).close()
+
+
+def test_serve_refuses_to_start_without_a_secret_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CDS_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("CDS_SECRET_KEY", raising=False)
+    monkeypatch.delenv("CDS_DEV_MODE", raising=False)
+    assert main(["serve", "--port", "1"]) == 2
+    assert "CDS_SECRET_KEY is required" in capsys.readouterr().err

@@ -110,6 +110,7 @@ def test_gunicorn_with_the_production_config_serves_discovery(tmp_path: Path) ->
         "CDS_WEB_BIND": f"127.0.0.1:{port}",
         "CDS_WEB_WORKERS": "1",
         "CDS_WEB_THREADS": "2",
+        "CDS_SECRET_KEY": "test-only-secret-key-0123456789abcdef",
     }
     env.pop("CDS_DATABASE_URL", None)
     upgrade(f"sqlite:///{tmp_path / 'cds.db'}")

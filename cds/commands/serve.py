@@ -37,11 +37,12 @@ def serve(settings: Any, host: str, port: int, job_workers: int | None = None) -
     """Serve until interrupted (SIGINT/SIGTERM); shared by `cds serve` and `cds demo`."""
     from werkzeug.serving import make_server
 
-    from cds import create_app
+    from cds import check_deployable, create_app
     from cds.extensions import services
     from cds.jobs.runner import start_local_runner
     from cds.store.migrate import upgrade
 
+    check_deployable(settings)
     upgrade(settings.resolved_database_url)
     app = create_app(settings)
     workers = settings.job_workers if job_workers is None else job_workers
