@@ -260,9 +260,11 @@ class SpineModel:
                 ) -> Arr:
                     vpb = self.v_pb(S)
                     z = (S - s_c) / half_s  # -1 bottom .. +1 top
-                    half_v = 5.5 * (0.55 + 0.45 * (z + 1) / 2)
-                    vc = vpb + 4.5
                     au = sign * U
+                    # full height through the pedicle plane (where it is measured), tapering laterally
+                    lateral = np.clip(1.0 - 0.6 * (au - (wc + 5.0)) / 9.0, 0.4, 1.0)
+                    half_v = 5.5 * (0.55 + 0.45 * (z + 1) / 2) * lateral
+                    vc = vpb + 4.5
                     return (z**2 + ((V - vc) / half_v) ** 2 <= 1.0) & (au >= wc - 1.0) & (au <= wc + 14.0)
 
                 cv.paint(

@@ -67,7 +67,7 @@ def soft_tissue(model: SpineModel, trunk: TrunkOutline, a: Arr, u: Arr, v: Arr, 
     # abdominal / pelvic cavity anteriorly; the rest of the trunk wall is muscle
     out[inner] = L.MUSCLE
     cavity = (a[:, 0] / (0.8 * bw)) ** 2 + ((a[:, 1] - (yc - 0.22 * bd)) / (0.72 * bd)) ** 2 <= 1.0
-    out[inner & cavity & (v < vpb_cavity(model, s) + 0.015 * u * u)] = L.VISCERA
+    out[inner & cavity & (v < vpb_cavity(model, s) + 0.008 * u * u)] = L.VISCERA
     vpb = model.v_pb(s)
     lam = vpb + model.canal_d(s)
     hw = np.interp(s, model._mid_sorted, model._b_sorted)  # body half depth ~ size proxy
@@ -76,12 +76,18 @@ def soft_tissue(model: SpineModel, trunk: TrunkOutline, a: Arr, u: Arr, v: Arr, 
     out[retro] = L.RETRO_FAT
     # posterior abdominal wall: muscle, with a fat plane between it and the paraspinal muscles
     ms = an.muscle_scale
+
+    def paraspinal(sign: float, grow: float) -> Arr:
+        return ((u - sign * 21.0 * ms) / (24.0 * ms * grow)) ** 2 + (
+            (v - (lam + 16.0 * ms)) / (21.0 * ms * grow)
+        ) ** 2 <= 1.0
+
+    keep = inner & (v > vpb) & (s > model.sac_end - 40)
+    for sign in (1.0, -1.0):  # fat planes around the paraspinal muscles
+        out[paraspinal(sign, 1.05) & keep] = L.RETRO_FAT
     for sign in (1.0, -1.0):
         # multifidus + erector spinae: one mass each side hugging the spinous processes
-        mus = ((u - sign * 21.0 * ms) / (24.0 * ms)) ** 2 + (
-            (v - (lam + 16.0 * ms)) / (21.0 * ms)
-        ) ** 2 <= 1.0
-        mus &= inner & (v > vpb) & (s > model.sac_end - 40)
+        mus = paraspinal(sign, 1.0) & keep
         out[mus] = L.MUSCLE
         # quadratus lumborum lateral to the transverse processes
         ql = ((u - sign * 58.0 * ms) / (13.0 * ms)) ** 2 + ((v - (vpb + 4.0)) / (9.0 * ms)) ** 2 <= 1.0
