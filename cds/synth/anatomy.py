@@ -82,6 +82,22 @@ class LevelDrivers:
 
 
 @dataclass(frozen=True)
+class MarrowLesion:
+    """Fatty marrow inside one vertebral body: a haemangioma (ball) or a Modic type 2 endplate band.
+
+    Position in the body's own frame: u, v in mm from the body axis, s_frac 0 (caudal) .. 1 (cranial);
+    for an endplate band, s_frac is 0 or 1 and size is the band thickness.
+    """
+
+    vertebra: int
+    kind: str  # "haemangioma" | "modic"
+    u: float
+    v: float
+    s_frac: float
+    size: float
+
+
+@dataclass(frozen=True)
 class VertebraShape:
     height: float
     half_width: float
@@ -111,6 +127,7 @@ class Anatomy:
     body_half_depth: float
     muscle_scale: float
     n_cauda_roots: int = 14
+    marrow_lesions: tuple[MarrowLesion, ...] = ()
     extra: dict[str, float] = field(default_factory=dict)
 
     def level_drivers(self, level: Level) -> LevelDrivers:
@@ -128,6 +145,10 @@ class Anatomy:
             "fat_mm": round(self.fat_mm, 3),
             "vertebral_scale": round(self.vertebrae[V_INDEX["L3"]].half_width / _HALF_W[V_INDEX["L3"]], 4),
             "drivers": {lv.value: self.drivers[lv.index].to_json() for lv in Level},
+            "marrow_lesions": [
+                {"vertebra": VERTEBRAE[m.vertebra], "kind": m.kind, "size_mm": round(m.size, 2)}
+                for m in self.marrow_lesions
+            ],
         }
 
 
@@ -216,4 +237,15 @@ def sample_anatomy(rng: np.random.Generator, drivers: tuple[LevelDrivers, ...]) 
         body_half_depth=float(rng.uniform(100, 150) * size),
         muscle_scale=float(rng.uniform(0.8, 1.2) * size),
         n_cauda_roots=int(rng.integers(10, 18)),
+        marrow_lesions=tuple(
+            MarrowLesion(
+                vertebra=int(v),
+                kind="haemangioma",
+                u=float(rng.uniform(-10, 10)),
+                v=float(rng.uniform(-8, 6)),
+                s_frac=float(rng.uniform(0.25, 0.75)),
+                size=float(rng.uniform(3, 9)),
+            )
+            for v in rng.integers(0, V_INDEX["S1"], size=int(rng.poisson(0.5)))
+        ),
     )

@@ -46,6 +46,7 @@ _T2 = {
     Tissue.VISCERA: 0.2,
     Tissue.VESSEL: 0.05,
     Tissue.ARTICULAR_BONE: 0.30,
+    Tissue.MARROW_LESION: 0.72,
 }
 _T1 = {
     Tissue.AIR: 0.0,
@@ -67,9 +68,11 @@ _T1 = {
     Tissue.VISCERA: 0.40,
     Tissue.VESSEL: 0.05,
     Tissue.ARTICULAR_BONE: 0.52,
+    Tissue.MARROW_LESION: 0.92,
 }
 _TEXTURE = {
     Tissue.MARROW: 0.22,
+    Tissue.MARROW_LESION: 0.15,
     Tissue.POSTERIOR_BONE: 0.15,
     Tissue.ARTICULAR_BONE: 0.15,
     Tissue.MUSCLE: 0.14,

@@ -65,6 +65,7 @@ class Tissue(IntEnum):
     VISCERA = 16
     VESSEL = 17
     ARTICULAR_BONE = 18
+    MARROW_LESION = 19  # fatty marrow: Modic type 2 endplate change, haemangioma (bright on T1 and T2)
 
 
 # ---- internal ids (uint8) -------------------------------------------------------------------
@@ -93,7 +94,8 @@ SKIN: Final = _NEXT + 13
 VISCERA: Final = _NEXT + 14
 VESSEL: Final = _NEXT + 15
 RETRO_FAT: Final = _NEXT + 16
-N_INTERNAL: Final = _NEXT + 17
+LESION0: Final = _NEXT + 17  # + vertebra index: marrow lesion inside that vertebral body
+N_INTERNAL: Final = LESION0 + N_V
 
 # ---- ground-truth label values written to truth/labels/*.npz -----------------------------------
 GT_VERTEBRA0: Final = 1  # 1..12 vertebra_T10..vertebra_S4 (body incl. cortex)
@@ -172,6 +174,7 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
         tissue[CORTEX0 + i], gt[CORTEX0 + i] = Tissue.CORTEX, GT_VERTEBRA0 + i
         tissue[POST0 + i], gt[POST0 + i] = Tissue.POSTERIOR_BONE, GT_POST0 + i
         tissue[ARTIC0 + i], gt[ARTIC0 + i] = Tissue.ARTICULAR_BONE, GT_FACET0 + i
+        tissue[LESION0 + i], gt[LESION0 + i] = Tissue.MARROW_LESION, GT_VERTEBRA0 + i
     for j in range(N_D):
         tissue[NUCLEUS0 + j], gt[NUCLEUS0 + j] = Tissue.NUCLEUS, GT_DISC0 + j
         tissue[ANNULUS0 + j], gt[ANNULUS0 + j] = Tissue.ANNULUS, GT_DISC0 + j

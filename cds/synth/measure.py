@@ -87,6 +87,7 @@ def recess_depth(model: SpineModel, level: Level, side: Side, step: float = 0.25
 _DISC_OR_BODY = np.zeros(256, bool)
 _DISC_OR_BODY[L.MARROW0 : L.MARROW0 + L.N_V] = True
 _DISC_OR_BODY[L.CORTEX0 : L.CORTEX0 + L.N_V] = True
+_DISC_OR_BODY[L.LESION0 : L.LESION0 + L.N_V] = True
 _DISC_OR_BODY[L.NUCLEUS0 : L.ANNULUS0 + L.N_D] = True
 _ARTIC = np.zeros(256, bool)
 _ARTIC[L.ARTIC0 : L.ARTIC0 + L.N_V] = True

@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from cds.domain import Level, Side
-from cds.synth.anatomy import Anatomy, LevelDrivers, ProtrusionKind
+from cds.synth.anatomy import LEVEL_DISC_INDEX, Anatomy, LevelDrivers, MarrowLesion, ProtrusionKind
 from cds.synth.measure import dsca, foramen_area, recess_depth
 from cds.synth.raster import SpineModel
 
@@ -99,6 +99,14 @@ def sample_pathology(rng: np.random.Generator, anat: Anatomy) -> Anatomy:
             protrusion_half_width_mm=float(rng.uniform(4.5, 7.5)),
         )
         anat = _with(anat, lv, drv)
+        if deg > 0.55 and rng.random() < 0.4:  # Modic type 2 (fatty) change on both sides of the disc
+            j = LEVEL_DISC_INDEX[lv]
+            thick = float(rng.uniform(3.0, 8.0))
+            bands = (
+                MarrowLesion(j, "modic", 0.0, 0.0, 0.0, thick),
+                MarrowLesion(j + 1, "modic", 0.0, 0.0, 1.0, thick),
+            )
+            anat = replace(anat, marrow_lesions=anat.marrow_lesions + bands)
         # grade targets of the lateral recesses are drawn first: a paracentral protrusion (which also
         # narrows the recess on its side) is only aimed at a side whose recess is meant to be narrowed
         recess_grades = {side: recess_targets[side][lv.index] for side in Side}

@@ -459,7 +459,25 @@ class SpineModel:
 
         bbox = (-a - 1, a + 1, -b - 1 + sl, b + 1 + sl, lo - 1, hi + 1)
         cv.paint(L.CORTEX0 + i, bbox, shape(0.0))
-        cv.paint(L.MARROW0 + i, bbox, shape(1.3))
+        marrow = shape(1.3)
+        cv.paint(L.MARROW0 + i, bbox, marrow)
+        for les in self.anat.marrow_lesions:
+            if les.vertebra != i:
+                continue
+            if les.kind == "modic":
+                s_end = hi if les.s_frac >= 0.5 else lo
+
+                def band(U: Arr, V: Arr, S: Arr, s_end: float = s_end, t: float = les.size) -> Arr:
+                    return marrow(U, V, S) & (np.abs(S - s_end) <= t + 1.6 + 1.3)
+
+                cv.paint(L.LESION0 + i, bbox, band)
+            else:
+                c = np.array([les.u, les.v + sl, lo + les.s_frac * (hi - lo)])
+
+                def ball(U: Arr, V: Arr, S: Arr, c: Arr = c, r: float = les.size) -> Arr:
+                    return marrow(U, V, S) & (((U - c[0]) ** 2 + (V - c[1]) ** 2 + (S - c[2]) ** 2) <= r * r)
+
+                cv.paint(L.LESION0 + i, bbox, ball)
 
     def _posterior(self, cv: _Canvas, i: int) -> None:
         """Pedicles, laminae, spinous and transverse processes of vertebra i (a fused crest in the sacrum)."""
