@@ -318,11 +318,29 @@ def _load_models(models_dir: Path | None) -> dict[str, str]:
     return versions
 
 
+#: Sagittal slices segmented either side of the stack's centre. Why not all: segmentation is the
+#: dominant cost of a quick read, and levels, disc positions and heights only need the
+#: mid-sagittal block (lumbar protocols centre the sagittal stack on the spine).
+SAGITTAL_HALF_WIDTH = 3
+
+
+def central_block(n_slices: int, half_width: int = SAGITTAL_HALF_WIDTH) -> range:
+    mid = n_slices // 2
+    return range(max(0, mid - half_width), min(n_slices, mid + half_width + 1))
+
+
 def _segment_sagittal(volume: Volume, models_dir: Path | None) -> SagittalMasks:
-    from cds.pipeline.segment import segment_sagittal_volume
+    from cds.pipeline.segment import SagittalMasks, segment_sagittal_volume
 
     spacing = (float(volume.spacing_mm[1]), float(volume.spacing_mm[2]))
-    return segment_sagittal_volume(np.asarray(volume.array), spacing, models_dir=models_dir)
+    block = central_block(volume.shape[0])
+    part = segment_sagittal_volume(
+        np.asarray(volume.array[block.start : block.stop]), spacing, models_dir=models_dir
+    )
+    full = [np.zeros(volume.shape, dtype=bool) for _ in range(3)]
+    for arr, got in zip(full, (part.disc, part.vertebra, part.canal), strict=True):
+        arr[block.start : block.stop] = got
+    return SagittalMasks(disc=full[0], vertebra=full[1], canal=full[2])
 
 
 def _label_levels(masks: SagittalMasks, spacing: tuple[float, float]) -> LevelLabelling:

@@ -219,3 +219,9 @@ def test_model_oriented_keeps_patient_coordinates(flip: str) -> None:
     assert fixed.shape == sag.shape
     np.testing.assert_allclose(fixed.affine, sag.affine)
     np.testing.assert_array_equal(fixed.array, np.arange(np.prod(sag.shape)).reshape(sag.shape))
+
+
+def test_central_block_is_clamped_to_the_stack() -> None:
+    assert list(qr.central_block(15)) == [4, 5, 6, 7, 8, 9, 10]
+    assert list(qr.central_block(3)) == [0, 1, 2]
+    assert list(qr.central_block(1)) == [0]
