@@ -80,7 +80,7 @@ class _DigitTokenizer:
     """Single-character tokens, as Qwen writes digits: enough to exercise the level ban."""
 
     def __init__(self) -> None:
-        self.alphabet = list("LS0123456789-: abc")
+        self.alphabet = [*"LS0123456789-: abc", "\n"]
 
     def get_vocab(self) -> dict[str, int]:
         return {ch: i for i, ch in enumerate(self.alphabet)}
@@ -111,3 +111,21 @@ def test_level_ban_allows_only_present_levels() -> None:
     assert "5" in allowed_after("L4-L") and "3" not in allowed_after("L4-L")
     assert "S" in allowed_after("L5-") and "6" not in allowed_after("L5-")
     assert allowed_after("abc") == set(tok.alphabet)  # no level being written: nothing banned
+
+
+def test_stopping_at_the_end_of_the_paragraph() -> None:
+    import torch
+
+    from cds.explain.backends.local import _StopAtLineEnd
+
+    tok = _DigitTokenizer()
+    prompt = tok.encode("abc\n")
+    stop = _StopAtLineEnd(tok, prompt_len=len(prompt))
+
+    def stops(generated: str) -> bool:
+        ids = torch.tensor([prompt + tok.encode(generated)])
+        return bool(stop(ids, None)[0])
+
+    assert not stops("\n")  # a leading line break before any text does not end the answer
+    assert not stops("L4-L5: a")
+    assert stops("L4-L5: a\n")

@@ -8,7 +8,7 @@ dequantises GGUF to fp32 on every load, which is slow and memory-hungry); later 
 copy. CDS_RATIONALE_MODEL_FILE points at any other GGUF instead (its checksum is then the operator's
 responsibility and is recorded in the model id).
 
-Decoding is greedy with a custom StoppingCriteria (end of turn or a blank line; `stop_strings`
+Decoding is greedy with a custom StoppingCriteria (end of turn or end of the paragraph; `stop_strings`
 costs seconds per call) and a logits processor that forbids level names absent from the findings
 (cheap: it only acts right after the model has written 'L' or 'L4-'). The verifier still checks
 everything.
@@ -212,8 +212,11 @@ class LevelBan:
         return scores
 
 
-class _StopAtBlankLine:
-    """StoppingCriteria: stop on a blank line (end of the paragraph) -- eos is handled by generate."""
+class _StopAtLineEnd:
+    """StoppingCriteria: the rationale is one paragraph, so stop at the first line break after text.
+
+    (eos is handled by generate itself; small models otherwise go on to list the findings again.)
+    """
 
     def __init__(self, tokenizer: Any, prompt_len: int) -> None:
         self._tok = tokenizer
@@ -225,8 +228,8 @@ class _StopAtBlankLine:
         done = []
         for row in range(input_ids.shape[0]):
             new = input_ids[row, self._prompt_len :]
-            tail = self._tok.decode(new[-3:].tolist()) if new.numel() else ""
-            done.append("\n\n" in tail and bool(self._tok.decode(new.tolist()).strip()))
+            last = self._tok.decode(new[-1:].tolist()) if new.numel() else ""
+            done.append("\n" in last and bool(self._tok.decode(new.tolist()).strip()))
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -293,7 +296,7 @@ class LocalBackend:
                     logits_processor=LogitsProcessorList(
                         [LevelBan(self._tok, allowed_levels, self._ban_index)]
                     ),
-                    stopping_criteria=StoppingCriteriaList([_StopAtBlankLine(self._tok, prompt_len)]),
+                    stopping_criteria=StoppingCriteriaList([_StopAtLineEnd(self._tok, prompt_len)]),
                     pad_token_id=self._tok.pad_token_id or self._tok.eos_token_id,
                 )
         except RuntimeError as exc:
