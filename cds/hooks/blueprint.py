@@ -65,10 +65,12 @@ def _json_response(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype=_JSON)
 
 
-def _error_response(error: CdsError) -> Response:
+def _error_response(error: CdsError, rid: str | None = None) -> Response:
     resp = _json_response(outcome_for_error(error), error.http_status)
     if error.http_status == 401:
         resp.headers["WWW-Authenticate"] = "Bearer"
+    if rid:
+        resp.headers["X-Request-ID"] = rid
     return resp
 
 
@@ -222,7 +224,7 @@ def call_service(service_id: str) -> Response:
         except CdsError as exc:
             audit.outcome, audit.status = _outcome_name(exc), exc.http_status
             _finish(rt, token, audit, started, rid)
-            return _error_response(exc)
+            return _error_response(exc, rid)
         except Exception:
             log.exception("hook_call failed request_id=%s service=%s", rid, service.id)
             _finish(rt, token, audit, started, rid)
@@ -230,7 +232,7 @@ def call_service(service_id: str) -> Response:
         audit.outcome, audit.status, audit.cards = ("cards" if cards else "no_cards"), 200, len(cards)
         _finish(rt, token, audit, started, rid)
     except CdsError as exc:  # a replayed jti, found in the final transaction
-        return _error_response(exc)
+        return _error_response(exc, rid)
     resp = Response(encode_cards(cards, rt.presenter.fragment), status=200, mimetype=_JSON)
     resp.headers["X-Request-ID"] = rid
     return resp
@@ -279,11 +281,11 @@ def feedback(service_id: str) -> Response:
         except CdsError as exc:
             audit.outcome, audit.status = _outcome_name(exc), exc.http_status
             _finish(rt, token, audit, started, rid)
-            return _error_response(exc)
+            return _error_response(exc, rid)
         audit.outcome, audit.status, audit.cards = "feedback", 200, len(parsed.feedback)
         _finish(rt, token, audit, started, rid, extra=_feedback_rows(service, parsed))
     except CdsError as exc:
-        return _error_response(exc)
+        return _error_response(exc, rid)
     resp = Response(status=200)
     resp.headers["X-Request-ID"] = rid
     return resp

@@ -382,6 +382,26 @@ def test_absent_prefetch_fetched_from_allowed_fhir_server(caller: Caller, hooks_
     assert {a for _, a in server.requests} == {"Bearer ehr-access-token"}
 
 
+def test_order_hook_with_lumbar_order_and_no_data_is_412(caller: Caller) -> None:
+    orders = draft_orders(service_request("sr-1", "72148"))
+    body = _order_body("order-select", orders, ["ServiceRequest/sr-1"], prefetch={})
+    resp = caller.post(OSEL, body)
+    _assert_outcome(resp, 412)
+    assert resp.headers["X-Request-ID"]
+
+
+def test_fhir_server_refusing_the_token_is_412(caller: Caller) -> None:
+    server = FakeServer()
+    server.routes[f"/fhir/ImagingStudy?patient={PATIENT_ID}&modality=MR"] = (
+        401,
+        {"resourceType": "OperationOutcome"},
+    )
+    with server.running():
+        resp = caller.post(PV, _pv_body(prefetch=None, fhirServer=f"{server.base}/fhir"))
+    _assert_outcome(resp, 412)
+    assert server.requests  # it was asked, and said no
+
+
 def test_fhir_server_not_on_allow_list_is_never_called(caller: Caller, hooks_app: Flask) -> None:
     server = FakeServer()
     with server.running():
