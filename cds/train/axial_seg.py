@@ -293,7 +293,6 @@ def train_axial(
     init: Path | None = None,
 ) -> ModelSpec:
     """Train (or fine-tune from ``init``, a model folder with a card), evaluate, write weights + card."""
-    from cds.ml.loading import save_weights
     from cds.train.sagittal import dice_ce_loss
 
     torch.set_num_threads(config.threads)
@@ -395,6 +394,27 @@ def train_axial(
             checkpoint,
         )
 
+    return _finish(
+        network, config, arch, data_root, train_names, len(train), val, init, out_dir, log_path, config.epochs
+    )
+
+
+def _finish(
+    network: torch.nn.Module,
+    config: AxialTrainConfig,
+    arch: UNetConfig,
+    data_root: Path,
+    train_names: Sequence[str],
+    n_train_blocks: int | None,
+    val: Sequence[LevelStack],
+    init: Path | None,
+    out_dir: Path,
+    log_path: Path,
+    epochs_done: int,
+) -> ModelSpec:
+    """Evaluate on the validation split, write weights + card + training log."""
+    from cds.ml.loading import save_weights
+
     network.cpu()
     metrics = evaluate(network, val)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -411,10 +431,11 @@ def train_axial(
         training={
             "seed": config.seed,
             "config": {k: v for k, v in asdict(config).items() if k != "augment"},
+            "epochs_completed": epochs_done,
             "augment": asdict(config.augment),
             "parameters": count_parameters(network),
             "data": _describe(data_root, train_names),
-            "train_level_blocks": len(train),
+            "train_level_blocks": n_train_blocks,
             "validation_level_blocks": len(val),
             "initialised_from": _init_tag(init),
         },
@@ -425,8 +446,46 @@ def train_axial(
         ),
     )
     write_card(spec, out_dir)
-    (out_dir / "training_log.jsonl").write_text(log_path.read_text(encoding="utf-8"), encoding="utf-8")
+    if log_path.is_file():
+        (out_dir / "training_log.jsonl").write_text(log_path.read_text(encoding="utf-8"), encoding="utf-8")
     return spec
+
+
+def export_checkpoint(
+    *, data_root: Path, work_dir: Path, out_dir: Path, init: Path | None = None, max_train: int = 0
+) -> ModelSpec:
+    """Write a model from the last per-epoch checkpoint of an unfinished run (the card says how
+    many epochs of the planned schedule were completed), evaluated like a finished run."""
+    state = torch.load(work_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cfg = dict(state["config"])
+    cfg["crop"] = tuple(cfg["crop"])
+    aug: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg["augment"].items()}
+    cfg["augment"] = augment.AugmentConfig(**aug)
+    config = AxialTrainConfig(**cfg)
+    arch = UNetConfig(
+        in_channels=1,
+        num_classes=len(ax.AXIAL_CLASSES),
+        base_channels=config.base_channels,
+        depth=config.depth,
+    )
+    network = UNet2D(arch)
+    network.load_state_dict(state["network"])
+    split = read_split(data_root)
+    train_names = split["train"][:max_train] if max_train else split["train"]
+    val = load_levels(data_root, work_dir / "cache", split["validation"])
+    return _finish(
+        network,
+        config,
+        arch,
+        data_root,
+        train_names,
+        None,
+        val,
+        init,
+        out_dir,
+        work_dir / "metrics.jsonl",
+        int(state["epoch"]),
+    )
 
 
 def _init_tag(init: Path | None) -> str | None:
