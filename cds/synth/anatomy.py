@@ -12,7 +12,7 @@ parallel to the disc (the axial plane of FINDINGS.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -128,7 +128,6 @@ class Anatomy:
     muscle_scale: float
     n_cauda_roots: int = 14
     marrow_lesions: tuple[MarrowLesion, ...] = ()
-    extra: dict[str, float] = field(default_factory=dict)
 
     def level_drivers(self, level: Level) -> LevelDrivers:
         return self.drivers[level.index]

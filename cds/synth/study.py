@@ -15,143 +15,27 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cds.domain import Condition, Grade, Level, Side
+from cds.domain import Condition, Grade, Level
 from cds.synth import labels as L
 from cds.synth.anatomy import V_INDEX, Anatomy, LevelDrivers, sample_anatomy
 from cds.synth.appearance import Contrast, ScannerProfile, render, sample_profile, to_pixels
 from cds.synth.curve import FrameMap, Pose, SpineCurve, rotation_xyz
 from cds.synth.dicom_writer import SeriesMeta, StudyMeta, uid, write_series
-from cds.synth.measure import LevelMeasurements, measure_all
+from cds.synth.measure import measure_all
 from cds.synth.pathology import sample_pathology
-from cds.synth.raster import CauseKind, Grid, SpineModel, cause_id
+from cds.synth.protocol import DESCRIPTIONS, StudyOptions, plan_axial, plan_sagittal
+from cds.synth.raster import Grid, SpineModel
 from cds.synth.series import Scene, SeriesGeometry, SynthSeriesKind, sample_series
 from cds.synth.softtissue import TrunkOutline
+from cds.synth.truth import cause_ids, findings_json
 
 GENERATOR_VERSION = "0.1.0"
 _VOLUME_STEP = 0.6  # mm, resolution of the rasterised spine volume
-
-
-@dataclass(frozen=True)
-class StudyOptions:
-    """Size knobs (tests use small images to stay fast)."""
-
-    sag_matrix: tuple[int, ...] = (256, 288, 320)
-    ax_matrix: tuple[int, ...] = (224, 256)
-    min_sag_slices: int = 13
-
-
-_DESCRIPTIONS = {
-    "SIEMENS": ("t2_tse_sag", "t1_tse_sag", "t2_tse_tra"),
-    "GE MEDICAL SYSTEMS": ("Sag T2 FSE", "Sag T1 FSE", "Ax T2 FSE"),
-    "Philips": ("T2W_TSE SAG", "T1W_TSE SAG", "T2W_TSE TRA"),
-}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x)
-
-
-def _sagittal(
-    rng: np.random.Generator, curve: SpineCurve, model: SpineModel, pose: Pose, opts: StudyOptions
-) -> SeriesGeometry:
-    lay = model.lay
-    top = pose.to_patient(curve.at(float(lay.body_hi[V_INDEX["T12"]]))[0])
-    bot = pose.to_patient(curve.at(float(lay.body_lo[V_INDEX["S2"]]))[0])
-    span = abs(top[2] - bot[2]) + 40.0
-    fov = max(float(rng.uniform(280, 340)), span)
-    m = int(rng.choice(opts.sag_matrix))
-    ps = fov / m
-    centre = 0.5 * (top + bot)
-    centre[1] += float(rng.uniform(0, 25))
-    centre[2] += float(rng.uniform(-10, 10))
-    centre[0] = float(pose.translation[0] + rng.uniform(-2, 2))
-    rz = np.deg2rad(rng.uniform(-3, 3))
-    row = np.array([np.sin(rz), np.cos(rz), 0.0])  # anterior -> posterior across columns
-    col = np.array([0.0, 0.0, -1.0])  # head -> feet down the rows
-    if rng.random() < 0.25:  # thin contiguous slices, like a 3D SPACE/CUBE acquisition reformatted
-        th = float(rng.uniform(1.2, 2.0))
-        sp = th
-    else:
-        th = float(rng.uniform(2.5, 4.5))
-        sp = th * float(rng.uniform(1.0, 1.2))
-    n = max(opts.min_sag_slices, int(np.ceil(min(64.0, 40 * sp) / sp)) | 1)
-    normal = np.cross(row, col)
-    origin = centre - (n - 1) / 2 * sp * normal - (m - 1) / 2 * ps * (row + col)
-    return SeriesGeometry(SynthSeriesKind.SAGITTAL_T2, m, m, (ps, ps), th, sp, n, row, col, origin)
-
-
-def _axial(
-    rng: np.random.Generator,
-    curve: SpineCurve,
-    model: SpineModel,
-    pose: Pose,
-    level: Level,
-    opts: StudyOptions,
-) -> SeriesGeometry:
-    s_mid = model.lay.disc_mid(level)
-    p, t, n_ = curve.at(s_mid)
-    jitter = rotation_xyz(float(rng.uniform(-3, 3)), 0.0, float(rng.uniform(-2, 2)))
-    normal = _unit(pose.direction_to_patient(jitter @ t))
-    row = _unit(pose.direction_to_patient(np.array([1.0, 0.0, 0.0])))
-    row = _unit(row - (row @ normal) * normal)
-    col = np.cross(normal, row)
-    centre = pose.to_patient(p + n_ * float(rng.uniform(5, 30)))
-    fov = float(rng.uniform(160, 220))
-    m = int(rng.choice(opts.ax_matrix))
-    ps = fov / m
-    th = float(rng.uniform(3.0, 4.0))
-    sp = th * float(rng.uniform(1.0, 1.15))
-    n = int(rng.integers(3, 6))
-    origin = centre - (n - 1) / 2 * sp * normal - (m - 1) / 2 * ps * (row + col)
-    return SeriesGeometry(SynthSeriesKind.AXIAL_T2, m, m, (ps, ps), th, sp, n, row, col, origin, level)
-
-
-def _cause_ids(level: Level, condition: Condition) -> list[int]:
-    side = condition.side
-    left = side is Side.LEFT
-    if condition is Condition.SPINAL_CANAL:
-        kinds = [CauseKind.DISC, CauseKind.DISC_LEFT, CauseKind.DISC_RIGHT, CauseKind.FLAVUM]
-        kinds += [CauseKind.FACET_LEFT, CauseKind.FACET_RIGHT]
-    elif condition in (Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR):
-        kinds = [
-            CauseKind.DISC_LEFT if left else CauseKind.DISC_RIGHT,
-            CauseKind.FACET_LEFT if left else CauseKind.FACET_RIGHT,
-        ]
-    else:
-        kinds = [
-            CauseKind.DISC_FORAMINAL_LEFT if left else CauseKind.DISC_FORAMINAL_RIGHT,
-            CauseKind.FACET_LEFT if left else CauseKind.FACET_RIGHT,
-            CauseKind.DISC_LEFT if left else CauseKind.DISC_RIGHT,
-        ]
-    return [cause_id(level, k) for k in kinds]
-
-
-def _findings_json(meas: dict[Level, LevelMeasurements]) -> tuple[dict[str, Any], dict[str, Any]]:
-    levels: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for lv, m in meas.items():
-        levels[lv.value] = {}
-        for cond in Condition:
-            name, value = m.deciding(cond)
-            levels[lv.value][cond.value] = {
-                "grade": m.grade(cond).value,
-                "measurement": {"name": name.value, "value": round(float(value), 4)},
-            }
-        extra[lv.value] = {
-            "dsca_mm2": round(m.dsca_mm2, 3),
-            "ap_diameter_mm": round(m.ap_diameter_mm, 3),
-            "disc_height_mm": round(m.disc_height_mm, 3),
-            "lateral_recess_depth_mm": {s.value: round(v, 3) for s, v in m.recess_mm.items()},
-            "foraminal_area_ratio": {s.value: round(v, 4) for s, v in m.foramen_ratio.items()},
-            "foraminal_area_mm2": {s.value: round(v, 3) for s, v in m.foramen_area_mm2.items()},
-        }
-    return levels, extra
 
 
 def generate_study(
@@ -176,8 +60,8 @@ def generate_study(
     target = np.array([r_geom.uniform(-10, 10), r_geom.uniform(-30, 10), r_geom.uniform(-30, 30)])
     pose = Pose(rot, target - rot @ l3)
 
-    sag = _sagittal(r_geom, curve, model, pose, opts)
-    axials = [_axial(r_geom, curve, model, pose, lv, opts) for lv in Level]
+    sag = plan_sagittal(r_geom, curve, model, pose, opts)
+    axials = [plan_axial(r_geom, curve, model, pose, lv, opts) for lv in Level]
     corners = np.concatenate([g.corners() for g in (sag, *axials)])
     ac = pose.to_anatomy(corners)
     frame = FrameMap(
@@ -215,7 +99,7 @@ def generate_study(
         patient_sex=str(r_meta.choice(["F", "M"])),
         patient_age_years=int(r_meta.integers(25, 85)),
     )
-    desc = _DESCRIPTIONS[profile.manufacturer]
+    desc = DESCRIPTIONS[profile.manufacturer]
     series_json: dict[str, Any] = {}
 
     def emit(
@@ -290,14 +174,14 @@ def generate_study(
         ax_causes[lv] = smp.causes
 
     causes_json: dict[str, Any] = {}
-    levels_json, extra = _findings_json(meas)
+    levels_json, extra = findings_json(meas)
     for lv in Level:
         for cond in Condition:
             if meas[lv].grade(cond) is Grade.NORMAL_MILD:
                 continue
             foraminal = cond in (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL)
             src = s_sag.causes if foraminal else ax_causes[lv]
-            mask = np.isin(src, _cause_ids(lv, cond))
+            mask = np.isin(src, cause_ids(lv, cond))
             key = f"{lv.value}_{cond.value}"
             np.savez_compressed(truth / "causes" / f"{key}.npz", mask=mask.astype(np.uint8))
             causes_json[key] = {
