@@ -16,7 +16,7 @@ from typing import Any
 from cds.domain import Condition, Finding, Level
 from cds.explain.backends.base import ChatMessage
 from cds.explain.findings import RationaleInput, coerce_input
-from cds.explain.verify import Violation
+from cds.explain.verify import Violation, ViolationKind
 from cds.explain.wording import condition_phrase, format_measurement, threshold_text
 
 SYSTEM = (
@@ -150,13 +150,43 @@ def example_inputs() -> tuple[tuple[RationaleInput, str], ...]:
     return tuple((coerce_input(levels, heat), answer) for levels, heat, answer in EXAMPLES)
 
 
-def _retry_note(violations: Sequence[Violation]) -> str:
-    problems = "; ".join(v.message for v in violations[:6])
-    return (
-        "\n\nYour previous draft was rejected because: "
-        + problems
-        + ". Write the rationale again, following the findings exactly and fixing these problems."
-    )
+_GENERAL_FIXES = {
+    ViolationKind.UNSUPPORTED_NUMBER: "Use only the numbers given in the findings.",
+    ViolationKind.ABSENT_LEVEL: "Mention only the levels listed in the findings.",
+    ViolationKind.UNKNOWN_LEVEL: "Name levels only as L1-L2, L2-L3, L3-L4, L4-L5 or L5-S1.",
+    ViolationKind.MISSING_SIDE: "Always say left or right for foraminal and subarticular findings.",
+    ViolationKind.TOO_LONG: "Write at most 5 short sentences.",
+    ViolationKind.UNSUPPORTED_TERM: "Do not mention causes, advice or anything not in the findings.",
+    ViolationKind.UNSUPPORTED_HEATMAP: "Mention the heatmap only as given, or not at all.",
+    ViolationKind.AMBIGUOUS_GRADE: "Give exactly one grade per finding.",
+    ViolationKind.UNTIED_STATEMENT: "Start every sentence with its level.",
+}
+
+
+def _retry_note(inp: RationaleInput, violations: Sequence[Violation]) -> str:
+    """Constraints for the second draft, phrased as the correct facts rather than as the errors.
+
+    Small models copy what they are shown; quoting the rejected wording back invites repeating it.
+    """
+    facts: list[str] = []
+    seen: set[tuple[Level, Condition]] = set()
+    for v in violations:
+        if v.level is None or v.condition is None or (v.level, v.condition) in seen:
+            continue
+        seen.add((v.level, v.condition))
+        f = inp.finding(v.level, v.condition)
+        if f is None:
+            facts.append(f"- {v.level.value} {v.condition.display} was not analysed: do not mention it.")
+        elif v.kind is ViolationKind.BILATERAL_MISUSE:
+            facts.append(f"- {v.level.value}: left and right differ, so do not write bilateral.")
+        else:
+            facts.append(_line(f).replace("; uncertain", "; flagged as uncertain"))
+    general = sorted({_GENERAL_FIXES[v.kind] for v in violations if v.kind in _GENERAL_FIXES})
+    note = "\n\nYour previous answer had mistakes. State these findings exactly as written here:\n"
+    note += "\n".join(facts) if facts else "- (all findings as listed above)"
+    if general:
+        note += "\n" + " ".join(general)
+    return note
 
 
 def build_messages(inp: RationaleInput, violations: Sequence[Violation] = ()) -> list[ChatMessage]:
@@ -167,7 +197,7 @@ def build_messages(inp: RationaleInput, violations: Sequence[Violation] = ()) ->
         messages.append(ChatMessage("assistant", answer))
     content = render_findings(inp)
     if violations:
-        content += _retry_note(violations)
+        content += _retry_note(inp, violations)
     messages.append(ChatMessage("user", content))
     return messages
 

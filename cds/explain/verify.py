@@ -54,9 +54,17 @@ class Violation:
     kind: ViolationKind
     message: str
     excerpt: str = ""
+    #: The finding the violation concerns, when there is one (lets a retry restate the facts).
+    level: Level | None = None
+    condition: Condition | None = None
 
     def to_json(self) -> dict[str, str]:
-        return {"kind": self.kind.value, "message": self.message, "excerpt": self.excerpt}
+        out = {"kind": self.kind.value, "message": self.message, "excerpt": self.excerpt}
+        if self.level is not None:
+            out["level"] = self.level.value
+        if self.condition is not None:
+            out["condition"] = self.condition.value
+        return out
 
 
 @dataclass(frozen=True)
@@ -360,7 +368,9 @@ def _claims_from(run: list[_Tok]) -> list[tuple[set[str], bool, set[Grade], bool
     """Split a run at 'and'/'or' into parts: (sides, bilateral, grades, negated, uncertain)."""
     parts: list[tuple[set[str], bool, set[Grade], bool, bool]] = []
     cur: tuple[set[str], bool, set[Grade], bool, bool] = (set(), False, set(), False, False)
-    for t in run:
+    for i, t in enumerate(run):
+        if t.kind == "neg" and i + 1 < len(run) and run[i + 1].kind == "bilateral":
+            continue  # "not bilateral" denies the laterality, not a grade
         if t.kind == "conj":
             parts.append(cur)
             cur = (set(), False, set(), False, False)
@@ -482,6 +492,8 @@ def verify(text: str, inp: RationaleInput) -> VerificationResult:
                 Violation(
                     ViolationKind.MISSING_FINDING,
                     f"{f.level.value} {f.condition.display} ({f.grade.display}) is not stated with its grade",
+                    level=f.level,
+                    condition=f.condition,
                 )
             )
     return VerificationResult(tuple(v), frozenset(mentioned))
@@ -629,6 +641,8 @@ def _check_statement(
                                 ViolationKind.NO_SUCH_FINDING,
                                 f"{lv.value} {c.display} was not analysed",
                                 sentence,
+                                level=lv,
+                                condition=c,
                             )
                         )
             if claim.bilateral_word and len(found) == 2 and found[0].grade is not found[1].grade:
@@ -637,6 +651,8 @@ def _check_statement(
                         ViolationKind.BILATERAL_MISUSE,
                         f"{lv.value}: left is {found[0].grade.display}, right is {found[1].grade.display}",
                         sentence,
+                        level=lv,
+                        condition=found[0].condition,
                     )
                 )
             for f in found:
@@ -652,6 +668,8 @@ def _check_statement(
                             + "/".join(sorted(g.display for g in claim.allowed))
                             + (" (negated)" if len(claim.allowed) > 1 and not claim.ambiguous else ""),
                             sentence,
+                            level=f.level,
+                            condition=f.condition,
                         )
                     )
                 elif claim.allowed == frozenset({f.grade}) and not claim.ambiguous:
@@ -664,6 +682,8 @@ def _check_statement(
                             ViolationKind.UNCERTAINTY_NOT_FLAGGED,
                             f"{lv.value} {f.condition.display} is flagged uncertain",
                             sentence,
+                            level=f.level,
+                            condition=f.condition,
                         )
                     )
                 if claim.uncertain_word and not f.uncertain:
@@ -672,6 +692,8 @@ def _check_statement(
                             ViolationKind.UNCERTAINTY_INVENTED,
                             f"{lv.value} {f.condition.display} is not flagged uncertain",
                             sentence,
+                            level=f.level,
+                            condition=f.condition,
                         )
                     )
         if (

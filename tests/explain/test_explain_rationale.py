@@ -81,9 +81,10 @@ def test_rejected_draft_is_retried_with_its_violations(levels_json: dict[str, An
     kinds = {v.kind.value for v in r.rejected[0].violations}
     assert "bilateral_misuse" in kinds
     retry_prompt = backend.calls[1][-1].content
-    assert (
-        "previous draft was rejected" in retry_prompt and "left is moderate, right is severe" in retry_prompt
-    )
+    assert "previous answer had mistakes" in retry_prompt
+    assert "- L4-L5: left and right differ, so do not write bilateral." in retry_prompt
+    assert "- L4-L5 left neural foraminal narrowing: moderate" in retry_prompt  # the fact, restated
+    assert BAD not in retry_prompt  # the rejected wording is not shown back
 
 
 def test_two_bad_drafts_fall_back_to_the_template(

@@ -165,3 +165,15 @@ def test_violation_names_the_problem(sample: RationaleInput) -> None:
 def test_loose_grade_with_a_side_is_checked_against_that_side(sample: RationaleInput) -> None:
     assert verify(GOOD + " L4-L5: the right side is severe.", sample).ok
     assert K.WRONG_GRADE in kinds(GOOD + " L4-L5: the left side is severe.", sample)
+
+
+def test_not_bilateral_does_not_negate_the_grade(sample: RationaleInput) -> None:
+    text = GOOD.replace("(< 35 %). L5-S1", "(< 35 %), not bilateral. L5-S1")
+    assert verify(text, sample).ok, verify(text, sample).violations
+
+
+def test_violations_name_their_finding(sample: RationaleInput) -> None:
+    (v,) = [
+        x for x in verify(GOOD.replace("severe central", "moderate central"), sample).violations if x.level
+    ]
+    assert v.to_json()["level"] == "L4-L5" and v.to_json()["condition"] == "spinal_canal"
