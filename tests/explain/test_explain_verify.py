@@ -173,7 +173,8 @@ def test_not_bilateral_does_not_negate_the_grade(sample: RationaleInput) -> None
 
 
 def test_violations_name_their_finding(sample: RationaleInput) -> None:
-    (v,) = [
-        x for x in verify(GOOD.replace("severe central", "moderate central"), sample).violations if x.level
-    ]
-    assert v.to_json()["level"] == "L4-L5" and v.to_json()["condition"] == "spinal_canal"
+    text = GOOD.replace("severe central", "moderate central")
+    named = [x for x in verify(text, sample).violations if x.level]
+    assert {x.kind for x in named} == {K.WRONG_GRADE, K.MISSING_FINDING}
+    for x in named:
+        assert x.to_json()["level"] == "L4-L5" and x.to_json()["condition"] == "spinal_canal"
