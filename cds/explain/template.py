@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from cds.domain import Condition, Finding, Level
 from cds.explain.findings import RationaleInput
+from cds.explain.verify import MAX_CHARS
 from cds.explain.wording import condition_phrase, format_measurement, threshold_text
 
 #: Above this many findings to describe, clauses drop their numbers (group gracefully, stay short).
@@ -114,9 +115,21 @@ def _heatmap_sentence(inp: RationaleInput) -> str | None:
 
 
 def write_template(inp: RationaleInput) -> str:
-    """2-5 sentences, level by level, naming every moderate/severe and every uncertain finding."""
+    """2-5 sentences, level by level, naming every moderate/severe and every uncertain finding.
+
+    Long inputs degrade gracefully: numbers are dropped first, then the heatmap sentence, so the
+    text stays within the verifier's length limit while every finding that must be named is.
+    """
     n_described = sum(1 for f in inp.findings if _described(f))
-    detailed = n_described <= MAX_DETAILED_FINDINGS
+    text = _compose(inp, detailed=n_described <= MAX_DETAILED_FINDINGS, heatmaps=True)
+    if len(text) > MAX_CHARS:
+        text = _compose(inp, detailed=False, heatmaps=True)
+    if len(text) > MAX_CHARS:
+        text = _compose(inp, detailed=False, heatmaps=False)
+    return text
+
+
+def _compose(inp: RationaleInput, detailed: bool, heatmaps: bool) -> str:
     level_parts: list[str] = []
     for level in inp.levels:
         clauses = _level_clauses(inp, level, detailed)
@@ -128,7 +141,7 @@ def write_template(inp: RationaleInput) -> str:
         sentences.append(f"{_join_levels(quiet)}: no moderate or severe stenosis.")
     if not inp.findings:
         sentences.append("No findings were available to describe.")
-    heat = _heatmap_sentence(inp)
+    heat = _heatmap_sentence(inp) if heatmaps else None
     if heat:
         sentences.append(heat)
     if len(sentences) < 2:

@@ -27,7 +27,7 @@ from cds.explain.findings import RationaleInput
 from cds.explain.wording import display_value
 
 MAX_SENTENCES = 5
-MAX_CHARS = 1500
+MAX_CHARS = 2000
 
 
 class ViolationKind(StrEnum):

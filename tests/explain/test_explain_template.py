@@ -87,3 +87,24 @@ def test_template_passes_the_verifier_on_the_whole_corpus() -> None:
         result = verify(text, inp)
         assert result.ok, (case.name, text, result.violations)
         assert 2 <= len(_sentences(text)) <= 5, (case.name, text)
+
+
+def test_worst_case_all_findings_uncertain_asymmetric_with_heatmaps() -> None:
+    """25 positive findings, sides differing everywhere, all uncertain, a heatmap note on each."""
+    sides = {
+        "spinal_canal": "severe",
+        "left_foraminal": "moderate",
+        "right_foraminal": "severe",
+        "left_subarticular": "severe",
+        "right_subarticular": "moderate",
+    }
+    levels = {
+        lv: {c: {"grade": g, "probability": 0.6, "uncertain": True} for c, g in sides.items()}
+        for lv in ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
+    }
+    heat = {lv: {c: "posterior disc margin" for c in sides} for lv in levels}
+    inp = coerce_input(levels, heat)
+    text = write_template(inp)
+    result = verify(text, inp)
+    assert result.ok, result.violations
+    assert len(_sentences(text)) <= 5
