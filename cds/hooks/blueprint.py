@@ -225,8 +225,12 @@ def call_service(service_id: str) -> Response:
             audit.outcome, audit.status = _outcome_name(exc), exc.http_status
             _finish(rt, token, audit, started, rid)
             return _error_response(exc, rid)
-        except Exception:
-            log.exception("hook_call failed request_id=%s service=%s", rid, service.id)
+        except Exception as exc:
+            # Type and request id only: an exception's text (or its traceback's locals, SQL bound
+            # parameters) may carry patient identifiers. As in cds.weberrors.
+            log.error(
+                "hook_call failed request_id=%s service=%s error=%s", rid, service.id, type(exc).__name__
+            )
             _finish(rt, token, audit, started, rid)
             return _json_response(outcome_for_unexpected(), 500)
         audit.outcome, audit.status, audit.cards = ("cards" if cards else "no_cards"), 200, len(cards)
