@@ -73,6 +73,15 @@ def request_analysis(
 
 QuickRead = Callable[[Any], AnalysisResult]
 
+# Reasons stored on the analysis are shown to clinicians (cards, viewer): fixed, plain wording.
+# Technical detail (exception text, host names, file paths) goes to the job's last_error only.
+REASON_PIPELINE_UNAVAILABLE = "The AI analysis is not available on this server; no result was produced."
+REASON_NO_SOURCE = "The images of this study could not be located; no result was produced."
+REASON_SOURCE_REFUSED = "The images of this study are on a server this service may not use."
+REASON_MODEL_FAILED = "The AI models could not process this study; no result was produced."
+REASON_RETRYING = "Retrieving or analysing the images failed; the analysis will be retried."
+REASON_FAILED = "The analysis failed after repeated attempts; no result was produced."
+
 
 def resolve_quick_read() -> QuickRead:
     """cds.pipeline.quick_read, as a function or as a module holding one (imported lazily)."""
@@ -144,20 +153,20 @@ def run_analyze(ctx: JobContext) -> None:
         source = analysis.study.source_uri
         queries.mark_analysis_running(s, request.analysis_id)
     if not source:
-        _fail(ctx, request, "study has no image source registered")
+        _fail(ctx, request, REASON_NO_SOURCE)
         raise PermanentJobError("study has no image source")
 
     try:
         _analyze(ctx, request, source)
     except PermanentJobError:
         raise
-    except Exception as exc:
+    except Exception:
         if not ctx.final_attempt:  # transient (e.g. PACS down): say so while the job waits to retry
             with ctx.db.session() as s:
                 analysis = queries.get_analysis(s, request.analysis_id)
                 if analysis is not None:
                     analysis.status = AnalysisStatus.PENDING
-                    analysis.reason = f"attempt {ctx.attempt} failed ({type(exc).__name__}); will retry"
+                    analysis.reason = REASON_RETRYING
         raise
 
 
@@ -166,14 +175,13 @@ def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:
         quick_read = resolve_quick_read()
         load_study = resolve_load_study()
     except ImportError as exc:
-        reason = f"analysis pipeline unavailable ({exc}); no result was produced"
-        _fail(ctx, request, reason)
-        raise PermanentJobError(reason) from exc
+        _fail(ctx, request, REASON_PIPELINE_UNAVAILABLE)
+        raise PermanentJobError(f"analysis pipeline unavailable ({exc})") from exc
 
     try:
         study = load_study(open_source(source, request.study_uid, ctx.settings))
     except Forbidden as exc:
-        _fail(ctx, request, exc.message)
+        _fail(ctx, request, REASON_SOURCE_REFUSED)
         raise PermanentJobError(exc.message) from exc
     except IngestError as exc:
         # A readable answer, not a job failure: the study cannot be analysed, and the card says why.
@@ -195,12 +203,11 @@ def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:
         return
     except (ModelError, StageError) as exc:
         # Deterministic for these inputs and weights: retrying cannot help.
-        _fail(ctx, request, exc.message)
+        _fail(ctx, request, REASON_MODEL_FAILED)
         raise PermanentJobError(exc.message) from exc
     if not isinstance(result, AnalysisResult):
-        reason = f"quick_read returned {type(result).__name__}, not AnalysisResult"
-        _fail(ctx, request, reason)
-        raise PermanentJobError(reason)
+        _fail(ctx, request, REASON_MODEL_FAILED)
+        raise PermanentJobError(f"quick_read returned {type(result).__name__}, not AnalysisResult")
     _store(ctx, request, result)
 
 
@@ -214,6 +221,4 @@ def on_analyze_failure(ctx: JobContext, error: str) -> None:
         analysis = queries.get_analysis(s, request.analysis_id)
         if analysis is None or analysis.status is AnalysisStatus.FAILED:
             return
-        queries.fail_analysis(
-            s, request.analysis_id, f"analysis failed after {ctx.attempt} attempt(s): {error}"
-        )
+        queries.fail_analysis(s, request.analysis_id, REASON_FAILED)  # `error` stays in jobs.last_error

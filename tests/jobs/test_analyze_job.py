@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from cds.config import Settings
 from cds.domain import AnalysisResult, AnalysisStatus, Condition, Finding, Grade, Level, MeasurementName
@@ -21,6 +22,7 @@ from cds.jobs.queue import JobQueue
 from cds.jobs.runner import LocalRunner
 from cds.store import queries
 from cds.store.db import Database
+from cds.store.records import JobRecord
 
 STUDY = "1.2.3.4"
 
@@ -37,6 +39,11 @@ def _stored(db: Database) -> tuple[AnalysisStatus, AnalysisResult]:
         record = queries.latest_analysis(s, STUDY)
         assert record is not None
         return record.status, record.to_result()
+
+
+def _jobs(db: Database) -> list[JobRecord]:
+    with db.session(readonly=True) as s:
+        return list(s.scalars(sa.select(JobRecord)))
 
 
 def _fake_boundary(monkeypatch: pytest.MonkeyPatch, quick_read: Any) -> list[Any]:
@@ -63,8 +70,10 @@ def test_missing_pipeline_fails_with_reason(
     status, result = _stored(db)
     assert status is AnalysisStatus.FAILED
     assert result.findings == ()
-    assert result.reason is not None and "pipeline unavailable" in result.reason
+    assert result.reason == analysis.REASON_PIPELINE_UNAVAILABLE
     assert queue.counts()[JobStatus.FAILED] == 1
+    job = queue.by_key(analysis.analyze_key(STUDY, first.mode, first.revision))
+    assert job is not None and job.last_error is not None and "pipeline unavailable" in job.last_error
 
 
 def test_result_of_quick_read_is_stored(
@@ -119,7 +128,11 @@ def test_missing_models_fail_once_with_reason(
     assert runner.run_until_idle() == 1
     status, result = _stored(db)
     assert status is AnalysisStatus.FAILED
-    assert result.reason == "weights models/segmenter/model.safetensors not found"
+    # clinicians see a fixed sentence; the path stays in the job's error column for operators
+    assert result.reason == analysis.REASON_MODEL_FAILED
+    assert "safetensors" not in (result.reason or "")
+    (job,) = _jobs(db)
+    assert job.last_error is not None and "model.safetensors not found" in job.last_error
 
 
 def test_transient_error_is_retried_and_final_failure_recorded(
@@ -137,14 +150,14 @@ def test_transient_error_is_retried_and_final_failure_recorded(
     assert runner.run_once()
     status, result = _stored(db)
     assert status is AnalysisStatus.PENDING  # waiting for its retry, and says so
-    assert result.reason is not None and "will retry" in result.reason
+    assert result.reason == analysis.REASON_RETRYING
     runner.run_until_idle()
     assert len(calls) == 3
     status, result = _stored(db)
     assert status is AnalysisStatus.FAILED
-    assert (
-        result.reason is not None and "after 3 attempt(s)" in result.reason and "PACS down" in result.reason
-    )
+    assert result.reason == analysis.REASON_FAILED and "PACS down" not in result.reason
+    (job,) = _jobs(db)
+    assert job.last_error is not None and "PACS down" in job.last_error
     # asking again re-queues the failed work
     analysis.request_analysis(db, queue, STUDY)
     assert queue.counts()[JobStatus.QUEUED] == 1
@@ -159,7 +172,7 @@ def test_study_without_source_fails(db: Database, monkeypatch: pytest.MonkeyPatc
     analysis.request_analysis(db, queue, STUDY)
     runner.run_until_idle()
     status, result = _stored(db)
-    assert status is AnalysisStatus.FAILED and result.reason == "study has no image source registered"
+    assert status is AnalysisStatus.FAILED and result.reason == analysis.REASON_NO_SOURCE
 
 
 def test_dicomweb_source_gets_credentials_only_for_the_configured_pacs() -> None:
