@@ -386,14 +386,14 @@ class Feedback:
 
 
 def save_feedback(session: Session, feedback: Feedback) -> tuple[FeedbackRecord, bool]:
-    """Store feedback once: the same (card, outcome, outcomeTimestamp) again returns the first record."""
+    """Store feedback once: the same (card, outcome) again returns the first record (whatever its
+    outcomeTimestamp: clients resend with fresh timestamps); another outcome is another record."""
 
     def lookup() -> FeedbackRecord | None:
         return session.scalars(
             sa.select(FeedbackRecord).where(
                 FeedbackRecord.card_uuid == feedback.card_uuid,
                 FeedbackRecord.outcome == feedback.outcome,
-                FeedbackRecord.outcome_timestamp == feedback.outcome_timestamp,
             )
         ).one_or_none()
 

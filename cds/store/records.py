@@ -2,7 +2,7 @@
 
 Uniqueness is how the store stays idempotent under concurrency: every natural key (study UID,
 series UID, analysis (study, mode, revision), finding (analysis, level, condition), explanation per
-analysis, feedback (card, outcome, outcomeTimestamp), job dedupe key) carries a unique constraint,
+analysis, feedback (card, outcome), job dedupe key) carries a unique constraint,
 and the queries catch the IntegrityError of the losing writer and return the winner's row.
 Changing a table here needs a new migration in migrations/versions (a test compares the two).
 """
@@ -209,10 +209,14 @@ class HookCallRecord(Base):
 
 
 class FeedbackRecord(Base):
-    """CDS Hooks feedback on one card; (card, outcome, outcomeTimestamp) is unique -> idempotent."""
+    """CDS Hooks feedback on one card; (card, outcome) is unique -> idempotent.
+
+    A resent entry (clients retry, sometimes with a new outcomeTimestamp) keeps the first record; a
+    different outcome for the same card (accepted after overridden) is a record of its own.
+    """
 
     __tablename__ = "feedback"
-    __table_args__ = (sa.UniqueConstraint("card_uuid", "outcome", "outcome_timestamp"),)
+    __table_args__ = (sa.UniqueConstraint("card_uuid", "outcome"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     card_uuid: Mapped[str] = mapped_column(sa.String(64), index=True)

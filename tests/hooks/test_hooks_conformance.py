@@ -472,8 +472,11 @@ def _feedback(card: str, outcome: str = "accepted") -> dict[str, Any]:
 def test_feedback_is_persisted_once(caller: Caller, hooks_app: Flask) -> None:
     path = PV + "/feedback"
     card = str(uuid.uuid4())
-    for _ in range(2):
-        assert caller.post(path, _feedback(card, "overridden")).status_code == 200
+    first = _feedback(card, "overridden")
+    assert caller.post(path, first).status_code == 200
+    resent = _feedback(card, "overridden")  # the EHR resends with a fresh outcomeTimestamp
+    resent["feedback"][0]["outcomeTimestamp"] = "2026-07-02T10:00:07Z"
+    assert caller.post(path, resent).status_code == 200
     with services(hooks_app).db.session(readonly=True) as s:
         (record,) = s.scalars(sa.select(FeedbackRecord)).all()
         assert record.card_uuid == card and record.override_reason_code == "disagree-with-ai"

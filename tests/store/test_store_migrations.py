@@ -47,3 +47,28 @@ def test_postgres_urls_use_the_psycopg3_driver() -> None:
     for raw in ("postgres://u:p@h/db", "postgresql://u:p@h/db", "postgresql+psycopg://u:p@h/db"):
         assert normalise_url(raw).drivername == "postgresql+psycopg"
     assert normalise_url("sqlite:////tmp/x.db").drivername == "sqlite"
+
+
+def test_feedback_migration_keeps_the_first_of_duplicate_card_outcomes(database_url: str) -> None:
+    """0003 narrows the feedback key to (card, outcome): rows stored under the old key collapse."""
+    upgrade(database_url, "0002")
+    db = Database(database_url)
+    try:
+        with db.engine.begin() as conn:
+            for i, (outcome, ts) in enumerate(
+                [("overridden", "2026-11-23 10:00:00"), ("overridden", "2026-11-23 10:00:05"),
+                 ("accepted", "2026-11-23 10:01:00")]
+            ):  # fmt: skip
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO feedback (id, card_uuid, service_id, outcome, accepted_suggestions,"
+                        " outcome_timestamp, created_at) VALUES (:id, 'card-1', 's', :o, '[]', :ts, :ts)"
+                    ),
+                    {"id": i + 1, "o": outcome, "ts": ts},
+                )
+        upgrade(database_url)
+        with db.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, outcome FROM feedback ORDER BY id")).all()
+    finally:
+        db.dispose()
+    assert [tuple(r) for r in rows] == [(1, "overridden"), (3, "accepted")]

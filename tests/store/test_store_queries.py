@@ -211,11 +211,11 @@ def test_concurrent_study_registration_creates_one_row(db: Database) -> None:
     assert len(set(ids)) == 1
 
 
-def _feedback(ts: datetime) -> q.Feedback:
+def _feedback(ts: datetime, outcome: FeedbackOutcome = FeedbackOutcome.OVERRIDDEN) -> q.Feedback:
     return q.Feedback(
         card_uuid="3f0c9d5e-9d43-4c0e-9a55-0d8e6c1e7a10",
         service_id="lumbar-mri-patient-view",
-        outcome=FeedbackOutcome.OVERRIDDEN,
+        outcome=outcome,
         outcome_timestamp=ts,
         override_reason_code="disagree",
         override_reason_system="https://example.org/override",
@@ -234,13 +234,18 @@ def test_feedback_twice_is_one_record(db: Database) -> None:
         second, created2 = q.save_feedback(s, _feedback(same_instant))
     assert created1 and not created2
     assert first.id == second.id
+    # a resend with a later outcomeTimestamp is still the same feedback: the first record stays
     with db.session() as s:
-        _, created3 = q.save_feedback(s, _feedback(ts + timedelta(seconds=1)))
-    assert created3
+        third, created3 = q.save_feedback(s, _feedback(ts + timedelta(seconds=1)))
+    assert not created3 and third.id == first.id
+    # a different outcome for the same card is a record of its own
+    with db.session() as s:
+        _, created4 = q.save_feedback(s, _feedback(ts + timedelta(minutes=5), FeedbackOutcome.ACCEPTED))
+    assert created4
     with db.session(readonly=True) as s:
         rows = s.scalars(sa.select(FeedbackRecord).order_by(FeedbackRecord.id)).all()
-        assert len(rows) == 2
-        assert rows[0].outcome_timestamp == ts and rows[0].outcome is FeedbackOutcome.OVERRIDDEN
+        assert [r.outcome for r in rows] == [FeedbackOutcome.OVERRIDDEN, FeedbackOutcome.ACCEPTED]
+        assert rows[0].outcome_timestamp == ts
 
 
 def test_concurrent_duplicate_feedback_is_one_record(db: Database) -> None:
