@@ -186,7 +186,7 @@ class SpineModel:
         def fat(U: Arr, V: Arr, S: Arr) -> Arr:
             vpb = self.v_pb(S)
             front = vpb + self.canal_d(S) - 0.35 * np.abs(U)
-            return (np.abs(U) <= self.canal_w(S) + 2.0) & (vpb - 0.5 <= V) & (front >= V)
+            return (np.abs(U) <= self.canal_w(S) + 0.5) & (vpb - 0.5 <= V) & (front >= V)
 
         cv.paint(L.EPIDURAL_FAT, (-25, 25, -5, 60, bot, top), fat)
 
