@@ -60,10 +60,11 @@ def run_explain(ctx: JobContext) -> None:
     try:
         explain_analysis = _resolve()
     except ImportError as exc:
-        reason = f"explanation module unavailable ({exc}); no explanation was produced"
+        # The stored reason is shown to clinicians: fixed wording; the import error goes to the job.
+        reason = "explanation module unavailable on this server; no explanation was produced"
         with ctx.db.session() as s:
             queries.save_explanation(s, analysis_id, status=ExplanationStatus.FAILED, reason=reason)
-        raise PermanentJobError(reason) from exc
+        raise PermanentJobError(f"{reason} ({exc})") from exc
     explain_analysis(ctx.db, ctx.settings, analysis_id)
 
 
