@@ -6,6 +6,8 @@
 - key absent: the EHR chose not to, or could not, prefetch: fetch it from `fhirServer` with the
   granted bearer token, from allow-listed hosts only; if that is impossible and the data is
   required, answer 412 (the caller sees which key was missing, never a token).
+- a supplied searchset Bundle with link[next] (only its first page): the remaining pages are
+  followed through the same allow-listed client; if they cannot be, the key counts as absent.
 
 Templates may use only CDS Hooks 2.0 prefetch tokens: root-level primitive context fields and the
 `user*Id` tokens. `validate_template` enforces that when a service is declared.
@@ -102,6 +104,40 @@ def _check_shape(template: PrefetchTemplate, value: dict[str, Any]) -> dict[str,
     return value
 
 
+def _next_link(bundle: Mapping[str, Any]) -> str | None:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return str(link["url"])
+    return None
+
+
+def _complete_pages(
+    template: PrefetchTemplate, value: dict[str, Any], source: FhirSource | None
+) -> dict[str, Any] | None:
+    """A supplied searchset Bundle with every page's entries, or None when the rest cannot be had.
+
+    The EHR may prefetch only the first page of a search (link[next] present). Using that page alone
+    would silently drop studies, so the remaining pages are fetched through the allow-listed FHIR
+    client (same-origin next links, the granted token); when that is impossible the key counts as
+    absent (the caller fetches the whole search, or answers 412 for required data).
+    """
+    next_url = _next_link(value)
+    if next_url is None:
+        return value
+    if source is None:
+        return None
+    try:
+        rest = source.search(next_url)
+    except CdsError:
+        return None
+    entries = list(value.get("entry") or []) + list(rest.get("entry") or [])
+    merged = {k: v for k, v in value.items() if k not in ("link", "entry")}
+    if entries:
+        merged["entry"] = entries
+    return merged
+
+
 def resolve(
     templates: tuple[PrefetchTemplate, ...],
     supplied: Mapping[str, dict[str, Any] | None] | None,
@@ -118,15 +154,23 @@ def resolve(
     for template in templates:
         if template.key in supplied:
             value = supplied[template.key]
-            data[template.key] = None if value is None else _check_shape(template, value)
-            continue
+            checked = None if value is None else _check_shape(template, value)
+            if checked is None or checked.get("resourceType") != "Bundle":
+                data[template.key] = checked
+                continue
+            complete = _complete_pages(template, checked, source)
+            if complete is not None:
+                data[template.key] = complete
+                continue
+            # A truncated search that cannot be completed: as if the key were absent.
         query = render(template.query, context)
         if query is None:
             continue  # e.g. an encounter template without an encounter in context
         if source is None:
             if template.required:
                 raise PrefetchUnavailable(
-                    f"prefetch '{template.key}' was not supplied and no usable fhirServer was given"
+                    f"prefetch '{template.key}' was not supplied (or only its first page) and no usable"
+                    " fhirServer was given"
                 )
             continue
         try:

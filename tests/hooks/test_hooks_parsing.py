@@ -19,7 +19,7 @@ from hooks_support import (
 )
 
 from cds.errors import BadRequest, PrefetchUnavailable
-from cds.fhir.client import FhirClient
+from cds.fhir.client import FhirClient, HostNotAllowed
 from cds.hooks.fhirsource import ClientSource
 from cds.hooks.models import (
     FeedbackRequest,
@@ -416,3 +416,44 @@ def test_fetch_over_http_follows_pages_sends_bearer_and_respects_allow_list() ->
         server.routes[first] = (503, {"resourceType": "OperationOutcome"})
         with pytest.raises(PrefetchUnavailable):
             resolve((STUDIES,), None, CONTEXT, ClientSource(client))
+
+
+def test_supplied_first_page_is_completed_through_the_allowed_fhir_client() -> None:
+    """A prefetched searchset with link[next] holds one page only: the rest is followed, not dropped."""
+    server = FakeServer()
+    server.routes["/page2"] = (200, bundle(imaging_study(STUDY_UID, rid="is-2")))
+    first_page = bundle(imaging_study(OLD_STUDY_UID, started="2024-01-05"), next_url=f"{server.base}/page2")
+    with server.running():
+        client = FhirClient(server.base, "fhir-token", ["127.0.0.1"], timeout_s=2)
+        data = resolve((STUDIES,), {"studies": first_page}, CONTEXT, ClientSource(client))
+        assert [s.study_uid for s in lumbar_mri_studies(data["studies"], PATIENT_ID)] == [
+            STUDY_UID,
+            OLD_STUDY_UID,
+        ]
+        assert data["studies"] is not None and "link" not in data["studies"]
+        assert server.requests == [("/page2", "Bearer fhir-token")]
+
+
+class _NoAbsoluteLinks(RecordingSource):
+    """A FHIR client refusing a link off its server's origin, as cds.fhir.client does."""
+
+    def search(self, query: str) -> dict[str, Any]:
+        if "://" in query:
+            self.calls.append(query)
+            raise HostNotAllowed("FHIR server link leaves the server's origin")
+        return super().search(query)
+
+
+def test_supplied_first_page_that_cannot_be_completed_counts_as_absent() -> None:
+    first_page = bundle(imaging_study(OLD_STUDY_UID), next_url="https://ehr.example.org/fhir/page2")
+    with pytest.raises(PrefetchUnavailable):  # required, and no fhirServer to follow the link
+        resolve((STUDIES,), {"studies": first_page}, CONTEXT, None)
+    # a server that cannot follow the link (e.g. another origin): the whole search is fetched instead
+    query = f"ImagingStudy?patient={PATIENT_ID}&modality=MR"
+    everything = bundle(imaging_study(OLD_STUDY_UID), imaging_study(STUDY_UID, rid="is-2"))
+    source = _NoAbsoluteLinks({query: everything})
+    data = resolve((STUDIES,), {"studies": first_page}, CONTEXT, source)
+    assert data["studies"] == everything
+    assert source.calls == ["https://ehr.example.org/fhir/page2", query]
+    optional = PrefetchTemplate("studies", STUDIES.query, "Bundle", required=False)
+    assert resolve((optional,), {"studies": first_page}, CONTEXT, None) == {}
