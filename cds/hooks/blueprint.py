@@ -3,8 +3,10 @@
 Thin on purpose: size limit -> authenticate -> parse -> one decision -> serialise -> audit.
 Per call there is one read-only DB session (analysis lookups) and one short write transaction
 at the end that claims the token's jti (replay protection shared by all workers) and writes the
-audit record together. A replayed token is therefore answered 401 after its (side-effect free,
-idempotent) evaluation, never with cards.
+audit record together. The evaluation itself writes nothing: analyses it asks for are registered
+and enqueued only after that transaction has claimed the jti, so a replayed token is answered 401
+without side effects, never with cards. Unauthenticated calls (no valid token, or a replayed one)
+write no audit row (an attacker could otherwise fill the table); they are counted in the log.
 
 Logs carry a request id, the service, status and latency: never tokens, bodies or patient ids.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -48,6 +51,17 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9\-_.]{1,64}$")
 _JSON = "application/json"
 _DISCOVERY_BODY: bytes | None = None
 _AUDIT_INSERT = sa.insert(HookCallRecord)
+_unauthorized_lock = threading.Lock()
+_unauthorized_count = 0
+
+
+def _count_unauthorized(rid: str, service_id: str) -> None:
+    """A log line with this process's running count of 401s, instead of an audit row per call."""
+    global _unauthorized_count
+    with _unauthorized_lock:
+        _unauthorized_count += 1
+        count = _unauthorized_count
+    log.info("hook_call unauthorized request_id=%s service=%s unauthorized_total=%d", rid, service_id, count)
 
 
 def _services() -> Any:
@@ -116,6 +130,9 @@ def _finish(
     """The call's single write transaction: jti claim, audit row and (feedback) payload rows."""
     svc = _services()
     latency_ms = (time.perf_counter() - started) * 1000.0
+    if token is None and audit.status == 401:
+        _count_unauthorized(rid, audit.service.id)
+        return
     row = {
         "hook_instance": audit.hook_instance or "-",
         "service_id": audit.service.id,
@@ -126,24 +143,26 @@ def _finish(
         "status_code": audit.status,
         "card_count": audit.cards,
     }
-    replayed_row = {**row, "outcome": "unauthorized", "status_code": 401, "card_count": 0}
     replayed = False
     if extra is None:
         # Hook calls: a Core transaction (no ORM unit of work on the hot path).
         with svc.db.engine.begin() as conn:
             if token is not None and not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
-                replayed, row = True, replayed_row
-            conn.execute(_AUDIT_INSERT, row)
+                replayed = True
+            else:
+                conn.execute(_AUDIT_INSERT, row)
     else:
         with svc.db.session() as s:
             conn = s.connection()
             if token is not None and not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
-                replayed, row = True, replayed_row
+                replayed = True
             else:
                 extra(s)
-            conn.execute(_AUDIT_INSERT, row)
+                conn.execute(_AUDIT_INSERT, row)
     if replayed:
         audit.outcome, audit.status, audit.cards = "unauthorized", 401, 0
+        _count_unauthorized(rid, audit.service.id)
+        raise Authenticator.replay_rejected()
     log.info(
         "hook_call request_id=%s service=%s status=%d outcome=%s cards=%d latency_ms=%.1f",
         rid,
@@ -153,8 +172,6 @@ def _finish(
         audit.cards,
         latency_ms,
     )
-    if replayed:
-        raise Authenticator.replay_rejected()
 
 
 def _outcome_name(error: CdsError) -> str:
@@ -181,7 +198,8 @@ def _lookup_service(service_id: str) -> ServiceDefinition:
 
 def _evaluate(
     rt: HooksRuntime, service: ServiceDefinition, raw: bytes, audit: _Audit
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], StoreCatalog]:
+    """The cards, and the catalog holding the (not yet written) analysis requests."""
     hook_request = parse_json_model(HookRequest, raw)
     audit.hook_instance = str(hook_request.hookInstance)
     if hook_request.hook != service.hook:
@@ -193,16 +211,17 @@ def _evaluate(
     svc = _services()
     settings = rt.settings
     with svc.db.session(readonly=True) as session:
+        catalog = StoreCatalog(session, svc.db, svc.jobs, rt.results, settings.dicomweb_url)
         call = HookCall(
             service=service,
             request=hook_request,
             context=context,
-            catalog=StoreCatalog(session, svc.db, svc.jobs, rt.results, settings.dicomweb_url),
+            catalog=catalog,
             presenter=rt.presenter,
             today=datetime.now(UTC).date(),
             fhir_source=source_for(hook_request, settings.fhir_allowed_hosts, settings.fhir_timeout_s),
         )
-        return service.decide(call)
+        return service.decide(call), catalog
 
 
 @bp.post("/<service_id>")
@@ -220,7 +239,8 @@ def call_service(service_id: str) -> Response:
             raw = _read_body(rt.settings.max_request_bytes)
             token = rt.authenticator.verify(request.headers.get("Authorization"), _audience(rt))
             _require_json()
-            cards = [prune_empty(c) for c in _evaluate(rt, service, raw, audit)]
+            decided, catalog = _evaluate(rt, service, raw, audit)
+            cards = [prune_empty(c) for c in decided]
         except CdsError as exc:
             audit.outcome, audit.status = _outcome_name(exc), exc.http_status
             _finish(rt, token, audit, started, rid)
@@ -237,6 +257,11 @@ def call_service(service_id: str) -> Response:
         _finish(rt, token, audit, started, rid)
     except CdsError as exc:  # a replayed jti, found in the final transaction
         return _error_response(exc, rid)
+    try:
+        catalog.run_requests()  # the jti is ours: only now register studies and enqueue analyses
+    except Exception as exc:
+        log.error("hook_call failed request_id=%s service=%s error=%s", rid, service.id, type(exc).__name__)
+        return _json_response(outcome_for_unexpected(), 500)
     resp = Response(encode_cards(cards, rt.presenter.fragment), status=200, mimetype=_JSON)
     resp.headers["X-Request-ID"] = rid
     return resp

@@ -87,6 +87,9 @@ class StoreCatalog:
         self._jobs = jobs
         self._cache = cache
         self._dicomweb_url = dicomweb_url.rstrip("/")
+        #: Analyses asked for during the evaluation, written only by run_requests(): the blueprint
+        #: calls it after the call's jti is claimed, so a replayed token causes no side effects.
+        self._requested: dict[str, tuple[LumbarStudy, str]] = {}
 
     def lookup(self, study_uids: Sequence[str]) -> Mapping[str, StoredAnalysis]:
         if not study_uids:
@@ -124,6 +127,17 @@ class StoreCatalog:
         return result
 
     def request_analysis(self, study: LumbarStudy, patient_id: str) -> None:
+        """Remember the request; nothing is written until run_requests()."""
+        self._requested.setdefault(study.study_uid, (study, patient_id))
+
+    def run_requests(self) -> int:
+        """Register and enqueue what the evaluation asked for (idempotent); the number of studies."""
+        requested, self._requested = list(self._requested.values()), {}
+        for study, patient_id in requested:
+            self._register_and_enqueue(study, patient_id)
+        return len(requested)
+
+    def _register_and_enqueue(self, study: LumbarStudy, patient_id: str) -> None:
         with self._db.session() as s:
             if queries.study_by_uid(s, study.study_uid) is None:
                 # Known only from the EHR: register it; its images are fetched from the PACS.

@@ -1,0 +1,68 @@
+"""A replayed token changes nothing; unauthenticated calls leave no audit row per call."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from hooks_support import PATIENT_ID, STUDY_UID, Caller, bundle, imaging_study, patient
+
+from cds.extensions import services
+from cds.store import queries
+from cds.store.records import HookCallRecord, JobRecord, StudyRecord
+
+PV = "/cds-services/lumbar-mri-patient-view"
+
+
+def _body() -> dict[str, Any]:
+    return {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/doc-1", "patientId": PATIENT_ID},
+        "prefetch": {"patient": patient(), "studies": bundle(imaging_study())},
+    }
+
+
+def _counts(app: Flask) -> tuple[int, int, int]:
+    with services(app).db.session(readonly=True) as s:
+        return tuple(  # type: ignore[return-value]
+            s.scalar(sa.select(sa.func.count()).select_from(t)) or 0
+            for t in (StudyRecord, JobRecord, HookCallRecord)
+        )
+
+
+def test_replayed_token_registers_nothing_and_enqueues_nothing(caller: Caller, hooks_app: Flask) -> None:
+    token = caller.token(PV)
+    # The token is used first on a call that only fails to parse: its jti is claimed then.
+    assert caller.post(PV, {"hook": "patient-view"}, token=token).status_code == 400
+    before = _counts(hooks_app)
+    # Replayed on a call whose evaluation would register the study and enqueue its analysis:
+    resp = caller.post(PV, _body(), token=token)
+    assert resp.status_code == 401 and "cards" not in (resp.get_json() or {})
+    assert _counts(hooks_app) == before  # no study, no job, no audit row
+    with services(hooks_app).db.session(readonly=True) as s:
+        assert queries.study_by_uid(s, STUDY_UID) is None
+
+
+def test_first_use_registers_and_enqueues_once(caller: Caller, hooks_app: Flask) -> None:
+    assert caller.post(PV, _body()).status_code == 200
+    studies, jobs, audits = _counts(hooks_app)
+    assert (studies, jobs, audits) == (1, 1, 1)
+
+
+def test_unauthenticated_calls_write_no_audit_rows(
+    hooks_client: FlaskClient, hooks_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    for _ in range(5):
+        resp = hooks_client.post(PV, json=_body(), headers={"Authorization": "Bearer not-a-jwt"})
+        assert resp.status_code == 401
+    assert _counts(hooks_app) == (0, 0, 0)
+    lines = [r.getMessage() for r in caplog.records if "hook_call unauthorized" in r.getMessage()]
+    assert len(lines) == 5 and all("unauthorized_total=" in line for line in lines)
+    assert all(PATIENT_ID not in line for line in lines)
