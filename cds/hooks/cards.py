@@ -285,6 +285,27 @@ def unavailable_card(stored: StoredAnalysis, study: LumbarStudy, req: CardReques
     }
 
 
+def other_patient_card(study: LumbarStudy, req: CardRequest) -> dict[str, Any]:
+    """The study UID is stored under another patient record: say so, show none of its findings.
+
+    Either the EHR's ImagingStudy or the stored study carries a wrong patient (a mis-filed study, a
+    UID collision): findings of another person must never reach this patient's chart.
+    """
+    return {
+        "uuid": _new_uuid(),
+        "summary": _fit(
+            f"{req.framing.value} {_when(study, req)}: study UID belongs to another patient record; not shown"
+        ),
+        "indicator": Indicator.WARNING.value,
+        "detail": (
+            f"The lumbar spine MRI of {_when(study, req)} has a StudyInstanceUID that this service has "
+            "stored for a different patient record, so its AI results are not shown here. "
+            "Please ask for the study's patient assignment to be checked."
+        ),
+        "source": {"label": SOURCE_LABEL},
+    }
+
+
 def prune_empty(value: Any) -> Any:
     """Drop None, '', [] and {} members recursively (CDS clients reject empty optional fields).
 

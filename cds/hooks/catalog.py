@@ -26,6 +26,21 @@ class StoredAnalysis:
     #: Why an analysis is UNANALYSABLE or FAILED (may be model or pipeline text: escape it).
     reason: str | None = None
     updated_at: datetime | None = None
+    #: The study's patient as stored (e.g. "Patient/123" when registered from an EHR, or a DICOM
+    #: PatientID from a local import); PHI: never log it.
+    patient_ref: str | None = None
+
+    def belongs_to_other_patient(self, patient_id: str) -> bool:
+        """True when the stored patient is a FHIR Patient reference naming someone else.
+
+        Only FHIR references ("Patient/<id>", possibly absolute) can be compared with the hook's
+        context.patientId; a DICOM PatientID or an empty value says nothing either way.
+        """
+        ref = self.patient_ref
+        if not ref or "Patient/" not in ref:
+            return False
+        local = f"Patient/{patient_id}"
+        return not (ref == local or ref.endswith("/" + local))
 
 
 class AnalysisCatalog(Protocol):

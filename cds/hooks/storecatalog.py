@@ -35,6 +35,7 @@ _OLDEST = datetime.min.replace(tzinfo=UTC)
 _STATUS_QUERY = (
     sa.select(
         StudyRecord.study_uid,
+        StudyRecord.patient_ref,
         AnalysisRecord.id,
         AnalysisRecord.status,
         AnalysisRecord.reason,
@@ -111,6 +112,7 @@ class StoreCatalog:
                 result=result,
                 reason=row.reason,
                 updated_at=row.finished_at or row.updated_at,
+                patient_ref=row.patient_ref,
             )
         return found
 
@@ -139,7 +141,12 @@ class StoreCatalog:
 
     def _register_and_enqueue(self, study: LumbarStudy, patient_id: str) -> None:
         with self._db.session() as s:
-            if queries.study_by_uid(s, study.study_uid) is None:
+            known = queries.study_by_uid(s, study.study_uid)
+            if known is not None and StoredAnalysis(
+                "", study.study_uid, AnalysisStatus.PENDING, None, patient_ref=known.patient_ref
+            ).belongs_to_other_patient(patient_id):
+                return  # the UID is another patient's study: never analyse it on this one's behalf
+            if known is None:
                 # Known only from the EHR: register it; its images are fetched from the PACS.
                 source = f"{self._dicomweb_url}/studies/{study.study_uid}" if self._dicomweb_url else None
                 queries.upsert_study(
