@@ -3,12 +3,17 @@
 The DiagnosticReport of a complete analysis never changes (a re-analysis is a new analysis id),
 so its validated JSON is cached per worker: building and validating 25 Observations with
 fhir.resources costs milliseconds that the hook's hot path does not need to pay twice.
+
+Signed links are memoised for the current second only: an itsdangerous token carries its signing
+time in whole seconds and is a pure function of (secret, purpose, payload, second), so a link
+reused within the second it was signed is byte-for-byte the link a fresh signature would give.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -37,16 +42,34 @@ class LinkPresenter:
         #: JSON text of each cached report, by the identity of the cached dict (see encode.py).
         self._texts: dict[int, str] = {}
         self._lock = threading.Lock()
+        #: Links signed during second `_links_second`, by (purpose, analysis id).
+        self._links_second = -1
+        self._links: dict[tuple[str, str], str] = {}
+
+    def _link(self, purpose: str, sign: Callable[[str, int], str], analysis_id: str) -> str:
+        second = int(time.time())
+        key = (purpose, analysis_id)
+        with self._lock:
+            if second == self._links_second:
+                found = self._links.get(key)
+                if found is not None:
+                    return found
+        url = f"{self._base}/{purpose}/{sign(analysis_id, self._ttl_s)}"
+        with self._lock:
+            if second != self._links_second:
+                self._links_second, self._links = second, {}
+            self._links[key] = url
+        return url
 
     def viewer_url(self, analysis_id: str) -> str:
-        return f"{self._base}/viewer/{self._sign_viewer(analysis_id, self._ttl_s)}"
+        return self._link("viewer", self._sign_viewer, analysis_id)
 
     def explain_url(self, analysis_id: str) -> str:
         """On-demand explainable mode: opening it requests Grad-CAM and rationale for the analysis.
 
         Signed with the EXPLAIN purpose, so a viewer link cannot be turned into an explain request.
         """
-        return f"{self._base}/explain/{self._sign_explain(analysis_id, self._ttl_s)}"
+        return self._link("explain", self._sign_explain, analysis_id)
 
     def report(self, stored: StoredAnalysis, study: LumbarStudy, patient_id: str) -> dict[str, Any]:
         if stored.result is None:
