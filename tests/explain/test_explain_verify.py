@@ -178,3 +178,23 @@ def test_violations_name_their_finding(sample: RationaleInput) -> None:
     assert {x.kind for x in named} == {K.WRONG_GRADE, K.MISSING_FINDING}
     for x in named:
         assert x.to_json()["level"] == "L4-L5" and x.to_json()["condition"] == "spinal_canal"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD.replace("L4-L5: severe", "L4/L5: severe"),
+        GOOD.replace("L4-L5: severe", "L4–L5: severe"),
+        GOOD.replace("L4-L5: severe", "L4-5: severe"),
+        GOOD.replace("L5-S1: no", "L5/S1: no"),
+    ],
+)
+def test_level_spellings(sample: RationaleInput, text: str) -> None:
+    assert verify(text, sample).ok, verify(text, sample).violations
+
+
+def test_level_ranges_expand(sample: RationaleInput) -> None:
+    # L3-L4 to L5-S1 covers L4-L5, whose canal is severe: "no stenosis" across the range is wrong
+    assert K.WRONG_GRADE in kinds(GOOD + " L3-L4 to L5-S1: no central canal stenosis.", sample)
+    # a range reaching a level that was not analysed
+    assert K.ABSENT_LEVEL in kinds(GOOD + " L1-L2 through L2-L3: no stenosis.", sample)
