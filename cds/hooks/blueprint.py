@@ -30,7 +30,7 @@ from flask import Blueprint, Response, current_app, request
 from cds.domain import FeedbackOutcome
 from cds.errors import BadRequest, CdsError, NotFound, PayloadTooLarge
 from cds.hooks.auth import Authenticator, VerifiedToken
-from cds.hooks.cards import prune_empty
+from cds.hooks.cards import is_offered_override_reason, prune_empty
 from cds.hooks.encode import encode_cards
 from cds.hooks.fhirsource import source_for
 from cds.hooks.models import FeedbackRequest, HookRequest, parse_json_model, parse_model
@@ -267,6 +267,14 @@ def call_service(service_id: str) -> Response:
     return resp
 
 
+def _check_override_reasons(parsed: FeedbackRequest) -> None:
+    """An overrideReason must be one this service offered on its cards (400 otherwise)."""
+    for item in parsed.feedback:
+        coding = item.overrideReason.reason if item.overrideReason else None
+        if coding is not None and not is_offered_override_reason(coding.system, coding.code):
+            raise BadRequest("feedback overrideReason is not one of the card's overrideReasons")
+
+
 def _feedback_rows(service: ServiceDefinition, parsed: FeedbackRequest) -> Callable[[Any], None]:
     def write(session: Any) -> None:
         for item in parsed.feedback:
@@ -307,6 +315,7 @@ def feedback(service_id: str) -> Response:
             token = rt.authenticator.verify(request.headers.get("Authorization"), _audience(rt))
             _require_json()
             parsed = parse_json_model(FeedbackRequest, raw)
+            _check_override_reasons(parsed)
         except CdsError as exc:
             audit.outcome, audit.status = _outcome_name(exc), exc.http_status
             _finish(rt, token, audit, started, rid)

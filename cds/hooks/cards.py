@@ -22,6 +22,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from cds.domain import THRESHOLDS, AnalysisStatus, Condition, Finding, Indicator, MeasurementName
+from cds.fhir.codes import PROJECT_BASE
 from cds.hooks.catalog import StoredAnalysis
 from cds.hooks.markdown import escape
 from cds.hooks.reports import ReportOnFile
@@ -29,8 +30,9 @@ from cds.hooks.studies import LumbarStudy
 
 SUMMARY_MAX = 139
 SOURCE_LABEL = "Lumbar spine MRI AI (cds-spine)"
-#: Project code system for override reasons (no standard value set exists for these).
-OVERRIDE_SYSTEM = "https://cds-spine.example.org/fhir/CodeSystem/card-override-reason"
+#: Project code system for override reasons (no standard value set exists for these), under the
+#: project's one FHIR base (cds.fhir.codes.PROJECT_BASE) like every other project code system.
+OVERRIDE_SYSTEM = f"{PROJECT_BASE}/CodeSystem/card-override-reason"
 OVERRIDE_REASONS: tuple[tuple[str, str], ...] = (
     ("prior-imaging-reviewed", "Prior imaging already reviewed"),
     ("not-relevant", "Not relevant to this patient or order"),
@@ -131,6 +133,15 @@ def _summary(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -> st
     if others > 0:
         text += f"; +{others} more moderate/severe"
     return _fit(head + text)
+
+
+def is_offered_override_reason(system: str | None, code: str | None) -> bool:
+    """Whether (system, code) is one of the overrideReasons this service puts on its cards.
+
+    Cards are not stored (they are rebuilt per call), but every result card offers exactly
+    OVERRIDE_REASONS, so a feedback overrideReason outside them did not come from one of our cards.
+    """
+    return system == OVERRIDE_SYSTEM and any(code == c for c, _ in OVERRIDE_REASONS)
 
 
 def _override_reasons() -> list[dict[str, str]]:

@@ -10,7 +10,8 @@ what the hooks *recognise*; every code here was checked against a published sour
   spine), 433140006 (lumbar and sacral spine with contrast), 726546000 (lumbar spine and
   sacroiliac joint), 709653005 (lumbar spine and sacroiliac joint with contrast).
 - Body site: SNOMED 122496007 "Lumbar spine structure" (DICOM CID 4031 for Body Part Examined
-  LSPINE / LSSPINE) and 18347007 (lumbar region, FINDINGS.md).
+  LSPINE / LSSPINE). Not 18347007: FINDINGS.md calls it "lumbar region", but in SNOMED CT it is the
+  disorder "Spinal stenosis of lumbar region" (see cds.fhir.codes), never a body site.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ LUMBAR_MRI_PROCEDURES: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-LUMBAR_BODY_SITES: frozenset[tuple[str, str]] = frozenset({(SNOMED, "122496007"), (SNOMED, "18347007")})
+LUMBAR_BODY_SITES: frozenset[tuple[str, str]] = frozenset({(SNOMED, "122496007")})
 
 #: DICOM Body Part Examined values that mean the lumbar spine (PS3.16 Annex L).
 LUMBAR_BODY_PART_EXAMINED: frozenset[str] = frozenset({"LSPINE", "LSSPINE"})

@@ -65,9 +65,17 @@ def parse_jwks(data: Any) -> KeySet:
 
 
 def http_fetch_json(url: str, timeout_s: float) -> Any:
-    """GET a JWKS over HTTP(S) with a timeout and a size cap."""
+    """GET a JWKS over HTTP(S) with a timeout and a size cap, never following a redirect.
+
+    The URL is an allow-listed one (configured jwks_url or jku); a redirect would let whoever
+    answers there send us to keys (or internal addresses) that nobody allow-listed.
+    """
     try:
-        with requests.get(url, timeout=(min(timeout_s, 3.0), timeout_s), stream=True) as resp:
+        with requests.get(
+            url, timeout=(min(timeout_s, 3.0), timeout_s), stream=True, allow_redirects=False
+        ) as resp:
+            if resp.is_redirect or 300 <= resp.status_code < 400:
+                raise KeySetError(f"JWKS fetch was redirected (HTTP {resp.status_code}); not followed")
             if resp.status_code != 200:
                 raise KeySetError(f"JWKS fetch returned HTTP {resp.status_code}")
             body = resp.raw.read(_MAX_JWKS_BYTES + 1, decode_content=True)

@@ -35,6 +35,7 @@ from hooks_support import (
 from cds.domain import AnalysisResult, AnalysisStatus, Condition, Grade, Level
 from cds.extensions import services
 from cds.fhir.resources import validate_resource
+from cds.hooks.cards import OVERRIDE_SYSTEM
 from cds.jobs.kinds import JobKind
 from cds.signing import verify_viewer_token
 from cds.store import queries
@@ -463,7 +464,7 @@ def _feedback(card: str, outcome: str = "accepted") -> dict[str, Any]:
         item["acceptedSuggestions"] = [{"id": str(uuid.uuid4())}]
     else:
         item["overrideReason"] = {
-            "reason": {"system": "https://x", "code": "disagree-with-ai", "display": "Disagree"},
+            "reason": {"system": OVERRIDE_SYSTEM, "code": "disagree-with-ai", "display": "Disagree"},
             "userComment": "canal looks fine",
         }
     return {"feedback": [item]}
