@@ -80,6 +80,7 @@ class Settings:
     rationale_max_new_tokens: int = 200
     rationale_model_file: Path | None = None  # local GGUF; default: the pinned PyPI package
     rationale_threads: int = 0  # torch threads for the local model; 0 = leave torch's default
+    rationale_int8: bool = False  # dynamic int8 Linear layers for the local model (faster, outputs change)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -162,4 +163,6 @@ class Settings:
             kw["rationale_model_file"] = Path(v)
         if v := env.get("CDS_RATIONALE_THREADS"):
             kw["rationale_threads"] = _int(v, "CDS_RATIONALE_THREADS")
+        if v := env.get("CDS_RATIONALE_INT8"):
+            kw["rationale_int8"] = _bool(v, "CDS_RATIONALE_INT8")
         return replace(s, **kw)

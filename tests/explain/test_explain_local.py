@@ -129,3 +129,22 @@ def test_stopping_at_the_end_of_the_paragraph() -> None:
     assert not stops("\n")  # a leading line break before any text does not end the answer
     assert not stops("L4-L5: a")
     assert stops("L4-L5: a\n")
+
+
+def test_int8_option_quantizes_linear_layers() -> None:
+    import torch
+
+    from cds.explain.backends.local import _int8
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).to(
+        torch.bfloat16
+    )
+    q = _int8(model)
+    assert "Quantized" in type(q[0]).__name__ or "quantized" in type(q[0]).__module__
+    out = q(torch.randn(3, 8))
+    assert out.shape == (3, 2) and out.dtype == torch.float32
+
+
+def test_int8_setting() -> None:
+    assert Settings.from_env({"CDS_RATIONALE_INT8": "true"}).rationale_int8 is True
+    assert Settings.from_env({}).rationale_int8 is False
