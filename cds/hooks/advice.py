@@ -4,7 +4,9 @@
 - newest study not analysed yet -> analysis queued (idempotently) and a "pending" card, plus the
   result card of the newest older study that is analysed, if any (so the clinician still sees the
   last known state);
-- newest study unanalysable/failed -> a card saying so, plus the newest analysed older study;
+- newest study unanalysable/failed -> a card saying so, plus the newest analysed older study; a
+  failure that may have passed (no image source, PACS outage) is retried after a back-off, a
+  bounded number of times (StoredAnalysis.retry_due), with a "pending" card meanwhile;
 - no lumbar MRI -> no card;
 - a study whose stored record names another patient (FHIR reference) -> a warning card instead of
   its findings, and no analysis is requested for it.
@@ -50,7 +52,8 @@ def advise(
         return [other_patient_card(newest, req), *_older_result(studies[1:], stored, req, presenter)]
     if newest_stored is not None and newest_stored.status is AnalysisStatus.COMPLETE:
         return [result_card(newest_stored, newest, req, presenter)]
-    if newest_stored is not None and newest_stored.status in _TERMINAL:
+    retry = newest_stored is not None and newest_stored.retry_due
+    if newest_stored is not None and newest_stored.status in _TERMINAL and not retry:
         cards.append(unavailable_card(newest_stored, newest, req))
     else:
         catalog.request_analysis(newest, req.patient_id)

@@ -29,6 +29,9 @@ class StoredAnalysis:
     #: The study's patient as stored (e.g. "Patient/123" when registered from an EHR, or a DICOM
     #: PatientID from a local import); PHI: never log it.
     patient_ref: str | None = None
+    #: A FAILED analysis whose cause may have passed (no image source, PACS outage) and whose
+    #: back-off has elapsed: asking for it again starts a new attempt (bounded, cds.jobs.analysis).
+    retry_due: bool = False
 
     def belongs_to_other_patient(self, patient_id: str) -> bool:
         """True when the stored patient is a FHIR Patient reference naming someone else.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -32,6 +32,10 @@ class LumbarStudy:
     based_on: frozenset[str]
     #: The EHR's ImagingStudy.id, for references from the report.
     resource_id: str | None = None
+    #: The ImagingStudy resource and the searchset's Endpoint resources: where the images are
+    #: (ImagingStudy.endpoint), read only when the study is registered. Not part of equality/hash.
+    resource: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    endpoints: tuple[Mapping[str, Any], ...] = field(default=(), compare=False, repr=False)
 
 
 def study_uid(resource: Mapping[str, Any]) -> str | None:
@@ -93,6 +97,7 @@ def lumbar_mri_studies(bundle: Mapping[str, Any] | None, patient_id: str) -> tup
     StudyInstanceUID are skipped: neither can be matched to a stored analysis safely.
     """
     seen: dict[str, LumbarStudy] = {}
+    endpoints = tuple(bundle_resources(bundle, "Endpoint"))
     for resource in bundle_resources(bundle, "ImagingStudy"):
         if resource.get("status") in _EXCLUDED_STATUS:
             continue
@@ -116,5 +121,7 @@ def lumbar_mri_studies(bundle: Mapping[str, Any] | None, patient_id: str) -> tup
             text(resource.get("description")),
             based_on,
             rid if isinstance(rid, str) and re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", rid) else None,
+            resource=resource,
+            endpoints=endpoints,
         )
     return tuple(sorted(seen.values(), key=lambda s: (s.started or date.min, s.study_uid), reverse=True))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -81,6 +82,42 @@ REASON_SOURCE_REFUSED = "The images of this study are on a server this service m
 REASON_MODEL_FAILED = "The AI models could not process this study; no result was produced."
 REASON_RETRYING = "Retrieving or analysing the images failed; the analysis will be retried."
 REASON_FAILED = "The analysis failed after repeated attempts; no result was produced."
+
+#: Failures whose cause can pass (the images were not reachable): retried on a later request.
+RETRYABLE_REASONS = frozenset({REASON_NO_SOURCE, REASON_FAILED})
+#: At most this many FAILED analyses (revisions) per study before a failure stays final.
+MAX_FAILED_ATTEMPTS = 4
+#: Wait after the n-th failure before retrying: REQUEUE_BACKOFF * 2**(n-1).
+REQUEUE_BACKOFF = timedelta(minutes=10)
+
+
+def retry_due(reason: str | None, failed_count: int, finished_at: datetime | None, now: datetime) -> bool:
+    """Whether a FAILED analysis may be tried again now (retryable cause, budget left, back-off over)."""
+    if reason not in RETRYABLE_REASONS or failed_count >= MAX_FAILED_ATTEMPTS or finished_at is None:
+        return False
+    return now >= finished_at + REQUEUE_BACKOFF * 2 ** max(0, failed_count - 1)
+
+
+def retry_failed_analysis(
+    db: Database, jobs: JobQueue, study_uid: str, mode: AnalysisMode = AnalysisMode.QUICK
+) -> AnalysisRecord:
+    """A new revision of a FAILED analysis, with its job (the failed one stays as history).
+
+    Race-safe: concurrent callers compute the same next revision and the unique (study, mode,
+    revision) key gives them one row; the job key is per revision. Anything but a FAILED latest
+    analysis is handled by request_analysis.
+    """
+    with db.session() as s:
+        latest = queries.latest_analysis(s, study_uid, mode)
+        if latest is None or latest.status is not AnalysisStatus.FAILED:
+            analysis = None
+        else:
+            analysis = queries.new_revision(s, study_uid, mode)
+    if analysis is None:
+        return request_analysis(db, jobs, study_uid, mode)
+    request = AnalyzeRequest(study_uid=study_uid, analysis_id=analysis.id, mode=mode)
+    jobs.enqueue(JobKind.ANALYZE, analyze_key(study_uid, mode, analysis.revision), request.to_payload())
+    return analysis
 
 
 def resolve_quick_read() -> QuickRead:

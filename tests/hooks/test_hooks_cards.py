@@ -145,3 +145,13 @@ def test_prune_and_encode() -> None:
     )
     assert '"resource":{"resourceType":"DiagnosticReport","spliced":true}' in body
     assert encode_cards(cards, lambda r: None).count('"text":"x"') == 1
+
+
+def test_advice_failed_analysis_is_retried_only_when_due() -> None:
+    failed = stored(None, AnalysisStatus.FAILED, reason="The images could not be located")
+    catalog = FakeCatalog({STUDY_UID: failed})
+    (card,) = advise((lumbar_study(),), _req(), catalog, FakePresenter())
+    assert "analysis failed" in card["summary"] and catalog.requested == []
+    catalog = FakeCatalog({STUDY_UID: replace(failed, retry_due=True)})
+    (card,) = advise((lumbar_study(),), _req(), catalog, FakePresenter())
+    assert "pending" in card["summary"] and catalog.requested == [STUDY_UID]

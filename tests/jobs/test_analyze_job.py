@@ -221,3 +221,41 @@ def test_racing_hook_calls_create_one_analysis_and_one_job(db: Database, tmp_pat
     assert len(ids) == 8 and len(set(ids)) == 1
     counts = queue.counts()
     assert counts[JobStatus.QUEUED] == 1 and sum(counts.values()) == 1
+
+
+def test_retry_due_only_for_recoverable_failures_after_a_bounded_back_off() -> None:
+    from datetime import UTC, datetime
+
+    t0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    first_wait, later = analysis.REQUEUE_BACKOFF, analysis.REQUEUE_BACKOFF * 2
+    assert not analysis.retry_due(analysis.REASON_NO_SOURCE, 1, t0, t0 + first_wait / 2)
+    assert analysis.retry_due(analysis.REASON_NO_SOURCE, 1, t0, t0 + first_wait)
+    assert not analysis.retry_due(analysis.REASON_FAILED, 2, t0, t0 + first_wait)  # back-off doubles
+    assert analysis.retry_due(analysis.REASON_FAILED, 2, t0, t0 + later)
+    assert not analysis.retry_due(analysis.REASON_FAILED, analysis.MAX_FAILED_ATTEMPTS, t0, t0 + later * 100)
+    assert not analysis.retry_due(analysis.REASON_MODEL_FAILED, 1, t0, t0 + later * 100)  # permanent
+
+
+def test_failed_analysis_for_lack_of_source_recovers_as_a_new_revision(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = AnalysisResult(status=AnalysisStatus.COMPLETE, model_versions={"segmenter": "1"})
+    _fake_boundary(monkeypatch, lambda study: expected)
+    with db.session() as s:
+        queries.upsert_study(s, STUDY, patient_ref="Patient/p")  # registered without a source
+    queue = JobQueue(db)
+    runner = LocalRunner(queue, default_registry(), Settings(), retry_delay_s=0)
+    first = analysis.request_analysis(db, queue, STUDY)
+    runner.run_until_idle()
+    assert _stored(db)[0] is AnalysisStatus.FAILED
+    with db.session() as s:  # the images turn up (e.g. the PACS now has the study)
+        queries.upsert_study(s, STUDY, source_uri=str(tmp_path))
+    again = analysis.retry_failed_analysis(db, queue, STUDY)
+    same = analysis.retry_failed_analysis(db, queue, STUDY)  # a concurrent request: same revision
+    assert again.revision == first.revision + 1 and same.id == again.id
+    assert runner.run_until_idle() == 1
+    status, result = _stored(db)
+    assert status is AnalysisStatus.COMPLETE and result.to_json() == expected.to_json()
+    with db.session(readonly=True) as s:
+        old = queries.get_analysis(s, first.id)
+        assert old is not None and old.status is AnalysisStatus.FAILED  # kept as history
