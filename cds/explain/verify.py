@@ -471,6 +471,7 @@ def verify(text: str, inp: RationaleInput) -> VerificationResult:
     """Check `text` against the findings; an empty violation tuple means it may be shown."""
     v: list[Violation] = []
     mentioned: set[tuple[Level, Condition]] = set()
+    flagged: set[tuple[Level, Condition]] = set()
     sentences = _split_sentences(text)
     if not sentences:
         return VerificationResult((Violation(ViolationKind.EMPTY, "no text"),), frozenset())
@@ -485,13 +486,25 @@ def verify(text: str, inp: RationaleInput) -> VerificationResult:
     present_levels = set(inp.levels)
     regions = [h.region for h in inp.heatmaps]
     for sentence in sentences:
-        v.extend(_check_sentence(sentence, inp, present_levels, regions, mentioned))
+        v.extend(_check_sentence(sentence, inp, present_levels, regions, mentioned, flagged))
     for f in inp.positives:
         if (f.level, f.condition) not in mentioned:
             v.append(
                 Violation(
                     ViolationKind.MISSING_FINDING,
                     f"{f.level.value} {f.condition.display} ({f.grade.display}) is not stated with its grade",
+                    level=f.level,
+                    condition=f.condition,
+                )
+            )
+    already = {(x.level, x.condition) for x in v if x.kind is ViolationKind.UNCERTAINTY_NOT_FLAGGED}
+    for f in inp.findings:
+        key = (f.level, f.condition)
+        if f.uncertain and key not in flagged and key not in already:
+            v.append(
+                Violation(
+                    ViolationKind.UNCERTAINTY_NOT_FLAGGED,
+                    f"{f.level.value} {f.condition.display} is flagged uncertain; the text must say so",
                     level=f.level,
                     condition=f.condition,
                 )
@@ -515,6 +528,7 @@ def _check_sentence(
     present_levels: set[Level],
     regions: list[str],
     mentioned: set[tuple[Level, Condition]],
+    flagged: set[tuple[Level, Condition]],
 ) -> list[Violation]:
     v: list[Violation] = []
     # Region descriptions are only read as such in a sentence about the heatmap; elsewhere their
@@ -536,7 +550,7 @@ def _check_sentence(
     stmts, loose = _statements(toks, masked)
     stated: list[tuple[Level, Condition]] = []
     for st in stmts:
-        v.extend(_check_statement(st, sentence, inp, present_levels, mentioned, stated))
+        v.extend(_check_statement(st, sentence, inp, present_levels, mentioned, stated, flagged))
     v.extend(_check_loose(loose, sentence, toks, inp))
     if is_heat:
         if not inp.heatmaps:
@@ -580,6 +594,7 @@ def _check_statement(
     present_levels: set[Level],
     mentioned: set[tuple[Level, Condition]],
     stated: list[tuple[Level, Condition]],
+    flagged: set[tuple[Level, Condition]],
 ) -> list[Violation]:
     v: list[Violation] = []
     claims = _claims(st)
@@ -676,6 +691,8 @@ def _check_statement(
                     mentioned.add((f.level, f.condition))
                 if st.cond.kind == "generic":
                     continue
+                if f.uncertain and claim.uncertain_word:
+                    flagged.add((f.level, f.condition))
                 if f.uncertain and not claim.uncertain_word:
                     v.append(
                         Violation(

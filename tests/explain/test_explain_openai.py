@@ -113,7 +113,8 @@ def test_write_rationale_through_settings(server: tuple[_Server, str], levels_js
     state, url = server
     good = (
         "L4-L5: severe central canal stenosis, moderate left and severe right neural foraminal narrowing. "
-        "L3-L4: moderate central canal stenosis, flagged as uncertain. L5-S1: no moderate or severe stenosis."
+        "L3-L4: moderate central canal stenosis, flagged as uncertain. "
+        "L5-S1: no moderate or severe stenosis; the left neural foramen is normal/mild, flagged as uncertain."
     )
     state.reply = _completion(good)
     clear_cache()

@@ -19,7 +19,8 @@ GOOD = (
     "L4-L5: severe central canal stenosis with a dural sac area of 62 mm2 (< 75 mm2), "
     "moderate left and severe right neural foraminal narrowing. "
     "L3-L4: moderate central canal stenosis, flagged as uncertain. "
-    "L5-S1: no moderate or severe stenosis."
+    "L5-S1: no moderate or severe stenosis; left neural foraminal narrowing graded normal/mild, "
+    "flagged as uncertain."
 )
 BAD = "L4-L5: severe central canal stenosis and bilateral severe neural foraminal narrowing."
 

@@ -17,7 +17,8 @@ GOOD = (
     "L3-L4: moderate central canal stenosis, dural sac area 88 mm2 (75 mm2 to < 100 mm2), "
     "flagged as uncertain. L4-L5: severe central canal stenosis, dural sac area 62 mm2 (< 75 mm2); "
     + FORAMINA
-    + ". L5-S1: no moderate or severe stenosis."
+    + ". L5-S1: no moderate or severe stenosis"
+    + "; left neural foraminal narrowing graded normal/mild, flagged as uncertain."
 )
 
 
@@ -105,7 +106,8 @@ def test_statement_with_level_after_it(sample: RationaleInput) -> None:
     text = (
         "Severe central canal stenosis at L4-L5, with moderate left and severe right neural foraminal "
         "narrowing. "
-        "Moderate central canal stenosis at L3-L4 is flagged as uncertain. No stenosis at the other levels."
+        "Moderate central canal stenosis at L3-L4 is flagged as uncertain. No stenosis at the other levels. "
+        "The left neural foramen at L5-S1 is normal/mild but uncertain."
     )
     assert verify(text, sample).ok, verify(text, sample).violations
 
@@ -198,3 +200,9 @@ def test_level_ranges_expand(sample: RationaleInput) -> None:
     assert K.WRONG_GRADE in kinds(GOOD + " L3-L4 to L5-S1: no central canal stenosis.", sample)
     # a range reaching a level that was not analysed
     assert K.ABSENT_LEVEL in kinds(GOOD + " L1-L2 through L2-L3: no stenosis.", sample)
+
+
+def test_every_uncertain_finding_must_be_flagged(sample: RationaleInput) -> None:
+    text = GOOD.replace("; left neural foraminal narrowing graded normal/mild, flagged as uncertain.", ".")
+    (v,) = verify(text, sample).violations
+    assert v.kind is K.UNCERTAINTY_NOT_FLAGGED and v.level is not None and v.level.value == "L5-S1"
