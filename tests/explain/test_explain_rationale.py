@@ -156,3 +156,10 @@ def test_template_path_never_imports_torch() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_no_findings_gives_a_short_honest_text() -> None:
+    r = write_rationale({}, backend=ScriptedBackend(["L4-L5: severe central canal stenosis."] * 2))
+    assert r.writer is Writer.TEMPLATE  # any level statement is about a level that was not analysed
+    assert r.text.startswith("No findings were available to describe.")
+    assert {v.kind.value for v in r.rejected[0].violations} == {"absent_level"}
