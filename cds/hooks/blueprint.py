@@ -1,7 +1,7 @@
 """HTTP edge of the CDS services: /cds-services (discovery), /{id} (hooks), /{id}/feedback.
 
 Thin on purpose: size limit -> authenticate -> parse -> one decision -> serialise -> audit.
-Per call there is one read-only DB session (analysis lookups) and one short write transaction
+Per call there is one read-only Core transaction (analysis lookups) and one short write transaction
 at the end that claims the token's jti (replay protection shared by all workers) and writes the
 audit record together. The evaluation itself writes nothing: analyses it asks for are registered
 and enqueued only after that transaction has claimed the jti, so a replayed token is answered 401
@@ -210,8 +210,8 @@ def _evaluate(
     audit.patient_ref = f"Patient/{context.patientId}"  # type: ignore[attr-defined]
     svc = _services()
     settings = rt.settings
-    with svc.db.session(readonly=True) as session:
-        catalog = StoreCatalog(session, svc.db, svc.jobs, rt.results, settings.dicomweb_url)
+    with svc.db.read_connection() as conn:
+        catalog = StoreCatalog(conn, svc.db, svc.jobs, rt.results, settings.dicomweb_url)
         call = HookCall(
             service=service,
             request=hook_request,

@@ -81,9 +81,10 @@ def _pick(rows: list[Any]) -> Any:
 
 class StoreCatalog:
     def __init__(
-        self, session: Session, db: Database, jobs: JobQueue, cache: ResultCache, dicomweb_url: str = ""
+        self, conn: sa.Connection, db: Database, jobs: JobQueue, cache: ResultCache, dicomweb_url: str = ""
     ) -> None:
-        self._session = session
+        #: A read-only Core connection (Database.read_connection()): no ORM unit of work per call.
+        self._conn = conn
         self._db = db
         self._jobs = jobs
         self._cache = cache
@@ -95,9 +96,7 @@ class StoreCatalog:
     def lookup(self, study_uids: Sequence[str]) -> Mapping[str, StoredAnalysis]:
         if not study_uids:
             return {}
-        # Core execution on the session's connection: a column select needs no ORM machinery.
-        conn = self._session.connection()
-        rows = conn.execute(_STATUS_QUERY, {"uids": list(study_uids)}).all()
+        rows = self._conn.execute(_STATUS_QUERY, {"uids": list(study_uids)}).all()
         by_study: dict[str, list[Any]] = {}
         for row in rows:
             by_study.setdefault(row.study_uid, []).append(row)
@@ -121,10 +120,12 @@ class StoreCatalog:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        record = queries.get_analysis(self._session, row.id)
-        if record is None:  # deleted between the two reads: treat as a fresh miss next time
-            raise LookupError("analysis disappeared during lookup")
-        result = record.to_result()
+        # A miss (first call for this analysis in this worker): ORM loading, on the same transaction.
+        with Session(bind=self._conn) as session:
+            record = queries.get_analysis(session, row.id)
+            if record is None:  # deleted between the two reads: treat as a fresh miss next time
+                raise LookupError("analysis disappeared during lookup")
+            result = record.to_result()
         self._cache.put(key, result)
         return result
 
