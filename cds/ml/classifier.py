@@ -43,6 +43,12 @@ class ClassifierConfig:
     in_channels: int = 6
     widths: tuple[int, ...] = (24, 48, 96, 128)
     groups: int = 8
+    #: Also feed the head each input channel's mean over the left and the right half of the crop.
+    summary_features: bool = True
+
+    @property
+    def num_summaries(self) -> int:
+        return 2 * self.in_channels if self.summary_features else 0
 
     @property
     def num_outputs(self) -> int:
@@ -80,7 +86,9 @@ class LevelClassifier(nn.Module):
         self.blocks = nn.ModuleList(blocks[:-1])
         self.last_conv = blocks[-1]
         self.dropout = nn.Dropout(0.2)
-        self.head = nn.Linear(cin, c.num_outputs)
+        # Batch-standardised summaries: raw channel means are small (a sac covers ~3 % of the crop).
+        self.summary_norm = nn.BatchNorm1d(c.num_summaries) if c.summary_features else nn.Identity()
+        self.head = nn.Linear(cin + c.num_summaries, c.num_outputs)
         self.register_buffer("temperature", torch.ones(c.num_outputs))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,10 +96,23 @@ class LevelClassifier(nn.Module):
             x = nn.functional.max_pool2d(block(x), 2)
         return self.last_conv(x)
 
+    @staticmethod
+    def summaries(x: torch.Tensor) -> torch.Tensor:
+        """Per-channel means over the patient-right and patient-left halves of the crop.
+
+        Why: GroupNorm normalises every sample's feature maps, which erases "how much" of a
+        structure there is (the dural sac's area is what grades the canal); these 2 x C numbers
+        give the head that amount directly, per side, while the convolutions see the shapes.
+        """
+        half = x.shape[-1] // 2
+        return torch.cat([x[..., :half].mean(dim=(-2, -1)), x[..., half:].mean(dim=(-2, -1))], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated logits (batch, conditions * 2); sigmoid gives the probabilities."""
-        f = self.features(x).mean(dim=(-2, -1))
-        return self.head(self.dropout(f)) / self.temperature
+        f = self.dropout(self.features(x).mean(dim=(-2, -1)))
+        if self.config.summary_features:
+            f = torch.cat([f, self.summary_norm(self.summaries(x))], dim=1)
+        return self.head(f) / self.temperature
 
     @staticmethod
     def split(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +130,7 @@ def build_classifier(spec: ModelSpec) -> LevelClassifier:
             in_channels=int(arch["in_channels"]),
             widths=tuple(int(w) for w in arch["widths"]),
             groups=int(arch.get("groups", 8)),
+            summary_features=bool(arch.get("summary_features", False)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{spec.name}: architecture does not match ClassifierConfig: {exc!r}") from exc

@@ -66,7 +66,7 @@ class ClassifierTrainConfig:
     weight_decay: float = 1e-3
     seed: int = 0
     threads: int = 1
-    widths: tuple[int, ...] = (16, 32, 64, 96)
+    widths: tuple[int, ...] = (16, 32, 48, 64)
     version: str = "1.0.0"
 
 
@@ -258,6 +258,7 @@ def train_classifier(
             "in_channels": arch.in_channels,
             "widths": list(arch.widths),
             "groups": arch.groups,
+            "summary_features": arch.summary_features,
         },
         input=CONTRACT,
         labels=output_labels(),

@@ -88,6 +88,7 @@ def _write_model(directory: Path) -> ModelSpec:
             "in_channels": cl.IN_CHANNELS,
             "widths": [8, 8, 8, 8],
             "groups": 8,
+            "summary_features": True,
         },
         input=InputContract("test", (0.8, 0.8), (96, 96), "test", (1.0, 99.0)),
         labels=mc.output_labels(),
