@@ -102,3 +102,19 @@ def test_class_of_gt_maps_the_synthetic_label_table() -> None:
     assert lut[L.GT_FLAVUM] == ax.FLAVUM
     assert lut[L.GT_FORAMEN_LEFT] == lut[L.GT_ROOT_RIGHT] == ax.FORAMEN
     assert lut[L.GT_MUSCLE] == ax.BACKGROUND
+
+
+def test_shipped_axial_model_is_verified_and_segments_a_slice() -> None:
+    """models/axial_seg: card matches the weights (sha256), and the network maps a canonical
+    slice to per-class probabilities of the same grid."""
+    from cds.ml.loading import load_model
+    from cds.ml.spec import read_card
+
+    card = read_card(ax.MODEL_NAME)
+    assert card.labels == ax.AXIAL_CLASSES
+    assert card.input.input_size == (ax.CANONICAL_SIZE, ax.CANONICAL_SIZE)
+    assert card.metrics["validation_dice"]["dural_sac"] > 0.8  # as measured at training time
+    model = load_model(ax.MODEL_NAME, device="cpu")
+    probs = ax.predict(model, np.zeros((1, ax.CANONICAL_SIZE, ax.CANONICAL_SIZE), np.float32))
+    assert probs.shape == (1, len(ax.AXIAL_CLASSES), ax.CANONICAL_SIZE, ax.CANONICAL_SIZE)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
