@@ -229,7 +229,7 @@ def sample_anatomy(rng: np.random.Generator, drivers: tuple[LevelDrivers, ...]) 
         kyphosis_deg_per_100mm=float(rng.uniform(3, 12)),
         sacral_kyphosis_deg_per_100mm=float(rng.uniform(20, 40)),
         sac_half_width=float(rng.uniform(6.8, 8.6) * canal),
-        sac_half_depth=float(rng.uniform(5.2, 6.8) * canal),
+        sac_half_depth=float(rng.uniform(6.4, 8.2) * canal),
         conus_s_offset=float(rng.uniform(-10, 25)),
         fat_mm=float(rng.uniform(8, 45)),
         body_half_width=float(rng.uniform(140, 185) * size),

@@ -28,11 +28,11 @@ class Contrast(StrEnum):
 
 _T2 = {
     Tissue.AIR: 0.0,
-    Tissue.MARROW: 0.42,
-    Tissue.CORTEX: 0.04,
+    Tissue.MARROW: 0.55,
+    Tissue.CORTEX: 0.12,
     Tissue.POSTERIOR_BONE: 0.30,
-    Tissue.NUCLEUS: 0.85,
-    Tissue.ANNULUS: 0.17,
+    Tissue.NUCLEUS: 0.68,
+    Tissue.ANNULUS: 0.26,
     Tissue.CSF: 1.0,
     Tissue.CAUDA_ROOT: 0.22,
     Tissue.CORD: 0.33,
@@ -71,14 +71,14 @@ _T1 = {
     Tissue.MARROW_LESION: 0.92,
 }
 _TEXTURE = {
-    Tissue.MARROW: 0.22,
+    Tissue.MARROW: 0.32,
     Tissue.MARROW_LESION: 0.15,
     Tissue.POSTERIOR_BONE: 0.15,
     Tissue.ARTICULAR_BONE: 0.15,
     Tissue.MUSCLE: 0.14,
     Tissue.FAT: 0.08,
     Tissue.EPIDURAL_FAT: 0.06,
-    Tissue.VISCERA: 0.55,
+    Tissue.VISCERA: 0.3,
     Tissue.SKIN: 0.1,
     Tissue.NUCLEUS: 0.08,
     Tissue.ANNULUS: 0.12,
@@ -154,7 +154,7 @@ def signal_table(anat: Anatomy, profile: ScannerProfile, contrast: Contrast) -> 
         j = LEVEL_DISC_INDEX[lv]
         deg = anat.drivers[lv.index].degeneration
         if contrast is Contrast.T2:
-            lut[L.NUCLEUS0 + j] *= 1.0 - 0.85 * deg
+            lut[L.NUCLEUS0 + j] *= 1.0 - 0.75 * deg
     # thoracic discs are thin and a little darker
     for j in range(3):
         lut[L.NUCLEUS0 + j] *= 0.85

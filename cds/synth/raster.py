@@ -159,7 +159,7 @@ class SpineModel:
         f = 0.35 + 0.65 * np.sqrt(taper)
         ws = a.sac_half_width * f
         hs = a.sac_half_depth * f
-        vc = self.v_pb(s) + 1.0 + hs
+        vc = self.v_pb(s) + 0.7 + hs
         return vc, ws, hs
 
     # ---- painting -------------------------------------------------------------------------------

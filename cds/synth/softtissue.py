@@ -72,7 +72,8 @@ def soft_tissue(model: SpineModel, trunk: TrunkOutline, a: Arr, u: Arr, v: Arr, 
     lam = vpb + model.canal_d(s)
     hw = np.interp(s, model._mid_sorted, model._b_sorted)  # body half depth ~ size proxy
     # fat around the vertebral bodies, the psoas and the posterior compartment
-    retro = inner & ((u / 42.0) ** 2 + ((v + 2.0) / (hw + 4.0)) ** 2 <= 1.0) & (v < 0.0)
+    # (thin: in front of the bodies a real sagittal slice shows the dark-grey abdomen, not a fat band)
+    retro = inner & ((u / 42.0) ** 2 + ((v + 2.0) / (hw + 1.0)) ** 2 <= 1.0) & (v < 0.0)
     out[retro] = L.RETRO_FAT
     # posterior abdominal wall: muscle, with a fat plane between it and the paraspinal muscles
     ms = an.muscle_scale
@@ -83,8 +84,11 @@ def soft_tissue(model: SpineModel, trunk: TrunkOutline, a: Arr, u: Arr, v: Arr, 
         ) ** 2 <= 1.0
 
     keep = inner & (v > vpb) & (s > model.sac_end - 40)
-    for sign in (1.0, -1.0):  # fat planes around the paraspinal muscles
-        out[paraspinal(sign, 1.05) & keep] = L.RETRO_FAT
+    # behind the paraspinal muscles the back is subcutaneous fat, not more muscle: real mid-sagittal
+    # slices show spinous processes, then fat, then skin (no second muscle layer with a fat line in it)
+    out[keep & (v > lam + 16.0 * ms)] = L.SUBCUT_FAT
+    for sign in (1.0, -1.0):  # fat planes around the paraspinal muscles, lateral to the midline only
+        out[paraspinal(sign, 1.05) & keep & (np.abs(u) > 10.0)] = L.RETRO_FAT
     for sign in (1.0, -1.0):
         # multifidus + erector spinae: one mass each side hugging the spinous processes
         mus = paraspinal(sign, 1.0) & keep
