@@ -211,7 +211,7 @@ def _evaluate(
     svc = _services()
     settings = rt.settings
     with svc.db.read_connection() as conn:
-        catalog = StoreCatalog(conn, svc.db, svc.jobs, rt.results, settings.dicomweb_url)
+        catalog = StoreCatalog(conn, svc.db, svc.jobs, rt.results, settings.dicomweb_url, settings)
         call = HookCall(
             service=service,
             request=hook_request,

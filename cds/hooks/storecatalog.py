@@ -20,10 +20,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from cds.config import Settings
 from cds.domain import AnalysisResult, AnalysisStatus
 from cds.hooks.catalog import StoredAnalysis
+from cds.hooks.imagesource import source_uri_for
 from cds.hooks.studies import LumbarStudy
-from cds.jobs.analysis import request_analysis
+from cds.jobs.analysis import retry_due, retry_failed_analysis
 from cds.jobs.queue import JobQueue
 from cds.store import queries
 from cds.store.db import Database
@@ -81,7 +83,13 @@ def _pick(rows: list[Any]) -> Any:
 
 class StoreCatalog:
     def __init__(
-        self, conn: sa.Connection, db: Database, jobs: JobQueue, cache: ResultCache, dicomweb_url: str = ""
+        self,
+        conn: sa.Connection,
+        db: Database,
+        jobs: JobQueue,
+        cache: ResultCache,
+        dicomweb_url: str = "",
+        settings: Settings | None = None,
     ) -> None:
         #: A read-only Core connection (Database.read_connection()): no ORM unit of work per call.
         self._conn = conn
@@ -89,6 +97,9 @@ class StoreCatalog:
         self._jobs = jobs
         self._cache = cache
         self._dicomweb_url = dicomweb_url.rstrip("/")
+        #: Where EHR-only studies' images are looked for (cds.hooks.imagesource); without settings
+        #: only the configured PACS URL is used.
+        self._settings = settings
         #: Analyses asked for during the evaluation, written only by run_requests(): the blueprint
         #: calls it after the call's jti is claimed, so a replayed token causes no side effects.
         self._requested: dict[str, tuple[LumbarStudy, str]] = {}
@@ -101,8 +112,10 @@ class StoreCatalog:
         for row in rows:
             by_study.setdefault(row.study_uid, []).append(row)
         found: dict[str, StoredAnalysis] = {}
+        now = datetime.now(UTC)
         for uid, candidates in by_study.items():
             row = _pick(candidates)
+            failures = sum(1 for r in candidates if r.status is AnalysisStatus.FAILED)
             result = self._result(row) if row.status is AnalysisStatus.COMPLETE else None
             found[uid] = StoredAnalysis(
                 analysis_id=row.id,
@@ -112,6 +125,8 @@ class StoreCatalog:
                 reason=row.reason,
                 updated_at=row.finished_at or row.updated_at,
                 patient_ref=row.patient_ref,
+                retry_due=row.status is AnalysisStatus.FAILED
+                and retry_due(row.reason, failures, row.finished_at, now),
             )
         return found
 
@@ -147,14 +162,19 @@ class StoreCatalog:
                 "", study.study_uid, AnalysisStatus.PENDING, None, patient_ref=known.patient_ref
             ).belongs_to_other_patient(patient_id):
                 return  # the UID is another patient's study: never analyse it on this one's behalf
-            if known is None:
-                # Known only from the EHR: register it; its images are fetched from the PACS.
-                source = f"{self._dicomweb_url}/studies/{study.study_uid}" if self._dicomweb_url else None
+            if known is None or not known.source_uri:
+                # Known only from the EHR (or still without images): register it with its source.
                 queries.upsert_study(
                     s,
                     study.study_uid,
-                    patient_ref=f"Patient/{patient_id}",
+                    patient_ref=None if known is not None else f"Patient/{patient_id}",
                     study_date=study.started,
-                    source_uri=source,
+                    source_uri=self._source_uri(study),
                 )
-        request_analysis(self._db, self._jobs, study.study_uid)
+        # A new analysis, a waiting one, or (after its back-off) a new attempt at a failed one.
+        retry_failed_analysis(self._db, self._jobs, study.study_uid)
+
+    def _source_uri(self, study: LumbarStudy) -> str | None:
+        if self._settings is not None:
+            return source_uri_for(study, self._settings)
+        return f"{self._dicomweb_url}/studies/{study.study_uid}" if self._dicomweb_url else None
