@@ -115,8 +115,7 @@ def _link_error(exc: LinkExpired | LinkInvalid) -> tuple[str, int]:
     return _error_page(
         403,
         "This link is not valid",
-        "The link is incomplete or has been changed. "
-        "Open the card in the EHR again to get a working link.",
+        "The link is incomplete or has been changed. Open the card in the EHR again to get a working link.",
     )
 
 
