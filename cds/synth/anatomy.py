@@ -231,7 +231,7 @@ def sample_anatomy(rng: np.random.Generator, drivers: tuple[LevelDrivers, ...]) 
         sac_half_width=float(rng.uniform(6.8, 8.6) * canal),
         sac_half_depth=float(rng.uniform(6.4, 8.2) * canal),
         conus_s_offset=float(rng.uniform(-10, 25)),
-        fat_mm=float(rng.uniform(8, 45)),
+        fat_mm=float(rng.uniform(8, 30)),
         body_half_width=float(rng.uniform(140, 185) * size),
         body_half_depth=float(rng.uniform(100, 150) * size),
         muscle_scale=float(rng.uniform(0.8, 1.2) * size),

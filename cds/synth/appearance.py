@@ -41,7 +41,7 @@ _T2 = {
     Tissue.JOINT_FLUID: 0.70,
     Tissue.NERVE: 0.28,
     Tissue.MUSCLE: 0.14,
-    Tissue.FAT: 0.66,
+    Tissue.FAT: 0.56,
     Tissue.SKIN: 0.45,
     Tissue.VISCERA: 0.2,
     Tissue.VESSEL: 0.05,

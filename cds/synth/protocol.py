@@ -50,7 +50,11 @@ def plan_sagittal(
     m = int(rng.choice(opts.sag_matrix))
     ps = fov / m
     centre = 0.5 * (top + bot)
-    centre[1] += float(rng.uniform(0, 25))
+    # operators centre the field on the vertebral bodies or a little in front of them, so the spine lies in
+    # the posterior half and the abdomen fills the anterior half (as in SPIDER); the T12-S2 chord midpoint
+    # lies behind the lordotic L3, so take the anteroposterior centre from L3 itself
+    l3 = pose.to_patient(curve.at(float(0.5 * (lay.body_lo[V_INDEX["L3"]] + lay.body_hi[V_INDEX["L3"]])))[0])
+    centre[1] = float(l3[1] - rng.uniform(0, 25))
     centre[2] += float(rng.uniform(-10, 10))
     centre[0] = float(pose.translation[0] + rng.uniform(-2, 2))
     rz = np.deg2rad(rng.uniform(-3, 3))

@@ -86,7 +86,7 @@ def soft_tissue(model: SpineModel, trunk: TrunkOutline, a: Arr, u: Arr, v: Arr, 
     keep = inner & (v > vpb) & (s > model.sac_end - 40)
     # behind the paraspinal muscles the back is subcutaneous fat, not more muscle: real mid-sagittal
     # slices show spinous processes, then fat, then skin (no second muscle layer with a fat line in it)
-    out[keep & (v > lam + 16.0 * ms)] = L.SUBCUT_FAT
+    out[keep & (v > lam + 30.0 * ms)] = L.SUBCUT_FAT
     for sign in (1.0, -1.0):  # fat planes around the paraspinal muscles, lateral to the midline only
         out[paraspinal(sign, 1.05) & keep & (np.abs(u) > 10.0)] = L.RETRO_FAT
     for sign in (1.0, -1.0):
