@@ -46,10 +46,13 @@ class SpineCurve:
         ss = np.deg2rad(anat.sacral_slope_deg)
         ll = np.deg2rad(anat.lordosis_deg)
         x = np.clip(s / lumbar_length, 0.0, 1.0)
-        # more of the lordosis sits in the lower segments: F(x) = 1 - (1 - x)^1.6
-        phi = ss - ll * (1.0 - (1.0 - x) ** 1.6)
+        # most of the lordosis sits in L3-S1 (as in SPIDER), the thoracolumbar junction is nearly straight:
+        # F(x) = 1 - (1 - x)^2.6
+        phi = ss - ll * (1.0 - (1.0 - x) ** 2.6)
         above = s > lumbar_length
-        phi[above] -= np.deg2rad(anat.kyphosis_deg_per_100mm) * (s[above] - lumbar_length) / 100.0
+        # thoracic kyphosis starts gently above L1 (ramps in over 60 mm) instead of continuing one C curve
+        ramp = np.clip((s[above] - lumbar_length) / 60.0, 0.0, 1.0)
+        phi[above] -= np.deg2rad(anat.kyphosis_deg_per_100mm) * ramp * (s[above] - lumbar_length) / 100.0
         below = s < 0
         phi[below] += np.deg2rad(anat.sacral_kyphosis_deg_per_100mm) * (-s[below]) / 100.0
         t = np.stack([-np.sin(phi), np.cos(phi)], axis=1)
