@@ -181,12 +181,13 @@ def layout(anat: Anatomy) -> Layout:
     disc_lo = np.zeros(N_D)
     disc_hi = np.zeros(N_D)
     i_s1 = V_INDEX["S1"]
-    # sacrum: fused bodies separated by 1.5 mm remnant lines (rendered as cortex)
+    # sacrum: fused bodies touching each other; their cortical shells form the thin remnant lines, so the
+    # sacrum reads as one bone (no soft tissue between the segments)
     top = 0.0
     for i in range(i_s1, N_V):
         body_hi[i] = top
         body_lo[i] = top - anat.vertebrae[i].height
-        top = body_lo[i] - 1.5
+        top = body_lo[i]
     bottom = 0.0
     for i in range(i_s1 - 1, -1, -1):  # L5 up to T10; disc i sits below vertebra i
         disc_lo[i] = bottom

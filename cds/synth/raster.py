@@ -439,6 +439,10 @@ class SpineModel:
         a, b, p, sl = vb.half_width, vb.half_depth, vb.exponent, float(self.lay.slip[i])
         mid, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
         cav = 1.6  # endplate concavity depth
+        # fused sacral segments have flat endplates (only the S1 top faces a disc)
+        i_s1 = L.VERTEBRAE.index("S1")
+        cav_lo = cav if i < i_s1 else 0.0
+        cav_hi = cav if i <= i_s1 else 0.0
 
         def shape(shrink: float) -> Callable[[Arr, Arr, Arr], Arr]:
             def inside(U: Arr, V: Arr, S: Arr) -> Arr:
@@ -447,12 +451,12 @@ class SpineModel:
                 wf = 1.0 - vb.waist * (1.0 - zeta**2)
                 aa, bb = a * wf - shrink, b * (1.0 - 0.5 * vb.waist * (1.0 - zeta**2)) - shrink
                 r2 = (U / a) ** 2 + (Vs / b) ** 2
-                conc = cav * np.clip(1.0 - r2, 0.0, 1.0)
+                conc = np.clip(1.0 - r2, 0.0, 1.0)
                 return (
                     (_superellipse(U, Vs, aa, bb, p) <= 1.0)
                     & (Vs <= 0.9 * b - shrink)
-                    & (lo + conc + shrink * 0.8 <= S)
-                    & (hi - conc - shrink * 0.8 >= S)
+                    & (lo + cav_lo * conc + shrink * 0.8 <= S)
+                    & (hi - cav_hi * conc - shrink * 0.8 >= S)
                 )
 
             return inside
