@@ -145,8 +145,9 @@ def _finish(
     }
     replayed = False
     if extra is None:
-        # Hook calls: a Core transaction (no ORM unit of work on the hot path).
-        with svc.db.engine.begin() as conn:
+        # Hook calls: Core (no ORM unit of work on the hot path). The audit row is written only
+        # after the claim succeeded; the two need no common transaction (see independent_writes).
+        with svc.db.independent_writes() as conn:
             if token is not None and not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
                 replayed = True
             else:

@@ -31,7 +31,9 @@ def normalise_url(url: str | URL) -> URL:
     return parsed
 
 
-def _sqlite_engine(url: URL, begin: str, *, query_only: bool = False, **kw: Any) -> Engine:
+def _sqlite_engine(url: URL, begin: str | None, *, query_only: bool = False, **kw: Any) -> Engine:
+    """`begin`: the statement that opens every transaction; None = autocommit (each statement
+    commits on its own; SQLAlchemy's begin/commit are then no-ops at the driver)."""
     engine = sa.create_engine(
         url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}, **kw
     )
@@ -53,6 +55,9 @@ def _sqlite_engine(url: URL, begin: str, *, query_only: bool = False, **kw: Any)
         if query_only:
             cursor.execute("PRAGMA query_only=ON")
         cursor.close()
+
+    if begin is None:
+        return engine
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
@@ -76,10 +81,12 @@ class Database:
             self._read_engine = (
                 self.engine if in_memory else _sqlite_engine(self.url, "BEGIN", query_only=True, echo=echo)
             )
+            self._autocommit_engine = self.engine if in_memory else _sqlite_engine(self.url, None, echo=echo)
         else:
             self.engine = sa.create_engine(self.url, echo=echo, pool_pre_ping=True)
             # Same pool; psycopg begins these transactions READ ONLY (no extra round trip).
             self._read_engine = self.engine.execution_options(postgresql_readonly=True)
+            self._autocommit_engine = self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
 
@@ -111,10 +118,28 @@ class Database:
         with self._read_engine.connect() as conn:
             yield conn
 
+    @contextmanager
+    def independent_writes(self) -> Iterator[sa.Connection]:
+        """A connection for writes that are each correct on their own (no atomicity between them).
+
+        On a SQLite file each statement commits by itself, so the database write lock is held
+        only inside the driver call. In a transaction it would also be held across the Python
+        code between statements, where the GIL can hand the CPU to another thread for
+        milliseconds while every other process queues on the lock (and SQLite's busy handler
+        sleeps in steps of up to 100 ms). Elsewhere (PostgreSQL: row locks, one WAL flush per
+        commit; in-memory SQLite) the statements share one transaction, committed at the end.
+        """
+        if self._autocommit_engine is self.engine:
+            with self.engine.begin() as conn:
+                yield conn
+        else:
+            with self._autocommit_engine.connect() as conn:
+                yield conn
+
     def dispose(self) -> None:
         self.engine.dispose()
-        if self._read_engine is not self.engine:
-            self._read_engine.dispose()
+        for other in {self._read_engine, self._autocommit_engine} - {self.engine}:
+            other.dispose()
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"
