@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -52,7 +53,8 @@ end
 
 function init(args)
   tokens = {}
-  for line in io.lines(dir .. "/tokens_" .. tid .. ".txt") do
+  local prefix = args[1] or "tokens"
+  for line in io.lines(dir .. "/" .. prefix .. "_" .. tid .. ".txt") do
     tokens[#tokens + 1] = line
   end
   idx = 0
@@ -139,28 +141,56 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _wrk(url: str, script: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _children_cpu_s() -> float:
+    """CPU seconds used by this process's waited-for children (wrk)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the processes of a process group (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid:  # fields[2] = pgrp; then utime, stime at 11, 12
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _wrk(
+    url: str, script: Path, args: argparse.Namespace, server_pgid: int, duration: int, tokens: str
+) -> dict[str, Any]:
     cmd = [
         "wrk",
         f"-t{args.threads}",
         f"-c{args.connections}",
-        f"-d{args.duration}s",
+        f"-d{duration}s",
         "--timeout",
         "5s",
         "-s",
         str(script),
         url,
+        "--",
+        tokens,
     ]
+    server0, client0 = _group_cpu_s(server_pgid), _children_cpu_s()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    server_s, client_s = _group_cpu_s(server_pgid) - server0, _children_cpu_s() - client0
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith('{"requests"'))
     stats: dict[str, Any] = json.loads(line)
     stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
+    stats["server_cpu_ms"] = server_s * 1000 / max(1, stats["requests"])
+    stats["wrk_cpu_ms"] = client_s * 1000 / max(1, stats["requests"])
     stats["errors"] = sum(stats[k] for k in ("status_errors", "connect", "read", "write", "timeout"))
     return stats
 
 
 def _prepare(
-    work: Path, db_url: str, n_tokens: int, threads: int, base: str, alg: str = "ES384"
+    work: Path, db_url: str, n_tokens: int, n_warm: int, threads: int, base: str, alg: str = "ES384"
 ) -> tuple[dict[str, str], Any]:
     """Database with a stored analysis, trusted client key, request body, tokens."""
     import jwt
@@ -220,18 +250,19 @@ def _prepare(
 
     aud = base + SERVICE_PATH
     now = int(time.time())
-    for t in range(threads):
-        with (work / f"tokens_{t}.txt").open("w") as out:
-            for _ in range(n_tokens // threads):
-                claims = {
-                    "iss": ISSUER,
-                    "sub": "bench",
-                    "aud": aud,
-                    "iat": now,
-                    "exp": now + 900,
-                    "jti": uuid.uuid4().hex,
-                }
-                out.write(jwt.encode(claims, key, algorithm=alg, headers={"kid": "bench"}) + "\n")
+    for prefix, count in (("tokens", n_tokens), ("warm", n_warm)):
+        for t in range(threads):
+            with (work / f"{prefix}_{t}.txt").open("w") as out:
+                for _ in range(count // threads):
+                    claims = {
+                        "iss": ISSUER,
+                        "sub": "bench",
+                        "aud": aud,
+                        "iat": now,
+                        "exp": now + 900,
+                        "jti": uuid.uuid4().hex,
+                    }
+                    out.write(jwt.encode(claims, key, algorithm=alg, headers={"kid": "bench"}) + "\n")
     warm = [
         jwt.encode(
             {"iss": ISSUER, "aud": aud, "iat": now, "exp": now + 900, "jti": uuid.uuid4().hex},
@@ -289,7 +320,8 @@ def _warm_up(url: str, body: bytes, tokens: list[str]) -> None:
 def _row(name: str, s: dict[str, Any]) -> str:
     return (
         f"{name:<22} {s['rps']:>9.0f} {s['p50'] / 1000:>9.2f} {s['p95'] / 1000:>9.2f} "
-        f"{s['p99'] / 1000:>9.2f} {s['requests']:>9d} {s['errors']:>7d}"
+        f"{s['p99'] / 1000:>9.2f} {s['requests']:>9d} {s['errors']:>7d} "
+        f"{s['server_cpu_ms']:>10.2f} {s['wrk_cpu_ms']:>8.2f}"
     )
 
 
@@ -298,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="seconds of unmeasured load before each measured run"
+    )
     parser.add_argument("--gunicorn-config", type=Path, default=ROOT / "docker" / "gunicorn.conf.py")
     parser.add_argument("--database-url", default="", help="default: a SQLite file in a temp dir")
     parser.add_argument("--tokens", type=int, default=0, help="default: enough for 3000 rps")
@@ -320,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         n_tokens = args.tokens or max(20000, 3000 * (args.duration + 2))
+        n_warm = max(2000, 2000 * args.warmup)
         t0 = time.perf_counter()
-        env, warm = _prepare(work, db_url, n_tokens, args.threads, base, args.alg)
+        env, warm = _prepare(work, db_url, n_tokens, n_warm, args.threads, base, args.alg)
         print(f"prepared {n_tokens} tokens + database in {time.perf_counter() - t0:.1f} s", flush=True)
         url = base + SERVICE_PATH
         results: dict[str, dict[str, Any]] = {}
@@ -336,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                     _warm_up(url, (work / "body.json").read_bytes(), warm)
                 else:
                     _warm_floor(url, (work / "body.json").read_bytes())
-                results[name] = _wrk(url, work / "bench.lua", args)
+                # Steady state only: every worker booted, imported and past its first calls.
+                _wrk(url, work / "bench.lua", args, proc.pid, args.warmup, "warm")
+                results[name] = _wrk(url, work / "bench.lua", args, proc.pid, args.duration, "tokens")
             finally:
                 _stop(proc)
             time.sleep(1.0)
@@ -350,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         f"gunicorn config {shown}; database {database}; JWT {args.alg}; "
         f"CPUs {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'':<22} {'req/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'requests':>9} {'errors':>7}")
+    print(
+        f"{'':<22} {'req/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'requests':>9} {'errors':>7} "
+        f"{'server CPU':>10} {'wrk CPU':>8}"
+    )
     print(_row("floor (trivial Flask)", floor))
     print(_row("patient-view hook", hook))
     ratio = hook["rps"] / floor["rps"] if floor["rps"] else 0.0
