@@ -235,17 +235,25 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _segmentation_of(stack: LevelStack, probs: np.ndarray) -> ax.AxialSegmentation:
+def _segmentation_of(
+    stack: LevelStack, probs: np.ndarray, sac_threshold: float = ax.DEFAULT_SAC_THRESHOLD
+) -> ax.AxialSegmentation:
     frames = tuple(
         ax.canonical_frame(CANONICAL_AFFINE, (ax.CANONICAL_SIZE, ax.CANONICAL_SIZE))
         for _ in range(stack.images.shape[0])
     )
-    return ax.AxialSegmentation(stack.images, probs, ax.postprocess(probs), tuple(range(len(frames))), frames)
+    return ax.AxialSegmentation(
+        stack.images, probs, ax.postprocess(probs, sac_threshold), tuple(range(len(frames))), frames
+    )
 
 
-def measurement_errors(stacks: Sequence[LevelStack], probs: Sequence[np.ndarray]) -> dict[str, Any]:
+def measurement_errors(
+    stacks: Sequence[LevelStack], probs: Sequence[np.ndarray], sac_threshold: float = ax.DEFAULT_SAC_THRESHOLD
+) -> dict[str, Any]:
     """MAE of the measurements taken on predicted masks against the generator's ground truth."""
-    return _errors(stacks, [_segmentation_of(s, p) for s, p in zip(stacks, probs, strict=True)])
+    return _errors(
+        stacks, [_segmentation_of(s, p, sac_threshold) for s, p in zip(stacks, probs, strict=True)]
+    )
 
 
 def _errors(stacks: Sequence[LevelStack], segs: Sequence[ax.AxialSegmentation]) -> dict[str, Any]:

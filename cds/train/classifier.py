@@ -244,7 +244,11 @@ def train_classifier(
         cal = 1 / (1 + np.exp(-raw / temps))
         metrics = _metrics(raw, cal, val_y)
         metrics["hybrid_grading"] = hybrid_metrics(
-            val, [val_stacks[e.stack_index] for e in val], [val_probs[e.stack_index] for e in val], cal
+            val,
+            [val_stacks[e.stack_index] for e in val],
+            [val_probs[e.stack_index] for e in val],
+            cal,
+            float(seg.spec.thresholds.get("sac_probability", ax.DEFAULT_SAC_THRESHOLD)),
         )
         metrics["temperatures"] = [round(float(t), 4) for t in temps]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -318,7 +322,11 @@ def _metrics(raw: np.ndarray, cal: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 
 def hybrid_metrics(
-    examples: Sequence[Example], stacks: Sequence[LevelStack], probs: Sequence[np.ndarray], cal: np.ndarray
+    examples: Sequence[Example],
+    stacks: Sequence[LevelStack],
+    probs: Sequence[np.ndarray],
+    cal: np.ndarray,
+    sac_threshold: float = ax.DEFAULT_SAC_THRESHOLD,
 ) -> dict[str, Any]:
     """Quadratic-weighted kappa of the hybrid grade (rule + model) and of the model alone, per condition."""
     from sklearn.metrics import cohen_kappa_score
@@ -336,7 +344,7 @@ def hybrid_metrics(
             c: SeverityEstimate(float(cal[i, 2 * j]), float(cal[i, 2 * j + 1]))
             for j, c in enumerate(Condition)
         }
-        measured = measure_level(_segmentation_of(stack, p), None).by_condition
+        measured = measure_level(_segmentation_of(stack, p, sac_threshold), None).by_condition
         for d in grade_level(stack.level, measured, est):
             c = d.finding.condition
             truth[c].append(ex.grades[c].rank)
@@ -352,6 +360,37 @@ def hybrid_metrics(
         }
     out["uncertain_share"] = uncertain / max(1, sum(len(v) for v in truth.values()))
     return out
+
+
+def evaluate_pair(data_root: Path, seg_dir: Path, clf_dir: Path, cache_dir: Path) -> dict[str, Any]:
+    """Validation metrics of a shipped (axial_seg, classifier) pair through the inference code:
+    calibrated AUROC etc. per condition and the hybrid grade's kappa at the seg card's sac
+    threshold. Used to refresh a card after a post-processing threshold changes."""
+    from cds.ml.classifier import load_classifier
+    from cds.ml.loading import load_model
+
+    seg = load_model(seg_dir.name, seg_dir.parent, device="cpu")
+    clf = load_classifier(clf_dir.name, clf_dir.parent, device="cpu")
+    split = read_split(data_root)
+    stacks = load_levels(data_root, cache_dir, split["validation"])
+    val, probs = build_examples(stacks, seg.network)
+    x = np.stack([_centre(e.crop) for e in val])
+    y = np.stack([targets(e.grades) for e in val])
+    cal = 1 / (1 + np.exp(-_logits(clf.network, x)))
+    temps = clf.network.get_buffer("temperature").numpy()
+    metrics = _metrics(_logits(clf.network, x) * temps, cal, y)
+    metrics["hybrid_grading"] = hybrid_metrics(
+        val,
+        [stacks[e.stack_index] for e in val],
+        [probs[e.stack_index] for e in val],
+        cal,
+        float(seg.spec.thresholds.get("sac_probability", ax.DEFAULT_SAC_THRESHOLD)),
+    )
+    metrics["evaluated_with"] = {
+        "segmentation_model": seg.spec.tag,
+        "sac_probability": seg.spec.thresholds.get("sac_probability", ax.DEFAULT_SAC_THRESHOLD),
+    }
+    return metrics
 
 
 def _kappa(fn: Any, a: list[int], b: list[int]) -> float | None:
