@@ -30,7 +30,7 @@ _T2 = {
     Tissue.AIR: 0.0,
     Tissue.MARROW: 0.55,
     Tissue.CORTEX: 0.12,
-    Tissue.POSTERIOR_BONE: 0.30,
+    Tissue.POSTERIOR_BONE: 0.40,
     Tissue.NUCLEUS: 0.68,
     Tissue.ANNULUS: 0.26,
     Tissue.CSF: 1.0,
@@ -45,7 +45,7 @@ _T2 = {
     Tissue.SKIN: 0.45,
     Tissue.VISCERA: 0.2,
     Tissue.VESSEL: 0.05,
-    Tissue.ARTICULAR_BONE: 0.30,
+    Tissue.ARTICULAR_BONE: 0.38,
     Tissue.MARROW_LESION: 0.72,
 }
 _T1 = {
