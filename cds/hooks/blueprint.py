@@ -1,12 +1,13 @@
 """HTTP edge of the CDS services: /cds-services (discovery), /{id} (hooks), /{id}/feedback.
 
-Thin on purpose: size limit -> authenticate -> parse -> one decision -> serialise -> audit.
-Per call there is one read-only Core transaction (analysis lookups) and one short write transaction
-at the end that claims the token's jti (replay protection shared by all workers) and writes the
-audit record together. The evaluation itself writes nothing: analyses it asks for are registered
-and enqueued only after that transaction has claimed the jti, so a replayed token is answered 401
-without side effects, never with cards. Unauthenticated calls (no valid token, or a replayed one)
-write no audit row (an attacker could otherwise fill the table); they are counted in the log.
+Thin on purpose: size limit -> authenticate -> claim jti -> parse -> one decision -> serialise
+-> audit. The token's jti is claimed (replay protection shared by all workers) right after its
+signature checks out and before anything else happens, so a replayed token is answered 401 without
+a single side effect: no FHIR fetch, no study registered, no job. The evaluation itself only reads
+(one read-only Core transaction); analyses it asks for are registered and enqueued after it, and
+the audit row is the call's last write. Calls that never authenticated (no valid token, a replayed
+one, a body over the limit before the token was checked) write no audit row (an attacker could
+otherwise fill the table); they are counted in the log instead.
 
 Logs carry a request id, the service, status and latency: never tokens, bodies or patient ids.
 """
@@ -127,10 +128,11 @@ def _finish(
     rid: str,
     extra: Callable[[Any], None] | None = None,
 ) -> None:
-    """The call's single write transaction: jti claim, audit row and (feedback) payload rows."""
+    """The call's last write: audit row and (feedback) payload rows; nothing for unauthenticated
+    calls (`token` is the verified and claimed token, or None)."""
     svc = _services()
     latency_ms = (time.perf_counter() - started) * 1000.0
-    if token is None and audit.status == 401:
+    if token is None:
         _count_unauthorized(rid, audit.service.id)
         return
     row = {
@@ -143,27 +145,14 @@ def _finish(
         "status_code": audit.status,
         "card_count": audit.cards,
     }
-    replayed = False
     if extra is None:
-        # Hook calls: Core (no ORM unit of work on the hot path). The audit row is written only
-        # after the claim succeeded; the two need no common transaction (see independent_writes).
+        # Hook calls: Core (no ORM unit of work on the hot path).
         with svc.db.independent_writes() as conn:
-            if token is not None and not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
-                replayed = True
-            else:
-                conn.execute(_AUDIT_INSERT, row)
+            conn.execute(_AUDIT_INSERT, row)
     else:
         with svc.db.session() as s:
-            conn = s.connection()
-            if token is not None and not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
-                replayed = True
-            else:
-                extra(s)
-                conn.execute(_AUDIT_INSERT, row)
-    if replayed:
-        audit.outcome, audit.status, audit.cards = "unauthorized", 401, 0
-        _count_unauthorized(rid, audit.service.id)
-        raise Authenticator.replay_rejected()
+            extra(s)
+            s.connection().execute(_AUDIT_INSERT, row)
     log.info(
         "hook_call request_id=%s service=%s status=%d outcome=%s cards=%d latency_ms=%.1f",
         rid,
@@ -173,6 +162,19 @@ def _finish(
         audit.cards,
         latency_ms,
     )
+
+
+def _authenticate(rt: HooksRuntime) -> VerifiedToken:
+    """Verify the bearer JWT for the URL called and claim its jti, before anything else happens.
+
+    The claim is its own write (independent_writes): a replayed token raises 401 here, so it never
+    reaches parsing, prefetch fetches or the store.
+    """
+    token = rt.authenticator.verify(request.headers.get("Authorization"), _audience(rt))
+    with _services().db.independent_writes() as conn:
+        if not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
+            raise Authenticator.replay_rejected()
+    return token
 
 
 def _outcome_name(error: CdsError) -> str:
@@ -236,33 +238,24 @@ def call_service(service_id: str) -> Response:
     audit = _Audit(service)
     token: VerifiedToken | None = None
     try:
-        try:
-            raw = _read_body(rt.settings.max_request_bytes)
-            token = rt.authenticator.verify(request.headers.get("Authorization"), _audience(rt))
-            _require_json()
-            decided, catalog = _evaluate(rt, service, raw, audit)
-            cards = [prune_empty(c) for c in decided]
-        except CdsError as exc:
-            audit.outcome, audit.status = _outcome_name(exc), exc.http_status
-            _finish(rt, token, audit, started, rid)
-            return _error_response(exc, rid)
-        except Exception as exc:
-            # Type and request id only: an exception's text (or its traceback's locals, SQL bound
-            # parameters) may carry patient identifiers. As in cds.weberrors.
-            log.error(
-                "hook_call failed request_id=%s service=%s error=%s", rid, service.id, type(exc).__name__
-            )
-            _finish(rt, token, audit, started, rid)
-            return _json_response(outcome_for_unexpected(), 500)
-        audit.outcome, audit.status, audit.cards = ("cards" if cards else "no_cards"), 200, len(cards)
+        raw = _read_body(rt.settings.max_request_bytes)
+        token = _authenticate(rt)
+        _require_json()
+        decided, catalog = _evaluate(rt, service, raw, audit)
+        cards = [prune_empty(c) for c in decided]
+        catalog.run_requests()  # register studies and enqueue analyses the decision asked for
+    except CdsError as exc:
+        audit.outcome, audit.status = _outcome_name(exc), exc.http_status
         _finish(rt, token, audit, started, rid)
-    except CdsError as exc:  # a replayed jti, found in the final transaction
         return _error_response(exc, rid)
-    try:
-        catalog.run_requests()  # the jti is ours: only now register studies and enqueue analyses
     except Exception as exc:
+        # Type and request id only: an exception's text (or its traceback's locals, SQL bound
+        # parameters) may carry patient identifiers. As in cds.weberrors.
         log.error("hook_call failed request_id=%s service=%s error=%s", rid, service.id, type(exc).__name__)
+        _finish(rt, token, audit, started, rid)
         return _json_response(outcome_for_unexpected(), 500)
+    audit.outcome, audit.status, audit.cards = ("cards" if cards else "no_cards"), 200, len(cards)
+    _finish(rt, token, audit, started, rid)
     resp = Response(encode_cards(cards, rt.presenter.fragment), status=200, mimetype=_JSON)
     resp.headers["X-Request-ID"] = rid
     return resp
@@ -311,20 +304,17 @@ def feedback(service_id: str) -> Response:
     audit = _Audit(service, hook_instance="feedback")
     token: VerifiedToken | None = None
     try:
-        try:
-            raw = _read_body(rt.settings.max_request_bytes)
-            token = rt.authenticator.verify(request.headers.get("Authorization"), _audience(rt))
-            _require_json()
-            parsed = parse_json_model(FeedbackRequest, raw)
-            _check_override_reasons(parsed)
-        except CdsError as exc:
-            audit.outcome, audit.status = _outcome_name(exc), exc.http_status
-            _finish(rt, token, audit, started, rid)
-            return _error_response(exc, rid)
-        audit.outcome, audit.status, audit.cards = "feedback", 200, len(parsed.feedback)
-        _finish(rt, token, audit, started, rid, extra=_feedback_rows(service, parsed))
+        raw = _read_body(rt.settings.max_request_bytes)
+        token = _authenticate(rt)
+        _require_json()
+        parsed = parse_json_model(FeedbackRequest, raw)
+        _check_override_reasons(parsed)
     except CdsError as exc:
+        audit.outcome, audit.status = _outcome_name(exc), exc.http_status
+        _finish(rt, token, audit, started, rid)
         return _error_response(exc, rid)
+    audit.outcome, audit.status, audit.cards = "feedback", 200, len(parsed.feedback)
+    _finish(rt, token, audit, started, rid, extra=_feedback_rows(service, parsed))
     resp = Response(status=200)
     resp.headers["X-Request-ID"] = rid
     return resp

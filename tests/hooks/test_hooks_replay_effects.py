@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
-from hooks_support import PATIENT_ID, STUDY_UID, Caller, bundle, imaging_study, patient
+from hooks_support import PATIENT_ID, STUDY_UID, Caller, FakeServer, bundle, imaging_study, patient
 
 from cds.extensions import services
 from cds.store import queries
@@ -66,3 +66,34 @@ def test_unauthenticated_calls_write_no_audit_rows(
     lines = [r.getMessage() for r in caplog.records if "hook_call unauthorized" in r.getMessage()]
     assert len(lines) == 5 and all("unauthorized_total=" in line for line in lines)
     assert all(PATIENT_ID not in line for line in lines)
+
+
+def test_oversized_unauthenticated_call_writes_no_audit_row(
+    hooks_client: FlaskClient, hooks_app: Flask
+) -> None:
+    body = {**_body(), "extension": {"padding": "x" * (70 * 1024)}}
+    resp = hooks_client.post(PV, json=body)  # no token at all, body over the limit
+    assert resp.status_code == 413
+    assert _counts(hooks_app) == (0, 0, 0)
+
+
+def test_replayed_token_is_refused_before_evaluation(caller: Caller, hooks_app: Flask) -> None:
+    """The jti is claimed before the request is evaluated: a replay does not even reach the EHR's
+    FHIR server (no prefetch fetch made on its behalf)."""
+    server = FakeServer()
+    server.routes[f"/ImagingStudy?patient={PATIENT_ID}&modality=MR"] = (200, bundle(imaging_study()))
+    with server.running():
+        body = {**_body(), "prefetch": {"patient": patient()}, "fhirServer": server.base}
+        body["fhirAuthorization"] = {
+            "access_token": "fhir-token",
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "cds",
+        }
+        token = caller.token(PV)
+        assert caller.post(PV, body, token=token).status_code == 200
+        fetched = len(server.requests)
+        assert fetched > 0
+        assert caller.post(PV, body, token=token).status_code == 401
+        assert len(server.requests) == fetched
