@@ -55,14 +55,14 @@ def main() -> int:
             continue  # warm-up: first-call allocations, lazy imports
         statuses[result.status.value] = statuses.get(result.status.value, 0) + 1
         per_stage.setdefault("load_dicom", []).append(load_ms)
-        for k, v in result.timings_ms.items():
-            per_stage.setdefault(k, []).append(v)
+        for stage, ms in result.timings_ms.items():
+            per_stage.setdefault(stage, []).append(ms)
         totals.append(total)
     print(f"studies: {len(totals)} (after 1 warm-up), statuses: {statuses}, torch threads: {args.threads}")
     print(f"model load (all three, verified): {load_models_ms:.0f} ms")
     print(f"{'stage':<18} {'median ms':>10} {'p95 ms':>10}")
-    for k, v in per_stage.items():
-        print(f"{k:<18} {statistics.median(v):>10.1f} {_pct(v, 0.95):>10.1f}")
+    for stage, values in per_stage.items():
+        print(f"{stage:<18} {statistics.median(values):>10.1f} {_pct(values, 0.95):>10.1f}")
     med = statistics.median(totals)
     print(f"{'TOTAL':<18} {med:>10.1f} {_pct(totals, 0.95):>10.1f}")
     print(f"target median < 1000 ms: {'met' if med < 1000 else 'MISSED'} (ratio {med / 1000:.2f})")
