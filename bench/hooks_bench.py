@@ -270,7 +270,8 @@ def _prepare(
 
     aud = base + SERVICE_PATH
     now = int(time.time())
-    for alg, (prefix, count) in itertools.product(algs, (("tokens", n_tokens), ("warm", n_warm))):
+    kinds = (("tokens", n_tokens), ("warm", n_warm), ("ref", INPROC_CALLS * threads))
+    for alg, (prefix, count) in itertools.product(algs, kinds):
         key = keys[alg]
         for t in range(threads):
             with (work / f"{alg}_{prefix}_{t}.txt").open("w") as out:
@@ -341,6 +342,41 @@ def _warm_up(url: str, body: bytes, tokens: list[str]) -> None:
             raise SystemExit(f"warm-up failed: HTTP {resp.status_code} {resp.text[:300]}")
 
 
+INPROC_CALLS = 600  # per algorithm: the first 100 warm the process up, the rest are timed
+INPROC_WARM = 100
+
+
+def _inprocess_child(work: str, alg: str) -> None:
+    """Run in a child process (the environment carries the CDS_* settings): CPU ms per call of the
+    hook in a single-threaded Flask test-client loop, same database and token kind as under
+    gunicorn. The difference to gunicorn's CPU per request is serving cost plus contention."""
+    from cds import create_app
+
+    client = create_app().test_client()
+    body = (Path(work) / "body.json").read_bytes()
+    tokens = (Path(work) / f"{alg}_ref_0.txt").read_text().split()
+    for i, tok in enumerate(tokens):
+        if i == INPROC_WARM:
+            cpu0 = time.process_time()
+        resp = client.post(
+            SERVICE_PATH,
+            data=body,
+            headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/json"},
+        )
+        if resp.status_code != 200 or not resp.get_json().get("cards"):
+            raise SystemExit(f"in-process reference failed: HTTP {resp.status_code}")
+    print(1000 * (time.process_time() - cpu0) / (len(tokens) - INPROC_WARM))
+
+
+def _inprocess_cpu_ms(work: Path, env: dict[str, str], alg: str) -> float:
+    code = f"import hooks_bench; hooks_bench._inprocess_child({str(work)!r}, {alg!r})"
+    env = {**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'bench'}"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"in-process reference failed: {done.stderr[-500:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 FLOOR = "floor (trivial Flask)"
 FLOOR_SPEC = "hooks_bench:floor_app()"
 
@@ -391,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepared {n_tokens} tokens per algorithm + database in {time.perf_counter() - t0:.1f} s")
         url, body = base + SERVICE_PATH, (work / "body.json").read_bytes()
         results: dict[str, dict[str, Any]] = {}
+        inproc = {alg: _inprocess_cpu_ms(work, env, alg) for alg in algs}
         script = work / "bench.lua"
         proc = _gunicorn(FLOOR_SPEC, port, args.gunicorn_config, env, work / "gunicorn-floor.log")
         try:
@@ -413,10 +450,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             _stop(proc)
-    return _report(args, results)
+    return _report(args, results, inproc)
 
 
-def _report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> int:
+def _report(args: argparse.Namespace, results: dict[str, dict[str, Any]], inproc: dict[str, float]) -> int:
     floor = results[FLOOR]
     config = args.gunicorn_config
     shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
@@ -432,7 +469,14 @@ def _report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> int
     )
     for name, stats in results.items():
         print(_row(name, stats))
-    print("(server CPU, wrk CPU: CPU ms per request of the gunicorn processes and of wrk)\n")
+    print("(server CPU, wrk CPU: CPU ms per request of the gunicorn processes and of wrk)")
+    for alg, cpu_ms in inproc.items():
+        print(f"hook, JWT {alg}: {cpu_ms:.2f} CPU ms per call in a single-threaded Flask test-client loop")
+    print(
+        "(when both cores are busy, CPU ms per unit of work rises on a shared machine: compare the\n"
+        " floor's and the hook's server CPU, both measured under the same load; their quotient is\n"
+        " the req/s ratio a CPU-bound server can reach)\n"
+    )
     met = []
     for name, hook in results.items():
         if name == FLOOR:
@@ -441,8 +485,10 @@ def _report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> int
         p95_ms = hook["p95"] / 1000
         ok = ratio >= 0.25 and p95_ms < 50 and hook["errors"] == 0
         met.append(ok)
+        cpu_ratio = floor["server_cpu_ms"] / hook["server_cpu_ms"] if hook["server_cpu_ms"] > 0 else 0.0
         print(
-            f"{name}: {ratio:.1%} of the floor's req/s (target >= 25%), p95 {p95_ms:.1f} ms "
+            f"{name}: {ratio:.1%} of the floor's req/s (CPU quotient {cpu_ratio:.1%}; target >= 25%), "
+            f"p95 {p95_ms:.1f} ms "
             f"(target < 50 ms): {'targets met' if ok else 'TARGETS NOT MET'}"
         )
     return 0 if all(met) else 1
