@@ -32,6 +32,7 @@ from cds.ml.spec import InputContract, ModelSpec, write_card
 from cds.ml.unet import UNet2D, UNetConfig, count_parameters
 from cds.pipeline import axial as ax
 from cds.train import augment
+from cds.train.loop import train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -360,22 +361,20 @@ def train_axial(
         log_path.unlink(missing_ok=True)
     val_slices = [(s, k) for s in val for k in range(0, s.images.shape[0])]
     for epoch in range(start_epoch, config.epochs):
-        network.train()
         t0 = time.perf_counter()
-        losses = []
-        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        for _ in bar:
-            images, labels = _batch(pool, config.batch_size, rng)
-            images, labels = augment.spatial(images, labels, config.augment, gen)
-            images, labels = augment.random_crop(images, labels, config.crop, gen)
-            images = augment.intensity(images, config.augment, gen)
-            loss = dice_ce_loss(network(images.to(device)), labels.to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+        losses = train_epoch(
+            network,
+            lambda: _batch(pool, config.batch_size, rng),
+            dice_ce_loss,
+            optimiser,
+            scheduler,
+            steps=config.steps_per_epoch,
+            augment_config=config.augment,
+            crop=config.crop,
+            gen=gen,
+            device=device,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+        )
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)),

@@ -28,6 +28,7 @@ from cds.ml.unet import UNet2D, UNetConfig, count_parameters
 from cds.pipeline.segment import DEFAULT_THRESHOLDS, LABELS, MODEL_NAME
 from cds.train import augment
 from cds.train.data import Sample, load_spider_samples, spider_patients, split_patients
+from cds.train.loop import train_epoch
 from cds.train.metrics import dice_per_class, summarise
 
 log = logging.getLogger(__name__)
@@ -229,23 +230,21 @@ def train_sagittal(
             log.warning("checkpoint config differs from this run; starting afresh")
             log_path.unlink(missing_ok=True)
 
-    network.train()
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        losses = []
-        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        for _ in bar:
-            images, labels = _stack(sampler.batch(config.batch_size))
-            images, labels = augment.spatial(images, labels, config.augment, gen)
-            images, labels = augment.random_crop(images, labels, config.crop, gen)
-            images = augment.intensity(images, config.augment, gen)
-            loss = dice_ce_loss(network(images.to(device)), labels.to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+        losses = train_epoch(
+            network,
+            lambda: _stack(sampler.batch(config.batch_size)),
+            dice_ce_loss,
+            optimiser,
+            scheduler,
+            steps=config.steps_per_epoch,
+            augment_config=config.augment,
+            crop=config.crop,
+            gen=gen,
+            device=device,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+        )
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)),
