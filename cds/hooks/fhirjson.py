@@ -8,6 +8,7 @@ validation with fhir.resources is reserved to cds.fhir, for what this service *e
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from datetime import date, datetime
 from typing import Any
 
 from cds.hooks.codes import canonical_system
@@ -45,3 +46,13 @@ def bundle_resources(bundle: Mapping[str, Any] | None, resource_type: str) -> It
 
 def text(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
+
+
+def fhir_date(value: Any) -> date | None:
+    """The calendar date of a FHIR date/dateTime/instant ('2021-03-08...'); None when absent or malformed."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return datetime.fromisoformat(value[:10]).date()
+    except ValueError:
+        return None

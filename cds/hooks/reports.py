@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
-from cds.hooks.fhirjson import as_dict, as_list, bundle_resources
+from cds.hooks.fhirjson import as_dict, as_list, bundle_resources, fhir_date
 
 _AI_ASSERTED = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "AIAST")
 _REPORTED = frozenset({"final", "amended", "corrected", "appended", "preliminary"})
@@ -25,13 +25,7 @@ class ReportOnFile:
 
 
 def _issued(resource: Mapping[str, Any]) -> date | None:
-    raw = resource.get("issued") or resource.get("effectiveDateTime")
-    if not isinstance(raw, str) or len(raw) < 10:
-        return None
-    try:
-        return datetime.fromisoformat(raw[:10]).date()
-    except ValueError:
-        return None
+    return fhir_date(resource.get("issued") or resource.get("effectiveDateTime"))
 
 
 def _ai_asserted(resource: Mapping[str, Any]) -> bool:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 from cds.hooks.codes import LUMBAR_BODY_PART_EXAMINED, LUMBAR_BODY_SITES, LUMBAR_MRI_PROCEDURES
-from cds.hooks.fhirjson import as_dict, as_list, bundle_resources, codings, text
+from cds.hooks.fhirjson import as_dict, as_list, bundle_resources, codings, fhir_date, text
 
 _DICOM_UID_SYSTEM = "urn:dicom:uid"
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
@@ -51,16 +51,6 @@ def study_uid(resource: Mapping[str, Any]) -> str | None:
             values.append((ident.get("system") == _DICOM_UID_SYSTEM, uid))
     values.sort(key=lambda v: not v[0])
     return values[0][1] if values else None
-
-
-def _started(resource: Mapping[str, Any]) -> date | None:
-    raw = resource.get("started")
-    if not isinstance(raw, str) or len(raw) < 10:
-        return None
-    try:
-        return datetime.fromisoformat(raw[:10]).date()
-    except ValueError:
-        return None
 
 
 def _is_mr(resource: Mapping[str, Any]) -> bool:
@@ -117,7 +107,7 @@ def lumbar_mri_studies(bundle: Mapping[str, Any] | None, patient_id: str) -> tup
         rid = resource.get("id")
         seen[uid] = LumbarStudy(
             uid,
-            _started(resource),
+            fhir_date(resource.get("started")),
             text(resource.get("description")),
             based_on,
             rid if isinstance(rid, str) and re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", rid) else None,
