@@ -21,13 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from cds.domain import Condition
 from cds.errors import ModelError
-from cds.ml.spec import WEIGHTS_FILE, ModelSpec, model_dir, read_card
+from cds.ml.spec import ModelSpec, model_dir, read_card
 
 ARCHITECTURE = "LevelClassifier"
 #: Output order: for each condition in Condition order, (present, severe) logits.
@@ -152,7 +150,7 @@ _CACHE: dict[tuple[str, str], LoadedClassifier] = {}
 
 def load_classifier(name: str, models_dir: Path | None = None, device: str | None = None) -> LoadedClassifier:
     """Verified (sha256 from the card), loaded once per process, eval mode, CPU unless CUDA."""
-    from cds.ml.loading import select_device, verify_weights
+    from cds.ml.loading import load_verified_weights, select_device
 
     directory = model_dir(name, models_dir).resolve()
     key = (str(directory), device or "")
@@ -160,12 +158,8 @@ def load_classifier(name: str, models_dir: Path | None = None, device: str | Non
         cached = _CACHE.get(key)
         if cached is None:
             spec = read_card(name, models_dir)
-            verify_weights(directory / WEIGHTS_FILE, spec.sha256)
             network = build_classifier(spec)
-            try:
-                network.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device="cpu"), strict=True)
-            except (SafetensorError, RuntimeError, OSError) as exc:
-                raise ModelError(f"{spec.name}: weights do not fit the network: {exc}") from exc
+            load_verified_weights(network, directory, spec)
             dev = select_device(device)
             network.eval().to(dev)
             cached = LoadedClassifier(spec, network, dev)

@@ -69,15 +69,22 @@ def save_weights(network: torch.nn.Module, path: Path) -> str:
     return sha256_file(path)
 
 
-def load_from_dir(directory: Path, spec: ModelSpec, device: torch.device) -> LoadedModel:
+def load_verified_weights(network: torch.nn.Module, directory: Path, spec: ModelSpec) -> None:
+    """Check the weights file against the card's sha256, then load it strictly into ``network``.
+
+    Every model the product runs goes through this one check, whatever its architecture.
+    """
     weights = directory / WEIGHTS_FILE
     verify_weights(weights, spec.sha256)
-    network = build_network(spec)
     try:
-        state = load_file(str(weights), device="cpu")
-        network.load_state_dict(state, strict=True)
+        network.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:
         raise ModelError(f"{spec.name}: weights do not fit the network: {exc}") from exc
+
+
+def load_from_dir(directory: Path, spec: ModelSpec, device: torch.device) -> LoadedModel:
+    network = build_network(spec)
+    load_verified_weights(network, directory, spec)
     network.eval().to(device)
     for p in network.parameters():
         p.requires_grad_(False)
