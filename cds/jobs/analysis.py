@@ -217,21 +217,12 @@ def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:
 
     try:
         study = load_study(open_source(source, request.study_uid, ctx.settings))
+        result = quick_read(study)
     except Forbidden as exc:
         _fail(ctx, request, REASON_SOURCE_REFUSED)
         raise PermanentJobError(exc.message) from exc
     except IngestError as exc:
         # A readable answer, not a job failure: the study cannot be analysed, and the card says why.
-        _store(
-            ctx,
-            request,
-            AnalysisResult(status=AnalysisStatus.UNANALYSABLE, reason=f"{exc.kind}: {exc.message}"),
-        )
-        return
-
-    try:
-        result = quick_read(study)
-    except IngestError as exc:
         _store(
             ctx,
             request,
