@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import random
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,24 @@ def _grid_dice(network: torch.nn.Module, samples: Sequence[Sample], device: torc
     network.train()
     per_patient = {k: dice_per_class(np.stack(p), np.stack(t)) for k, (p, t) in by_patient.items()}
     return summarise(per_patient) if per_patient else {}
+
+
+@contextmanager
+def shipped_layout(out_dir: Path) -> Iterator[Path]:
+    """A models folder in which ``out_dir`` is found under the shipped name ``MODEL_NAME``.
+
+    Why: the evaluation goes through the product's inference path (``segment_sagittal_stack``),
+    which loads ``<models_dir>/sagittal_seg``; a run written to any other folder name (a trial in
+    /tmp, ``models/sagittal_seg_v2``) is reached through a temporary symlink instead of being
+    silently skipped or, worse, evaluating the shipped model in its place.
+    """
+    out_dir = out_dir.resolve()
+    if out_dir.name == MODEL_NAME:
+        yield out_dir.parent
+        return
+    with tempfile.TemporaryDirectory(prefix="cds-sagittal-eval-") as tmp:
+        (Path(tmp) / MODEL_NAME).symlink_to(out_dir, target_is_directory=True)
+        yield Path(tmp)
 
 
 def evaluate_spider(model_parent: Path, spider_root: Path, patients: Sequence[str]) -> dict[str, Any]:
@@ -309,15 +329,20 @@ def train_sagittal(
     write_card(spec, out_dir)
     (out_dir / "training_log.jsonl").write_text(log_path.read_text(encoding="utf-8"), encoding="utf-8")
     if spider_root is not None and holdout:
-        clear_cache()
-        result = evaluate_spider(out_dir.parent, spider_root, holdout)
-        name = "spider_holdout" if config.spider_train else "spider_all_patients"
-        spec = replace(spec, metrics={f"{name}_dice": result})
-        write_card(spec, out_dir)
         from cds.train.gallery import save_gallery
 
-        save_gallery(out_dir.parent, spider_root, holdout[:8], work_dir / "gallery.png")
+        clear_cache()
+        with shipped_layout(out_dir) as models_dir:
+            result = evaluate_spider(models_dir, spider_root, holdout)
+            spec = replace(spec, metrics={f"{_metric_name(config.spider_train)}_dice": result})
+            write_card(spec, out_dir)
+            save_gallery(models_dir, spider_root, holdout[:8], work_dir / "gallery.png")
+        clear_cache()
     return spec
+
+
+def _metric_name(spider_train: bool) -> str:
+    return "spider_holdout" if spider_train else "spider_all_patients"
 
 
 def export_checkpoint(checkpoint: Path, out_dir: Path, spider_root: Path | None, version: str) -> ModelSpec:
@@ -363,10 +388,20 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, spider_root: Path | None,
     write_card(spec, out_dir)
     if holdout and spider_root is not None:
         clear_cache()
-        name = "spider_holdout" if cfg["spider_train"] else "spider_all_patients"
-        spec = replace(spec, metrics={f"{name}_dice": evaluate_spider(out_dir.parent, spider_root, holdout)})
+        with shipped_layout(out_dir) as models_dir:
+            result = evaluate_spider(models_dir, spider_root, holdout)
+        clear_cache()
+        spec = replace(spec, metrics={f"{_metric_name(bool(cfg['spider_train']))}_dice": result})
         write_card(spec, out_dir)
     return spec
 
 
-__all__ = ["CONTRACT", "MODEL_NAME", "TrainConfig", "evaluate_spider", "export_checkpoint", "train_sagittal"]
+__all__ = [
+    "CONTRACT",
+    "MODEL_NAME",
+    "TrainConfig",
+    "evaluate_spider",
+    "export_checkpoint",
+    "shipped_layout",
+    "train_sagittal",
+]

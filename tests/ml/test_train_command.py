@@ -55,3 +55,18 @@ def test_train_writes_verified_weights_card_and_log_and_resumes(tmp_path: Path) 
     log = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     assert read_card("sagittal_seg", out.parent).sha256 == card.sha256
+
+
+def test_holdout_evaluation_runs_when_out_folder_has_another_name(tmp_path: Path) -> None:
+    """The evaluation must score the model just written, whatever its folder is called."""
+    spider = _fake_spider(tmp_path / "spider")
+    out = tmp_path / "trial" / "sagittal_seg_try"
+    args = ["train", "sagittal-seg", "--data-spider", str(spider), "--out", str(out)]
+    args += ["--work-dir", str(tmp_path / "work"), "--epochs", "1", "--steps-per-epoch", "1"]
+    args += ["--batch-size", "2", "--holdout", "1"]
+    assert main(args) == 0
+
+    card = read_card("sagittal_seg_try", out.parent)
+    summary = card.metrics["spider_holdout_dice"]["summary"]
+    assert set(summary) == {"disc", "vertebra", "canal", "mean"}
+    assert not (out.parent / "sagittal_seg").exists()
