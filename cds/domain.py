@@ -249,6 +249,13 @@ class FeedbackOutcome(StrEnum):
     OVERRIDDEN = "overridden"
 
 
+class FeedbackVerdict(StrEnum):
+    """A clinician's verdict on one AI finding or on a whole card, given in the viewer."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
+
+
 @dataclass(frozen=True)
 class AnalysisResult:
     """What quick_read returns and the store keeps.
