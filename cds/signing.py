@@ -33,6 +33,12 @@ class LinkPurpose(StrEnum):
 
     VIEWER = "cds.viewer-link"
     EXPLAIN = "cds.explain-link"
+    #: The demo deployment's study list (cds.viewer); the signed subject is STUDY_LIST_SUBJECT.
+    STUDY_LIST = "cds.study-list-link"
+
+
+#: What a study-list token signs (it names no analysis and no patient).
+STUDY_LIST_SUBJECT = "study-list"
 
 
 class LinkTokenError(Forbidden):
