@@ -81,6 +81,15 @@ class Settings:
     rationale_model_file: Path | None = None  # local GGUF; default: the pinned PyPI package
     rationale_threads: int = 0  # torch threads for the local model; 0 = leave torch's default
     rationale_int8: bool = False  # dynamic int8 Linear layers for the local model (faster, outputs change)
+    # PACS trigger (cds.pacs): Orthanc notifies POST /pacs/notifications with this bearer token;
+    # empty = the endpoint is off (404). The poller follows Orthanc's /changes at pacs_orthanc_url
+    # (default: CDS_DICOMWEB_URL without its /dicom-web suffix), with the DICOMweb credentials.
+    pacs_notify_token: str = ""
+    pacs_orthanc_url: str = ""
+    pacs_poll_interval_s: float = 10.0
+    # FHIR write-back (cds.fhir.writeback): off unless CDS_FHIR_WRITEBACK_URL is set.
+    fhir_writeback_url: str = ""
+    fhir_writeback_token: str = ""  # bearer token for that server (never logged)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,6 +97,13 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'cds.db').resolve()}"
+
+    @property
+    def resolved_pacs_orthanc_url(self) -> str:
+        """Orthanc's REST root for the /changes poller ("" when no PACS is configured)."""
+        if self.pacs_orthanc_url:
+            return self.pacs_orthanc_url
+        return self.dicomweb_url.rstrip("/").removesuffix("/dicom-web")
 
     @property
     def resolved_dicom_dir(self) -> Path:
@@ -165,4 +181,14 @@ class Settings:
             kw["rationale_threads"] = _int(v, "CDS_RATIONALE_THREADS")
         if v := env.get("CDS_RATIONALE_INT8"):
             kw["rationale_int8"] = _bool(v, "CDS_RATIONALE_INT8")
+        if v := env.get("CDS_PACS_NOTIFY_TOKEN"):
+            kw["pacs_notify_token"] = v
+        if v := env.get("CDS_PACS_ORTHANC_URL"):
+            kw["pacs_orthanc_url"] = v.rstrip("/")
+        if v := env.get("CDS_PACS_POLL_INTERVAL_S"):
+            kw["pacs_poll_interval_s"] = _float(v, "CDS_PACS_POLL_INTERVAL_S")
+        if v := env.get("CDS_FHIR_WRITEBACK_URL"):
+            kw["fhir_writeback_url"] = v.rstrip("/")
+        if v := env.get("CDS_FHIR_WRITEBACK_TOKEN"):
+            kw["fhir_writeback_token"] = v
         return replace(s, **kw)

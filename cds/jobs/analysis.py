@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from cds.config import Settings
 from cds.domain import AnalysisMode, AnalysisResult, AnalysisStatus
-from cds.errors import Forbidden, IngestError, ModelError, StageError
+from cds.errors import Forbidden, IngestError, ModelError, StageError, UpstreamError
 from cds.jobs.kinds import JobKind
 from cds.jobs.queue import JobQueue
 from cds.jobs.registry import JobContext, PermanentJobError
@@ -82,9 +82,15 @@ REASON_SOURCE_REFUSED = "The images of this study are on a server this service m
 REASON_MODEL_FAILED = "The AI models could not process this study; no result was produced."
 REASON_RETRYING = "Retrieving or analysing the images failed; the analysis will be retried."
 REASON_FAILED = "The analysis failed after repeated attempts; no result was produced."
+REASON_PACS_RETRYING = (
+    "The image archive (PACS) could not be reached; the analysis will be retried automatically."
+)
+REASON_PACS_UNREACHABLE = (
+    "The image archive (PACS) could not be reached after repeated attempts; it will be tried again later."
+)
 
 #: Failures whose cause can pass (the images were not reachable): retried on a later request.
-RETRYABLE_REASONS = frozenset({REASON_NO_SOURCE, REASON_FAILED})
+RETRYABLE_REASONS = frozenset({REASON_NO_SOURCE, REASON_FAILED, REASON_PACS_UNREACHABLE})
 #: At most this many FAILED analyses (revisions) per study before a failure stays final.
 MAX_FAILED_ATTEMPTS = 4
 #: Wait after the n-th failure before retrying: REQUEUE_BACKOFF * 2**(n-1).
@@ -196,6 +202,11 @@ def run_analyze(ctx: JobContext) -> None:
     try:
         _analyze(ctx, request, source)
     except PermanentJobError:
+        raise
+    except UpstreamError:
+        # The PACS is down or failing: a clear FAILED state (the card shows the reason) while the
+        # job waits for its retry; after the last attempt a retryable reason (hooks retry later).
+        _fail(ctx, request, REASON_PACS_UNREACHABLE if ctx.final_attempt else REASON_PACS_RETRYING)
         raise
     except Exception:
         if not ctx.final_attempt:  # transient (e.g. PACS down): say so while the job waits to retry

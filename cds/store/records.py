@@ -266,3 +266,17 @@ class SeenTokenRecord(Base):
     issuer: Mapped[str] = mapped_column(sa.String(512))
     jti: Mapped[str] = mapped_column(sa.String(255))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class PacsCursorRecord(Base):
+    """How far a PACS change feed has been read (Orthanc /changes `Seq`), per feed name.
+
+    Persisted so that a restarted poller resumes where it stopped: studies that became stable while
+    it was down are still picked up, and nothing already handled is read again.
+    """
+
+    __tablename__ = "pacs_cursors"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    last_change: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -1,0 +1,73 @@
+"""One stable study in: filter it, register it with its DICOMweb address, enqueue its analysis.
+
+Shared by the push path (notification endpoint) and the pull path (/changes poller). Idempotent
+and race-safe by construction: the study row is insert-or-get on its UID, the analysis row is
+insert-or-get on (study, mode, revision), and the job is insert-or-get on its dedupe key, so the
+same notification delivered any number of times, concurrently or by both paths, makes one job.
+Nothing here touches pixels or models: it runs in the web process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from cds.config import Settings
+from cds.domain import AnalysisStatus
+from cds.errors import CdsError
+from cds.jobs.analysis import request_analysis
+from cds.jobs.queue import JobQueue
+from cds.pacs.filter import Verdict, classify
+from cds.pacs.study import StableStudy
+from cds.store import queries
+from cds.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+class PacsNotConfigured(CdsError):
+    """A PACS notification arrived but CDS_DICOMWEB_URL is not set: there is nowhere to read from."""
+
+    http_status = 503
+    issue_code = "transient"
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    verdict: Verdict
+    analysis_id: str | None = None
+    status: AnalysisStatus | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict is Verdict.LUMBAR_MRI
+
+
+def dicomweb_study_uri(settings: Settings, study_uid: str) -> str:
+    if not settings.dicomweb_url:
+        raise PacsNotConfigured("no PACS configured (CDS_DICOMWEB_URL)")
+    return f"{settings.dicomweb_url.rstrip('/')}/studies/{study_uid}"
+
+
+def accept_stable_study(db: Database, jobs: JobQueue, settings: Settings, study: StableStudy) -> IntakeResult:
+    """Register and enqueue `study` when it is a lumbar MRI; otherwise only say why not."""
+    verdict = classify(study)
+    if verdict is not Verdict.LUMBAR_MRI:
+        log.info("pacs: stable study skipped (%s)", verdict.value)
+        return IntakeResult(verdict)
+    source_uri = dicomweb_study_uri(settings, study.study_uid)
+    with db.session() as s:
+        known = queries.study_by_uid(s, study.study_uid)
+        queries.upsert_study(
+            s,
+            study.study_uid,
+            # An EHR registration ("Patient/<id>") is better than the DICOM PatientID: keep it.
+            patient_ref=(study.patient_id or None) if known is None or not known.patient_ref else None,
+            study_date=study.study_date,
+            description=study.description or None,
+            # Images already located (e.g. through the EHR's Endpoint) stay where they were found.
+            source_uri=source_uri if known is None or not known.source_uri else None,
+        )
+    analysis = request_analysis(db, jobs, study.study_uid)
+    log.info("pacs: lumbar MRI accepted; analysis %s is %s", analysis.id, analysis.status.value)
+    return IntakeResult(verdict, analysis.id, analysis.status)

@@ -1,0 +1,129 @@
+"""Orthanc's own REST API, for what DICOMweb does not offer: the /changes feed and study summaries.
+
+Only GETs, through the same retrying, authenticated requests session as the DICOMweb source
+(cds.dicom.sources.dicomweb.make_session: urllib3 back-off on connection errors and 429/5xx), so
+a briefly unavailable PACS costs a delay, and a PACS that stays down raises UpstreamError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from cds.config import Settings
+from cds.errors import NotFound, UpstreamError
+from cds.pacs.study import ProcedureCode, SeriesInfo, StableStudy, dicom_date
+
+STABLE_STUDY = "StableStudy"
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    change_type: str
+    resource_id: str  # Orthanc's own id of the resource (a hash, not a DICOM UID)
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    changes: tuple[Change, ...]
+    last: int  # the Seq to continue from
+    done: bool  # no more changes after `last` right now
+
+
+class OrthancClient:
+    def __init__(self, base_url: str, session: requests.Session, timeout_s: float = 30.0) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError("Orthanc URL must be an http(s) URL")
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._timeout = (5.0, timeout_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OrthancClient:
+        from cds.dicom.sources.dicomweb import make_session
+        from cds.dicom.sources.endpoint import settings_auth, settings_retry
+
+        url = settings.resolved_pacs_orthanc_url
+        if not url:
+            raise UpstreamError("no Orthanc configured (CDS_PACS_ORTHANC_URL or CDS_DICOMWEB_URL)")
+        return cls(
+            url, make_session(settings_auth(settings), settings_retry(settings)), settings.dicomweb_timeout_s
+        )
+
+    def __repr__(self) -> str:
+        return f"OrthancClient({urlsplit(self.base_url).netloc!r})"
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        host = urlsplit(self.base_url).netloc
+        try:
+            response = self._session.get(f"{self.base_url}/{path}", params=params, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise UpstreamError(f"Orthanc {host} is unreachable ({type(exc).__name__})") from exc
+        if response.status_code == 404:
+            raise NotFound("Orthanc has no such resource")
+        if response.status_code >= 400:
+            raise UpstreamError(f"Orthanc {host} answered HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise UpstreamError(f"Orthanc {host} sent a body that is not JSON") from exc
+
+    def last_change(self) -> int:
+        """The newest Seq (to start a new cursor "from now")."""
+        return int(self._get("changes", {"last": ""}).get("Last", 0))
+
+    def changes(self, since: int, limit: int = 100) -> ChangePage:
+        data = self._get("changes", {"since": since, "limit": limit})
+        changes = tuple(
+            Change(int(c["Seq"]), str(c.get("ChangeType", "")), str(c.get("ID", "")))
+            for c in data.get("Changes") or []
+            if isinstance(c, dict) and "Seq" in c
+        )
+        last = int(data.get("Last", since))
+        return ChangePage(changes, max(last, since), bool(data.get("Done", True)))
+
+    def stable_study(self, orthanc_id: str) -> StableStudy:
+        """The StableStudy for an Orthanc study id: study + patient tags, series tags, procedure codes."""
+        sid = quote(orthanc_id, safe="")
+        study = self._get(f"studies/{sid}")
+        tags = study.get("MainDicomTags") or {}
+        patient = study.get("PatientMainDicomTags") or {}
+        series = [
+            SeriesInfo(
+                str(t.get("Modality", "")),
+                str(t.get("SeriesDescription", "")),
+                str(t.get("BodyPartExamined", "")),
+            )
+            for s in self._get(f"studies/{sid}/series") or []
+            for t in [s.get("MainDicomTags") or {}]
+        ]
+        return StableStudy(
+            study_uid=str(tags.get("StudyInstanceUID", "")),
+            patient_id=str(patient.get("PatientID", "")),
+            study_date=dicom_date(str(tags.get("StudyDate", "")) or None),
+            description=str(tags.get("StudyDescription", "")),
+            modalities=tuple(str(tags.get("ModalitiesInStudy", "")).split("\\"))
+            if tags.get("ModalitiesInStudy")
+            else (),
+            series=tuple(series),
+            procedure_codes=self._procedure_codes(sid),
+        )
+
+    def _procedure_codes(self, sid: str) -> tuple[ProcedureCode, ...]:
+        """Procedure codes live in instance headers only; one instance of the study is enough."""
+        instances = self._get(f"studies/{sid}/instances") or []
+        if not instances:
+            return ()
+        iid = quote(str(instances[0].get("ID", "")), safe="")
+        tags = self._get(f"instances/{iid}/tags", {"simplify": ""})
+        codes: list[ProcedureCode] = []
+        for name in ("ProcedureCodeSequence", "RequestedProcedureCodeSequence"):
+            for item in tags.get(name) or []:
+                if isinstance(item, dict) and item.get("CodeValue") and item.get("CodingSchemeDesignator"):
+                    codes.append(ProcedureCode(str(item["CodingSchemeDesignator"]), str(item["CodeValue"])))
+        return tuple(codes[:32])

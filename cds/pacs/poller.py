@@ -1,0 +1,115 @@
+"""The pull path: follow Orthanc's /changes feed and take in every StableStudy change.
+
+Why a poller next to the Lua push: a push is fire-and-forget (Orthanc does not retry a failed
+HttpPost, and notifications sent while this service is down are lost); the poller reads the PACS's
+own durable change log from a cursor persisted in the database, so it catches up after any
+outage. Both paths may see the same study: intake is idempotent, so that costs nothing.
+The cursor moves only past changes that were handled; a PACS or database failure mid-page leaves
+it at the last handled change, and the next poll resumes there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from cds.config import Settings
+from cds.errors import NotFound
+from cds.jobs.queue import JobQueue
+from cds.pacs.cursor import load_cursor, save_cursor
+from cds.pacs.intake import accept_stable_study
+from cds.pacs.orthanc import STABLE_STUDY, OrthancClient
+from cds.pacs.study import InvalidStudyInfo
+from cds.store.db import Database
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FEED = "orthanc"
+
+
+@dataclass(frozen=True)
+class PollReport:
+    changes: int = 0  # changes read
+    stable_studies: int = 0
+    queued: int = 0  # lumbar MRIs whose analysis is queued (or already existed)
+    skipped: int = 0  # not lumbar MRI, gone from the PACS, or unusable headers
+    cursor: int = 0
+    done: bool = True
+
+
+class ChangePoller:
+    def __init__(
+        self,
+        db: Database,
+        jobs: JobQueue,
+        settings: Settings,
+        orthanc: OrthancClient,
+        *,
+        feed: str = DEFAULT_FEED,
+        page_size: int = 100,
+    ) -> None:
+        self.db = db
+        self.jobs = jobs
+        self.settings = settings
+        self.orthanc = orthanc
+        self.feed = feed
+        self.page_size = page_size
+
+    def start_from_now(self) -> int:
+        """Initialise a never-read cursor at the PACS's newest change (skip the history)."""
+        current = load_cursor(self.db, self.feed)
+        if current is None:
+            current = self.orthanc.last_change()
+            save_cursor(self.db, self.feed, current)
+        return current
+
+    def poll_once(self) -> PollReport:
+        """Read one page of changes from the cursor and handle it; the cursor follows."""
+        since = load_cursor(self.db, self.feed) or 0
+        page = self.orthanc.changes(since, self.page_size)
+        stable = queued = skipped = 0
+        handled = since
+        for change in page.changes:
+            if change.change_type == STABLE_STUDY:
+                stable += 1
+                if self._take(change.resource_id):
+                    queued += 1
+                else:
+                    skipped += 1
+            handled = change.seq
+            save_cursor(self.db, self.feed, handled)
+        cursor = max(handled, page.last)
+        save_cursor(self.db, self.feed, cursor)
+        return PollReport(len(page.changes), stable, queued, skipped, cursor, page.done)
+
+    def _take(self, orthanc_id: str) -> bool:
+        try:
+            study = self.orthanc.stable_study(orthanc_id)
+        except NotFound:  # deleted since it became stable
+            return False
+        except InvalidStudyInfo as exc:
+            log.warning("pacs poll: unusable study headers (%s)", exc.message)
+            return False
+        return accept_stable_study(self.db, self.jobs, self.settings, study).accepted
+
+    def run(self, stop: threading.Event, interval_s: float) -> None:
+        """Poll until `stop` is set: at once while pages are full, else every interval_s; a failing
+        PACS or database backs off (doubling, up to 10 intervals) without moving the cursor."""
+        delay = interval_s
+        while not stop.is_set():
+            try:
+                report = self.poll_once()
+            except Exception as exc:  # keep polling: the PACS or database may come back
+                log.warning("pacs poll failed (%s); retrying in %.0f s", type(exc).__name__, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, interval_s * 10)
+                continue
+            delay = interval_s
+            if report.stable_studies:
+                log.info(
+                    "pacs poll: %d stable studies, %d queued, %d skipped (cursor %d)",
+                    report.stable_studies, report.queued, report.skipped, report.cursor,
+                )  # fmt: skip
+            if report.done:
+                stop.wait(interval_s)
