@@ -4,8 +4,9 @@ Thin on purpose: size limit -> authenticate -> claim jti -> parse -> one decisio
 -> audit. The token's jti is claimed (replay protection shared by all workers) right after its
 signature checks out and before anything else happens, so a replayed token is answered 401 without
 a single side effect: no FHIR fetch, no study registered, no job. The evaluation itself only reads
-(one read-only Core transaction); analyses it asks for are registered and enqueued after it, and
-the audit row is the call's last write. Calls that never authenticated (no valid token, a replayed
+(one status statement); analyses it asks for are registered and enqueued after it, and the audit
+row is the call's last write. The claim, the status read and the audit row go straight to the
+database driver (cds.hooks.hotstore): they are most of a call's database cost. Calls that never authenticated (no valid token, a replayed
 one, a body over the limit before the token was checked) write no audit row (an attacker could
 otherwise fill the table); they are counted in the log instead.
 
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 
 from cds.domain import FeedbackOutcome
@@ -34,10 +34,10 @@ from cds.hooks.auth import Authenticator, VerifiedToken
 from cds.hooks.cards import is_offered_override_reason, prune_empty
 from cds.hooks.encode import encode_cards
 from cds.hooks.fhirsource import source_for
+from cds.hooks.hotstore import AuditRow
 from cds.hooks.models import FeedbackRequest, HookRequest, parse_json_model, parse_model
 from cds.hooks.outcome import outcome_for_error, outcome_for_unexpected
 from cds.hooks.registry import BY_ID, discovery
-from cds.hooks.replay import claim_token
 from cds.hooks.runtime import HooksRuntime, runtime
 from cds.hooks.service import HookCall, ServiceDefinition
 from cds.hooks.storecatalog import StoreCatalog
@@ -51,7 +51,6 @@ bp = Blueprint("cds_hooks", __name__, url_prefix="/cds-services")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9\-_.]{1,64}$")
 _JSON = "application/json"
 _DISCOVERY_BODY: bytes | None = None
-_AUDIT_INSERT = sa.insert(HookCallRecord)
 _unauthorized_lock = threading.Lock()
 _unauthorized_count = 0
 
@@ -63,12 +62,6 @@ def _count_unauthorized(rid: str, service_id: str) -> None:
         _unauthorized_count += 1
         count = _unauthorized_count
     log.info("hook_call unauthorized request_id=%s service=%s unauthorized_total=%d", rid, service_id, count)
-
-
-def _services() -> Any:
-    from cds.extensions import services  # app wiring (platform); imported lazily, no cycle
-
-    return services()
 
 
 def _request_id() -> str:
@@ -130,29 +123,26 @@ def _finish(
 ) -> None:
     """The call's last write: audit row and (feedback) payload rows; nothing for unauthenticated
     calls (`token` is the verified and claimed token, or None)."""
-    svc = _services()
     latency_ms = (time.perf_counter() - started) * 1000.0
     if token is None:
         _count_unauthorized(rid, audit.service.id)
         return
-    row = {
-        "hook_instance": audit.hook_instance or "-",
-        "service_id": audit.service.id,
-        "hook": audit.service.hook,
-        "patient_ref": audit.patient_ref,
-        "latency_ms": latency_ms,
-        "outcome": audit.outcome,
-        "status_code": audit.status,
-        "card_count": audit.cards,
-    }
+    row = AuditRow(
+        hook_instance=audit.hook_instance or "-",
+        service_id=audit.service.id,
+        hook=audit.service.hook,
+        patient_ref=audit.patient_ref,
+        latency_ms=latency_ms,
+        outcome=audit.outcome,
+        status_code=audit.status,
+        card_count=audit.cards,
+    )
     if extra is None:
-        # Hook calls: Core (no ORM unit of work on the hot path).
-        with svc.db.independent_writes() as conn:
-            conn.execute(_AUDIT_INSERT, row)
+        rt.store.audit(row)  # hook calls: one statement straight to the driver
     else:
-        with svc.db.session() as s:
+        with rt.db.session() as s:  # feedback rows and the audit row in one transaction
             extra(s)
-            s.connection().execute(_AUDIT_INSERT, row)
+            s.add(HookCallRecord(**row.__dict__))
     log.info(
         "hook_call request_id=%s service=%s status=%d outcome=%s cards=%d latency_ms=%.1f",
         rid,
@@ -171,9 +161,8 @@ def _authenticate(rt: HooksRuntime) -> VerifiedToken:
     reaches parsing, prefetch fetches or the store.
     """
     token = rt.authenticator.verify(request.headers.get("Authorization"), _audience(rt))
-    with _services().db.independent_writes() as conn:
-        if not claim_token(conn, token.caller.issuer, token.jti, token.expires_at):
-            raise Authenticator.replay_rejected()
+    if not rt.store.claim(token.caller.issuer, token.jti, token.expires_at):
+        raise Authenticator.replay_rejected()
     return token
 
 
@@ -211,20 +200,18 @@ def _evaluate(
         )
     context = parse_model(service.context_model, hook_request.context, "context")
     audit.patient_ref = f"Patient/{context.patientId}"  # type: ignore[attr-defined]
-    svc = _services()
     settings = rt.settings
-    with svc.db.read_connection() as conn:
-        catalog = StoreCatalog(conn, svc.db, svc.jobs, rt.results, settings.dicomweb_url, settings)
-        call = HookCall(
-            service=service,
-            request=hook_request,
-            context=context,
-            catalog=catalog,
-            presenter=rt.presenter,
-            today=datetime.now(UTC).date(),
-            fhir_source=source_for(hook_request, settings.fhir_allowed_hosts, settings.fhir_timeout_s),
-        )
-        return service.decide(call), catalog
+    catalog = StoreCatalog(rt.store, rt.db, rt.jobs, rt.results, settings.dicomweb_url, settings)
+    call = HookCall(
+        service=service,
+        request=hook_request,
+        context=context,
+        catalog=catalog,
+        presenter=rt.presenter,
+        today=datetime.now(UTC).date(),
+        fhir_source=source_for(hook_request, settings.fhir_allowed_hosts, settings.fhir_timeout_s),
+    )
+    return service.decide(call), catalog
 
 
 @bp.post("/<service_id>")
@@ -234,7 +221,7 @@ def call_service(service_id: str) -> Response:
         service = _lookup_service(service_id)
     except NotFound as exc:
         return _error_response(exc)
-    rt = runtime(current_app._get_current_object(), _services().settings)  # type: ignore[attr-defined]
+    rt = runtime(current_app._get_current_object())  # type: ignore[attr-defined]
     audit = _Audit(service)
     token: VerifiedToken | None = None
     try:
@@ -300,7 +287,7 @@ def feedback(service_id: str) -> Response:
         service = _lookup_service(service_id)
     except NotFound as exc:
         return _error_response(exc)
-    rt = runtime(current_app._get_current_object(), _services().settings)  # type: ignore[attr-defined]
+    rt = runtime(current_app._get_current_object())  # type: ignore[attr-defined]
     audit = _Audit(service, hook_instance="feedback")
     token: VerifiedToken | None = None
     try:

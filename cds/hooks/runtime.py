@@ -1,4 +1,5 @@
-"""Per-process objects of the hooks, built once per app: authenticator, key cache, presenter.
+"""Per-process objects of the hooks, built once per app: authenticator, key cache, presenter,
+the hot path's statements, and the app's shared services (settings, database, job queue).
 
 Built lazily on the first hook request (not at import, not in create_app's hot path), from the
 app's Settings; the clients file is read then, and an invalid one fails loudly.
@@ -15,10 +16,12 @@ from flask import Flask
 from cds.config import Settings
 from cds.hooks.auth import Authenticator
 from cds.hooks.clients import load_clients
+from cds.hooks.hotstore import HotStore
 from cds.hooks.jwks import JwksCache
 from cds.hooks.presenter import LinkPresenter
 from cds.hooks.replay import claim_token
 from cds.hooks.storecatalog import ResultCache
+from cds.jobs.queue import JobQueue
 from cds.signing import LinkPurpose, LinkSigner
 from cds.store.db import Database
 
@@ -47,9 +50,12 @@ class HooksRuntime:
     authenticator: Authenticator
     presenter: LinkPresenter
     results: ResultCache
+    db: Database
+    jobs: JobQueue
+    store: HotStore
 
 
-def build_runtime(settings: Settings) -> HooksRuntime:
+def build_runtime(settings: Settings, db: Database, jobs: JobQueue) -> HooksRuntime:
     authenticator = Authenticator(
         clients=load_clients(settings.clients_file),
         jwks_cache=JwksCache(timeout_s=min(settings.fhir_timeout_s, 3.0)),
@@ -61,15 +67,18 @@ def build_runtime(settings: Settings) -> HooksRuntime:
         LinkSigner(settings.secret_key, LinkPurpose.EXPLAIN).sign,
         settings.viewer_link_ttl_s,
     )
-    return HooksRuntime(settings, authenticator, presenter, ResultCache())
+    return HooksRuntime(settings, authenticator, presenter, ResultCache(), db, jobs, HotStore(db))
 
 
-def runtime(app: Flask, settings: Settings) -> HooksRuntime:
+def runtime(app: Flask) -> HooksRuntime:
     found: HooksRuntime | None = app.extensions.get(_EXTENSION_KEY)
     if found is None:
+        from cds.extensions import services  # app wiring (platform); imported lazily, no cycle
+
         with _lock:
             found = app.extensions.get(_EXTENSION_KEY)
             if found is None:
-                found = build_runtime(settings)
+                svc = services(app)
+                found = build_runtime(svc.settings, svc.db, svc.jobs)
                 app.extensions[_EXTENSION_KEY] = found
     return found

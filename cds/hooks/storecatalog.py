@@ -1,8 +1,9 @@
 """AnalysisCatalog over the store (cds.store) and the job queue (cds.jobs).
 
-The hot path reads only what a card needs: one query for the analyses' status columns of the
-patient's studies, and the stored result JSON only for an analysis this worker has not parsed yet
-(a result is cached per (analysis id, updated_at), so a rewritten analysis is re-read). The
+The hot path reads only what a card needs: one statement for the analyses' status columns of the
+patient's studies (cds.hooks.hotstore, straight to the driver), and the stored result JSON only for
+an analysis this worker has not parsed yet (a result is cached per (analysis id, updated_at), so a
+rewritten analysis is re-read). The
 selection rule is the store's (cds.store.queries.latest_complete_analysis / latest_analysis):
 per study the newest COMPLETE analysis, else the newest of any status.
 Asking for an analysis registers the study (if the store does not know it yet) and enqueues the
@@ -17,38 +18,18 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
-
 from cds.config import Settings
 from cds.domain import AnalysisResult, AnalysisStatus
 from cds.hooks.catalog import StoredAnalysis
+from cds.hooks.hotstore import HotStore, StatusRow
 from cds.hooks.imagesource import source_uri_for
 from cds.hooks.studies import LumbarStudy
 from cds.jobs.analysis import retry_due, retry_failed_analysis
 from cds.jobs.queue import JobQueue
 from cds.store import queries
 from cds.store.db import Database
-from cds.store.records import AnalysisRecord, StudyRecord
 
 _OLDEST = datetime.min.replace(tzinfo=UTC)
-
-#: Status columns of every analysis of the given studies (built once; the hot path only binds).
-_STATUS_QUERY = (
-    sa.select(
-        StudyRecord.study_uid,
-        StudyRecord.patient_ref,
-        AnalysisRecord.id,
-        AnalysisRecord.status,
-        AnalysisRecord.reason,
-        AnalysisRecord.revision,
-        AnalysisRecord.created_at,
-        AnalysisRecord.updated_at,
-        AnalysisRecord.finished_at,
-    )
-    .join(StudyRecord, AnalysisRecord.study_id == StudyRecord.id)
-    .where(StudyRecord.study_uid.in_(sa.bindparam("uids", expanding=True)))
-)
 
 
 class ResultCache:
@@ -84,15 +65,15 @@ def _pick(rows: list[Any]) -> Any:
 class StoreCatalog:
     def __init__(
         self,
-        conn: sa.Connection,
+        store: HotStore,
         db: Database,
         jobs: JobQueue,
         cache: ResultCache,
         dicomweb_url: str = "",
         settings: Settings | None = None,
     ) -> None:
-        #: A read-only Core connection (Database.read_connection()): no ORM unit of work per call.
-        self._conn = conn
+        #: Status reads straight to the driver; the ORM only on a result-cache miss.
+        self._store = store
         self._db = db
         self._jobs = jobs
         self._cache = cache
@@ -107,8 +88,8 @@ class StoreCatalog:
     def lookup(self, study_uids: Sequence[str]) -> Mapping[str, StoredAnalysis]:
         if not study_uids:
             return {}
-        rows = self._conn.execute(_STATUS_QUERY, {"uids": list(study_uids)}).all()
-        by_study: dict[str, list[Any]] = {}
+        rows = self._store.analysis_status(study_uids)
+        by_study: dict[str, list[StatusRow]] = {}
         for row in rows:
             by_study.setdefault(row.study_uid, []).append(row)
         found: dict[str, StoredAnalysis] = {}
@@ -130,18 +111,20 @@ class StoreCatalog:
             )
         return found
 
-    def _result(self, row: Any) -> AnalysisResult:
+    def _result(self, row: StatusRow) -> AnalysisResult:
         key = (row.id, row.updated_at)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        # A miss (first call for this analysis in this worker): ORM loading, on the same transaction.
-        with Session(bind=self._conn) as session:
+        # A miss (first call for this analysis in this worker): ORM loading, read-only.
+        with self._db.session(readonly=True) as session:
             record = queries.get_analysis(session, row.id)
             if record is None:  # deleted between the two reads: treat as a fresh miss next time
                 raise LookupError("analysis disappeared during lookup")
             result = record.to_result()
-        self._cache.put(key, result)
+            # Cached only under the version it is: rewritten since the status read -> not cached.
+            if record.updated_at == row.updated_at:
+                self._cache.put(key, result)
         return result
 
     def request_analysis(self, study: LumbarStudy, patient_id: str) -> None:

@@ -11,6 +11,7 @@ PostgreSQL needs none of this; URLs are normalised to the psycopg 3 driver.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import SingletonThreadPool
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -89,6 +91,9 @@ class Database:
             self._autocommit_engine = self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
+        self._thread_engine: Engine | None = None
+        self._thread_local = threading.local()
+        self._thread_lock = threading.Lock()
 
     @contextmanager
     def session(self, *, readonly: bool = False) -> Iterator[Session]:
@@ -136,9 +141,55 @@ class Database:
             with self._autocommit_engine.connect() as conn:
                 yield conn
 
+    @property
+    def dialect_name(self) -> str:
+        return self.engine.dialect.name
+
+    def driver_connection(self) -> Any:
+        """This thread's own DBAPI connection in autocommit mode, kept open between calls.
+
+        For hot paths made of single statements that are each correct on their own (the hooks'
+        jti claim, audit row and status read): no pool checkout and none of SQLAlchemy's statement
+        machinery, which together cost more than the statements themselves. The connection is set
+        up like the engines' (SQLite: WAL, synchronous=NORMAL, busy timeout, foreign keys); an
+        in-memory SQLite database is the engine's own connection (it exists only there). After a
+        driver error call discard_driver_connection(): the next call connects afresh.
+        """
+        found = getattr(self._thread_local, "fairy", None)
+        if found is None:
+            found = self._driver_engine().raw_connection()
+            driver: Any = found.driver_connection
+            if not self.is_sqlite:
+                driver.autocommit = True
+            self._thread_local.fairy = found
+        return found.driver_connection
+
+    def discard_driver_connection(self) -> None:
+        """Forget (and close) this thread's driver connection, e.g. after a connection error."""
+        found = getattr(self._thread_local, "fairy", None)
+        self._thread_local.fairy = None
+        if found is not None and self._thread_engine is not self.engine:
+            found.invalidate()
+
+    def _driver_engine(self) -> Engine:
+        with self._thread_lock:
+            if self._thread_engine is None:
+                if self._autocommit_engine is self.engine and self.is_sqlite:  # in-memory
+                    self._thread_engine = self.engine
+                elif self.is_sqlite:
+                    self._thread_engine = _sqlite_engine(
+                        self.url, None, poolclass=SingletonThreadPool, pool_size=256
+                    )
+                else:
+                    self._thread_engine = sa.create_engine(
+                        self.url, poolclass=SingletonThreadPool, pool_size=256
+                    )
+            return self._thread_engine
+
     def dispose(self) -> None:
         self.engine.dispose()
-        for other in {self._read_engine, self._autocommit_engine} - {self.engine}:
+        for other in {self._read_engine, self._autocommit_engine, self._thread_engine} - {self.engine, None}:
+            assert other is not None
             other.dispose()
 
     def __repr__(self) -> str:
