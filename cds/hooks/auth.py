@@ -13,9 +13,6 @@ a database-backed guard.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -23,9 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import jwt
-
 from cds.errors import Unauthorized
+from cds.hooks import jws
 from cds.hooks.clients import TrustedClient
 from cds.hooks.jwks import ALLOWED_ALGORITHMS, JwksCache
 
@@ -34,22 +30,37 @@ log = logging.getLogger(__name__)
 #: Longest token lifetime (exp - iat) accepted. Bounds how long a jti must be remembered.
 MAX_LIFETIME_S = 3600
 _MAX_TOKEN_CHARS = 16_384
+_REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
+#: JWS header extensions understood (RFC 7515 `crit`); as PyJWT: only b64, and b64=false (a
+#: detached payload) is never accepted here.
+_SUPPORTED_CRIT = frozenset({"b64"})
 
 
-def _segment(raw: str) -> dict[str, Any] | None:
+def _as_int(value: Any) -> int | None:
+    """A NumericDate as PyJWT reads it (int(value)), None where that fails."""
     try:
-        data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (ValueError, binascii.Error):
+        return int(value)
+    except (ValueError, TypeError, OverflowError):
         return None
-    return data if isinstance(data, dict) else None
 
 
-def _peek(token: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Header and claims, UNVERIFIED: only to pick the issuer's key. jwt.decode verifies after."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None, None
-    return _segment(parts[0]), _segment(parts[1])
+def _crit_ok(header: Mapping[str, Any]) -> bool:
+    crit = header.get("crit")
+    if "crit" in header and (
+        not isinstance(crit, list)
+        or not crit
+        or any(not isinstance(e, str) or e not in _SUPPORTED_CRIT or e not in header for e in crit)
+    ):
+        return False
+    return header.get("b64", True) is not False
+
+
+def _audience_ok(aud: Any, audience: str) -> bool:
+    """PyJWT's (non-strict) rule: a string equal to the URL called, or a list of strings holding it."""
+    claims = [aud] if isinstance(aud, str) else aud
+    if not isinstance(claims, list) or any(not isinstance(c, str) for c in claims):
+        return False
+    return audience in claims
 
 
 class ReplayGuard(Protocol):
@@ -132,40 +143,60 @@ class Authenticator:
         return cls._reject("jti replayed")
 
     def verify(self, authorization: str | None, audience: str) -> VerifiedToken:
-        """Verify the bearer JWT for a call to `audience` (the exact URL called), except the jti."""
+        """Verify the bearer JWT for a call to `audience` (the exact URL called), except the jti.
+
+        Cheap checks first (shape, algorithm, issuer, key), then the signature, then the claims:
+        required iss/aud/exp/iat/jti; nbf and exp with leeway; iss the client's; aud the URL
+        called (a string, or a list of strings holding it); sub and jti strings; iat not in the
+        future; exp - iat at most MAX_LIFETIME_S.
+        """
         if not authorization or not authorization.startswith("Bearer "):
             raise self._reject("missing bearer token")
         token = authorization[len("Bearer ") :].strip()
         if not token or len(token) > _MAX_TOKEN_CHARS:
             raise self._reject("empty or oversized token")
-        header, unverified = _peek(token)
-        if header is None or unverified is None:
-            raise self._reject("token is not a JWT")
+        try:
+            compact = jws.split(token)
+        except jws.MalformedToken as exc:
+            raise self._reject(f"token is not a JWT ({exc})") from None
+        header, claims = compact.header, compact.claims
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
             raise self._reject("algorithm not allowed")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
             raise self._reject("typ is not JWT")
-        iss = unverified.get("iss")
+        if not _crit_ok(header):
+            raise self._reject("unsupported critical header")
+        iss = claims.get("iss")
         client = self._clients.get(iss) if isinstance(iss, str) else None
         if client is None:
             raise self._reject("issuer not trusted")
         key = self._key(client, header)
-        try:
-            claims = jwt.decode(
-                token,
-                key=key.key,
-                algorithms=[alg],
-                audience=audience,
-                issuer=client.iss,
-                leeway=self._leeway_s,
-                options={"require": ["iss", "aud", "exp", "iat", "jti"], "verify_iat": False},
-            )
-        except jwt.PyJWTError as exc:
-            raise self._reject(f"invalid token ({type(exc).__name__})") from None
+        if not jws.verify_signature(alg, key.key, compact.signing_input, compact.signature):
+            raise self._reject("invalid token (signature)")
+        return self._check_claims(client, claims, audience)
+
+    def _check_claims(self, client: TrustedClient, claims: Mapping[str, Any], audience: str) -> VerifiedToken:
+        for name in _REQUIRED_CLAIMS:
+            if claims.get(name) is None:
+                raise self._reject(f"invalid token (missing {name})")
         now = self._clock()
-        iat, exp, jti = claims.get("iat"), claims.get("exp"), claims.get("jti")
+        if "nbf" in claims:
+            nbf = _as_int(claims["nbf"])
+            if nbf is None or nbf > now + self._leeway_s:
+                raise self._reject("invalid token (nbf)")
+        exp_int = _as_int(claims["exp"])
+        if exp_int is None or exp_int <= now - self._leeway_s:
+            raise self._reject("invalid token (expired)")
+        if claims["iss"] != client.iss:
+            raise self._reject("invalid token (issuer)")
+        if not _audience_ok(claims["aud"], audience):
+            raise self._reject("invalid token (audience)")
+        sub, tenant = claims.get("sub"), claims.get("tenant")
+        if "sub" in claims and not isinstance(sub, str):
+            raise self._reject("invalid token (sub)")
+        iat, exp, jti = claims["iat"], claims["exp"], claims["jti"]
         if not isinstance(iat, int | float) or iat > now + self._leeway_s:
             raise self._reject("iat in the future")
         if not isinstance(exp, int | float) or exp - iat > MAX_LIFETIME_S:
@@ -173,7 +204,6 @@ class Authenticator:
         if not isinstance(jti, str) or not 0 < len(jti) <= 255:
             raise self._reject("bad jti")
         expires_at = datetime.fromtimestamp(exp + self._leeway_s, tz=UTC)
-        sub, tenant = claims.get("sub"), claims.get("tenant")
         caller = CallerIdentity(
             client.iss, sub if isinstance(sub, str) else None, tenant if isinstance(tenant, str) else None
         )
