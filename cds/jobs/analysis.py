@@ -226,9 +226,12 @@ def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:
         _fail(ctx, request, REASON_PIPELINE_UNAVAILABLE)
         raise PermanentJobError(f"analysis pipeline unavailable ({exc})") from exc
 
+    from cds.viewer.capture import recorder_for, write_viewer_artifacts
+
+    recorder = recorder_for(quick_read)  # keeps the stage outputs the viewer draws (no recompute)
     try:
         study = load_study(open_source(source, request.study_uid, ctx.settings))
-        result = quick_read(study)
+        result = quick_read(study) if recorder is None else recorder.run(quick_read, study)
     except Forbidden as exc:
         _fail(ctx, request, REASON_SOURCE_REFUSED)
         raise PermanentJobError(exc.message) from exc
@@ -248,6 +251,8 @@ def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:
         _fail(ctx, request, REASON_MODEL_FAILED)
         raise PermanentJobError(f"quick_read returned {type(result).__name__}, not AnalysisResult")
     _store(ctx, request, result)
+    if recorder is not None:  # best effort: the findings are stored whatever happens here
+        write_viewer_artifacts(recorder, result, ctx.settings.data_dir, request.analysis_id)
 
 
 def on_analyze_failure(ctx: JobContext, error: str) -> None:

@@ -23,6 +23,7 @@ from cds.domain import (
     Condition,
     ExplanationStatus,
     FeedbackOutcome,
+    FeedbackVerdict,
     Finding,
     Grade,
     Level,
@@ -280,3 +281,27 @@ class PacsCursorRecord(Base):
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     last_change: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ViewerFeedbackRecord(Base):
+    """A clinician's verdict in the viewer on one finding (level + condition) or on the whole card.
+
+    Rows are only added (a changed mind is a new row; the viewer shows the latest per target), so
+    the history stays auditable. ``card_uuid`` is the CDS card the viewer was opened from, when the
+    link said so: it joins this row to that card's CDS Hooks feedback (``feedback.card_uuid``).
+    """
+
+    __tablename__ = "viewer_feedback"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    analysis_id: Mapped[str] = mapped_column(sa.ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
+    #: "card", or "<level>/<condition>" for one finding.
+    target: Mapped[str] = mapped_column(sa.String(64))
+    level: Mapped[Level | None] = mapped_column(EnumText(Level))
+    condition: Mapped[Condition | None] = mapped_column(EnumText(Condition))
+    verdict: Mapped[FeedbackVerdict] = mapped_column(EnumText(FeedbackVerdict))
+    #: Reason code of a disagreement (the viewer's fixed list), None when agreeing.
+    reason: Mapped[str | None] = mapped_column(sa.String(64))
+    comment: Mapped[str | None] = mapped_column(sa.Text)
+    card_uuid: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,44 +1,56 @@
-"""Clinician viewer (first version): GET /viewer/<token> renders one analysis as a report page;
-GET /explain/<token> (the card's "explain" link) requests the on-demand explanation and shows its
-status.
+"""Clinician viewer routes: the report (/viewer/<token>) with its images, explanation and feedback,
+the card's explain link (/explain/<token>) and the demo study list (/studies/<token>).
 
-Access is only through the signed, expiring link a card carries (cds.signing): the URL holds the
-analysis id, signed, and nothing about the patient. An expired link gets a 410 page telling the
-user to reopen the card, a tampered one a 403 page; neither shows a stack trace.
+Access is only through signed, expiring links (cds.signing): the URL holds a signed analysis id
+and nothing about the patient. An expired link gets a 410 page telling the user to reopen the
+card, a tampered one a 403 page; neither shows a stack trace. State-changing requests (start an
+explanation, give feedback) are POSTs to the same signed URL: a cross-site page cannot forge them
+without the token, and a foreign Origin / Sec-Fetch-Site is refused on top.
 
-Responses carry no-store caching (the page holds PHI), no-referrer (the token must not leak to
-other sites through the Referer header) and a restrictive Content-Security-Policy.
+Responses carry no-store caching (pages hold PHI) except the rendered images (private, short
+max-age, ETag: they never change for a given analysis), no-referrer (the token must not leak
+through the Referer header) and a Content-Security-Policy allowing only this origin's script.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, render_template
+from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, send_file, url_for
 
 from cds.signing import (
+    STUDY_LIST_SUBJECT,
     LinkExpired,
     LinkInvalid,
     LinkPurpose,
     LinkSigner,
     sign_viewer_token,
-    verify_viewer_token,
 )
 from cds.viewer.page import ReportPage, build_report_page
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
-bp = Blueprint("viewer", __name__, template_folder=str(TEMPLATES))
+bp = Blueprint(
+    "viewer",
+    __name__,
+    template_folder=str(TEMPLATES),
+    static_folder="static",
+    static_url_path="/viewer-static",
+)
+
+#: Rendered images are cached by the browser this long (they are immutable per analysis).
+IMAGE_MAX_AGE_S = 3600
 
 _SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "Pragma": "no-cache",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-        "base-uri 'none'; form-action 'self'"
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
 }
 
@@ -47,6 +59,9 @@ _SECURITY_HEADERS = {
 def _security_headers(response: Response) -> Response:
     for name, value in _SECURITY_HEADERS.items():
         response.headers[name] = value
+    if "Cache-Control" not in response.headers or not response.headers["Cache-Control"].startswith("private"):
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
     return response
 
 
@@ -58,50 +73,6 @@ def _services() -> Any:
 
 def _error_page(status: int, title: str, message: str) -> tuple[str, int]:
     return render_template("link_error.html", status=status, title=title, message=message), status
-
-
-def load_page(analysis_id: str) -> ReportPage | None:
-    """The report page of a stored analysis, or None when there is no such analysis."""
-    from cds.store import queries
-
-    with _services().db.session(readonly=True) as session:
-        record = queries.get_analysis(session, analysis_id)
-        if record is None:
-            return None
-        study = record.study
-        return build_report_page(
-            record.to_result(),
-            analysis_id=record.id,
-            mode=record.mode,
-            patient_ref=study.patient_ref,
-            study_date=study.study_date,
-            study_description=study.description,
-            analysed_at=record.finished_at,
-        )
-
-
-@bp.get("/viewer/<token>")
-def report(token: str) -> Any:
-    try:
-        analysis_id = verify_viewer_token(token)
-    except LinkExpired:
-        return _error_page(
-            410,
-            "This link has expired",
-            "Viewer links expire to protect the patient's privacy. "
-            "Open the card in the EHR again to get a fresh link.",
-        )
-    except LinkInvalid:
-        return _error_page(
-            403,
-            "This link is not valid",
-            "The link is incomplete or has been changed. "
-            "Open the card in the EHR again to get a working link.",
-        )
-    page = load_page(analysis_id)
-    if page is None:
-        return _error_page(404, "Analysis not found", "The analysis this link points to no longer exists.")
-    return render_template("report.html", page=page)
 
 
 def _link_error(exc: LinkExpired | LinkInvalid) -> tuple[str, int]:
@@ -119,19 +90,237 @@ def _link_error(exc: LinkExpired | LinkInvalid) -> tuple[str, int]:
     )
 
 
-_EXPLANATION_TEXT = {
-    "pending": "Requested: waiting for a worker to compute it.",
-    "running": "Being computed now.",
-    "complete": "Ready.",
-    "failed": "No explanation could be produced.",
-}
-#: While an explanation is on its way the page reloads itself this often (seconds).
+def _not_found() -> tuple[str, int]:
+    return _error_page(404, "Analysis not found", "The analysis this link points to no longer exists.")
+
+
+class _LinkRejected(Exception):
+    def __init__(self, page: tuple[str, int]) -> None:
+        super().__init__("link rejected")
+        self.page = page
+
+
+def _verify(token: str, purpose: LinkPurpose = LinkPurpose.VIEWER) -> str:
+    try:
+        return LinkSigner(_services().settings.secret_key, purpose).verify(token)
+    except (LinkExpired, LinkInvalid) as exc:
+        raise _LinkRejected(_link_error(exc)) from exc
+
+
+@bp.errorhandler(_LinkRejected)
+def _rejected(exc: _LinkRejected) -> tuple[str, int]:
+    return exc.page
+
+
+def _same_origin_post() -> None:
+    """Refuse a POST another site's page made (defence in depth on top of the secret token)."""
+    if request.headers.get("Sec-Fetch-Site", "") == "cross-site":
+        abort(403)
+    origin = request.headers.get("Origin")
+    if origin and origin != "null":
+        mine = urlsplit(request.host_url)
+        theirs = urlsplit(origin)
+        if (theirs.scheme, theirs.netloc) != (mine.scheme, mine.netloc):
+            abort(403)
+
+
+def _wants_json() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "application/json"
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    page: ReportPage
+    images: Any
+    explanation: Any
+    feedback: dict[str, Any] = field(default_factory=dict)
+    card_feedback: tuple[Any, ...] = ()
+    targets: frozenset[str] = frozenset()
+
+
+def load_page(analysis_id: str) -> ReportPage | None:
+    """The report page of a stored analysis, or None when there is no such analysis."""
+    from cds.store import queries
+
+    with _services().db.session(readonly=True) as session:
+        record = queries.get_analysis(session, analysis_id)
+        if record is None:
+            return None
+        return _page_of(record)
+
+
+def _page_of(record: Any) -> ReportPage:
+    study = record.study
+    return build_report_page(
+        record.to_result(),
+        analysis_id=record.id,
+        mode=record.mode,
+        patient_ref=study.patient_ref,
+        study_date=study.study_date,
+        study_description=study.description,
+        analysed_at=record.finished_at,
+    )
+
+
+def _images(analysis_id: str, complete: bool) -> Any:
+    from cds.viewer import artifacts as art
+    from cds.viewer.imaging import build_images
+
+    if not complete:
+        return build_images(None, "Images are shown once the analysis is complete.")
+    try:
+        manifest = art.read_manifest(art.viewer_dir(_services().settings.data_dir, analysis_id))
+    except art.ArtifactsMissing:
+        return build_images(
+            None, "No images were stored with this analysis (analysed before the viewer kept them)."
+        )
+    return build_images(manifest)
+
+
+def load_context(analysis_id: str, card_uuid: str | None) -> ReportContext | None:
+    from cds.domain import AnalysisStatus
+    from cds.store import queries
+    from cds.viewer import feedback as fb
+    from cds.viewer.explanation import build_view
+
+    with _services().db.session(readonly=True) as session:
+        record = queries.get_analysis(session, analysis_id)
+        if record is None:
+            return None
+        page = _page_of(record)
+        complete = record.status is AnalysisStatus.COMPLETE
+        grades = {f"{r.level.value}/{r.condition.value}": r.grade for r in record.findings}
+        explanation = build_view(record.explanation, grades, complete)
+        shown = fb.latest(session, analysis_id)
+        card_fb = fb.card_feedback(session, card_uuid)
+    targets = frozenset({fb.CARD_TARGET, *(f"{r.level.value}/{r.condition.value}" for r in page.rows)})
+    return ReportContext(page, _images(analysis_id, complete), explanation, shown, card_fb, targets)
+
+
+def _render_report(
+    token: str, ctx: ReportContext, card: str | None, errors: dict[str, str] | None = None, form: Any = None
+) -> str:
+    from cds.viewer.feedback import DisagreeReason
+    from cds.viewer.imaging import PRESETS
+
+    return render_template(
+        "report.html",
+        token=token,
+        page=ctx.page,
+        images=ctx.images,
+        presets=PRESETS,
+        explanation=ctx.explanation,
+        feedback=ctx.feedback,
+        card_feedback=ctx.card_feedback,
+        card=card,
+        reasons=list(DisagreeReason),
+        errors=errors or {},
+        form=form or {},
+        heatmap_token=token,
+    )
+
+
+@bp.get("/viewer/<token>")
+def report(token: str) -> Any:
+    from cds.viewer.feedback import valid_card_uuid
+
+    analysis_id = _verify(token)
+    card = valid_card_uuid(request.args.get("card"))
+    ctx = load_context(analysis_id, card)
+    if ctx is None:
+        return _not_found()
+    return _render_report(token, ctx, card)
+
+
+@bp.post("/viewer/<token>/feedback")
+def give_feedback(token: str) -> Any:
+    from cds.viewer import feedback as fb
+
+    _same_origin_post()
+    analysis_id = _verify(token)
+    card = fb.valid_card_uuid(request.form.get("card"))
+    ctx = load_context(analysis_id, card)
+    if ctx is None:
+        return _not_found()
+    try:
+        item = fb.parse_form(request.form, set(ctx.targets))
+    except fb.FeedbackInvalid as exc:
+        target = request.form.get("target", "")
+        key = target if target in ctx.targets else fb.CARD_TARGET
+        html = _render_report(token, ctx, card, errors={key: exc.message}, form=request.form)
+        return html, 400
+    with _services().db.session() as session:
+        fb.save(session, analysis_id, item)
+    location = url_for("viewer.report", token=token, card=card) + "#" + item.target.anchor
+    return redirect(location, code=303)
+
+
+# --- explanation ------------------------------------------------------------------------------------
+
+
+def _explanation_status(analysis_id: str) -> dict[str, Any]:
+    from cds.domain import AnalysisStatus
+    from cds.store import queries
+    from cds.viewer.explanation import status_text
+
+    with _services().db.session(readonly=True) as session:
+        record = queries.get_analysis(session, analysis_id)
+        if record is None:
+            abort(404)
+        if record.status is not AnalysisStatus.COMPLETE:
+            status, reason = "unavailable", None
+        elif record.explanation is None:
+            status, reason = "none", None
+        else:
+            status = record.explanation.status.value
+            reason = record.explanation.reason if status == "failed" else None
+    return {"status": status, "status_text": status_text(status), "reason": reason}
+
+
+@bp.post("/viewer/<token>/explain")
+def start_explanation(token: str) -> Any:
+    """Start (or restart after a failure) the explanation job; idempotent while one is on its way."""
+    from cds.domain import AnalysisStatus, ExplanationStatus
+    from cds.jobs.explanation import request_explanation
+    from cds.store import queries
+
+    _same_origin_post()
+    analysis_id = _verify(token)
+    svc = _services()
+    with svc.db.session() as session:
+        record = queries.get_analysis(session, analysis_id)
+        if record is None:
+            return _not_found()
+        if record.status is not AnalysisStatus.COMPLETE:
+            if _wants_json():
+                return jsonify(_explanation_status(analysis_id)), 409
+            return redirect(url_for("viewer.report", token=token) + "#explanation", code=303)
+        existing = record.explanation
+        if existing is not None and existing.status is ExplanationStatus.FAILED:
+            queries.save_explanation(session, analysis_id, status=ExplanationStatus.PENDING)
+    request_explanation(svc.db, svc.jobs, analysis_id)
+    if _wants_json():
+        return jsonify(_explanation_status(analysis_id)), 202
+    return redirect(url_for("viewer.report", token=token) + "#explanation", code=303)
+
+
+@bp.get("/viewer/<token>/explain/status")
+def explanation_status(token: str) -> Any:
+    analysis_id = _verify(token)
+    return jsonify(_explanation_status(analysis_id))
+
+
+#: While an explanation is on its way the (script-free) explain page reloads itself this often (s).
 EXPLAIN_REFRESH_S = 10
 
 
 @bp.get("/explain/<token>")
 def explain(token: str) -> Any:
-    """Request the explanation of the analysis the token names (idempotent) and show its status.
+    """The card's explain link: request the explanation (idempotent) and show its status.
 
     GET with a side effect on purpose: the card link is opened by a click in the EHR. The effect is
     idempotent (one explanation record and one job per analysis, however often the link is opened),
@@ -140,38 +329,197 @@ def explain(token: str) -> Any:
     from cds.domain import AnalysisStatus
     from cds.jobs.explanation import request_explanation
     from cds.store import queries
+    from cds.viewer.explanation import build_view
 
+    analysis_id = _verify(token, LinkPurpose.EXPLAIN)
     svc = _services()
-    try:
-        analysis_id = LinkSigner(svc.settings.secret_key, LinkPurpose.EXPLAIN).verify(token)
-    except (LinkExpired, LinkInvalid) as exc:
-        return _link_error(exc)
     with svc.db.session(readonly=True) as session:
         record = queries.get_analysis(session, analysis_id)
         analysis_status = None if record is None else record.status
     if analysis_status is None:
-        return _error_page(404, "Analysis not found", "The analysis this link points to no longer exists.")
-    viewer_url = "/viewer/" + sign_viewer_token(analysis_id, svc.settings.viewer_link_ttl_s)
-    if analysis_status is not AnalysisStatus.COMPLETE:
-        return render_template(
-            "explain.html",
-            status="unavailable",
-            status_text="Only a completed analysis can be explained.",
-            reason=None,
-            writer=None,
-            rationale=None,
-            refresh_s=None,
-            viewer_url=viewer_url,
-        )
-    explanation = request_explanation(svc.db, svc.jobs, analysis_id)
-    status = explanation.status.value
+        return _not_found()
+    viewer_token = sign_viewer_token(analysis_id, svc.settings.viewer_link_ttl_s)
+    if analysis_status is AnalysisStatus.COMPLETE:
+        request_explanation(svc.db, svc.jobs, analysis_id)
+    with svc.db.session(readonly=True) as session:
+        record = queries.get_analysis(session, analysis_id)
+        assert record is not None
+        grades = {f"{r.level.value}/{r.condition.value}": r.grade for r in record.findings}
+        view = build_view(record.explanation, grades, analysis_status is AnalysisStatus.COMPLETE)
     return render_template(
         "explain.html",
-        status=status,
-        status_text=_EXPLANATION_TEXT.get(status, status),
-        reason=explanation.reason if status == "failed" else None,
-        writer=explanation.writer if status == "complete" else None,
-        rationale=explanation.rationale if status == "complete" else None,
-        refresh_s=EXPLAIN_REFRESH_S if status in ("pending", "running") else None,
-        viewer_url=viewer_url,
+        explanation=view,
+        status=view.status,
+        refresh_s=EXPLAIN_REFRESH_S if view.in_progress else None,
+        viewer_url=url_for("viewer.report", token=viewer_token),
+        heatmap_token=viewer_token,
+    )
+
+
+# --- images -----------------------------------------------------------------------------------------
+
+
+def _png(path: Path) -> Response:
+    response = send_file(path, mimetype="image/png", conditional=True, etag=True, max_age=IMAGE_MAX_AGE_S)
+    response.headers["Cache-Control"] = f"private, max-age={IMAGE_MAX_AGE_S}"
+    response.headers.pop("Expires", None)
+    return response
+
+
+def _preset(value: str | None) -> Any:
+    from cds.viewer.render import WindowPreset
+
+    try:
+        return WindowPreset(value or WindowPreset.STANDARD.value)
+    except ValueError:
+        abort(404)
+
+
+def _artifact_dir(analysis_id: str) -> Path:
+    from cds.viewer.artifacts import viewer_dir
+
+    return viewer_dir(_services().settings.data_dir, analysis_id)
+
+
+@bp.get("/viewer/<token>/img/sagittal/<layer>.png")
+def sagittal_png(token: str, layer: str) -> Any:
+    from cds.viewer import artifacts as art
+    from cds.viewer import render
+
+    directory = _artifact_dir(_verify(token))
+    try:
+        manifest = art.read_manifest(directory)
+        if manifest.sagittal is None:
+            abort(404)
+        info = manifest.sagittal
+        cache = render.PngCache(directory / "render")
+        if layer == "base":
+            preset = _preset(request.args.get("wl"))
+            size = render.display_size(info.shape)
+            path = cache.get(
+                f"sag-base-{preset.value}",
+                lambda: render.base_png(art.read_sagittal(directory).image, preset, size),
+            )
+            return _png(path)
+        try:
+            overlay = render.Overlay(layer)
+        except ValueError:
+            abort(404)
+        if overlay not in render.SAGITTAL_OVERLAYS:
+            abort(404)
+        size = render.overlay_size(info.shape)
+        path = cache.get(
+            f"sag-{overlay.value}",
+            lambda: render.sagittal_overlay(overlay, art.read_sagittal(directory), info, size),
+        )
+        return _png(path)
+    except art.ArtifactsMissing:
+        abort(404)
+
+
+@bp.get("/viewer/<token>/img/axial/<level>/<int:row>/<layer>.png")
+def axial_png(token: str, level: str, row: int, layer: str) -> Any:
+    from cds.domain import Level
+    from cds.viewer import artifacts as art
+    from cds.viewer import render
+
+    directory = _artifact_dir(_verify(token))
+    try:
+        lv = Level(level)
+    except ValueError:
+        abort(404)
+    try:
+        info = art.read_manifest(directory).axial.get(lv)
+        if info is None or not 0 <= row < len(info.slice_indices):
+            abort(404)
+        cache = render.PngCache(directory / "render")
+        if layer == "base":
+            preset = _preset(request.args.get("wl"))
+            size = render.display_size(info.image_shape)
+            path = cache.get(
+                f"ax-{lv.value}-{row}-base-{preset.value}",
+                lambda: render.base_png(art.read_axial(directory, lv).images[row], preset, size),
+            )
+            return _png(path)
+        try:
+            overlay = render.Overlay(layer)
+        except ValueError:
+            abort(404)
+        if overlay not in render.AXIAL_OVERLAYS:
+            abort(404)
+        size = render.overlay_size(info.image_shape)
+        path = cache.get(
+            f"ax-{lv.value}-{row}-{overlay.value}",
+            lambda: render.axial_overlay(overlay, art.read_axial(directory, lv), info, row, size),
+        )
+        return _png(path)
+    except art.ArtifactsMissing:
+        abort(404)
+
+
+@bp.get("/viewer/<token>/heatmap/<int:index>.png")
+def heatmap_png(token: str, index: int) -> Any:
+    from cds.store import queries
+    from cds.viewer.explanation import heatmap_path
+
+    analysis_id = _verify(token)
+    with _services().db.session(readonly=True) as session:
+        record = queries.get_analysis(session, analysis_id)
+        heatmaps = dict(record.explanation.heatmaps or {}) if record and record.explanation else {}
+    entries = [entry for _, entry in sorted(heatmaps.items())]
+    if not 0 <= index < len(entries) or not isinstance(entries[index], dict):
+        abort(404)
+    path = heatmap_path(_services().settings.data_dir, analysis_id, str(entries[index].get("overlay", "")))
+    if path is None:
+        abort(404)
+    return _png(path)
+
+
+# --- the demo study list ------------------------------------------------------------------------------
+
+
+def sign_study_list_token(secret_key: str, ttl_s: int) -> str:
+    return LinkSigner(secret_key, LinkPurpose.STUDY_LIST).sign(STUDY_LIST_SUBJECT, ttl_s)
+
+
+@bp.route("/studies/<token>", methods=["GET", "POST"])
+def studies(token: str) -> Any:
+    from cds.viewer import studies as st
+
+    if _verify(token, LinkPurpose.STUDY_LIST) != STUDY_LIST_SUBJECT:
+        return _link_error(LinkInvalid("not a study-list link"))
+    svc = _services()
+    error = None
+    flt = st.StudyFilter()
+    status = 200
+    if request.method == "POST":
+        _same_origin_post()
+        try:
+            flt = st.parse_filter(request.form)
+        except st.FilterInvalid as exc:
+            error, status = exc.message, 400
+    with svc.db.session(readonly=True) as session:
+        rows = st.list_studies(session, flt)
+    ttl = svc.settings.viewer_link_ttl_s
+    links = {
+        r.analysis_id: url_for("viewer.report", token=sign_viewer_token(r.analysis_id, ttl))
+        for r in rows
+        if r.analysis_id
+    }
+    from cds.domain import AnalysisStatus
+
+    return (
+        render_template(
+            "studies.html",
+            token=token,
+            rows=rows,
+            links=links,
+            flt=flt,
+            form=request.form if request.method == "POST" else {},
+            error=error,
+            statuses=[s.value for s in AnalysisStatus],
+            no_analysis=st.NO_ANALYSIS,
+            max_rows=st.MAX_ROWS,
+        ),
+        status,
     )
