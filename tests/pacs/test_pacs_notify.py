@@ -1,0 +1,142 @@
+"""POST /pacs/notifications: authentication, validation, the lumbar filter, and no duplicate work.
+
+Real app (create_app) on migrated SQLite and PostgreSQL; nothing is faked. Jobs are only queued
+here (no runner), so what is counted is exactly what the notifications caused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import hooks_support
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from pacs_support import notification
+
+from cds.config import Settings
+from cds.domain import AnalysisStatus
+from cds.store import queries
+from cds.store.db import Database
+from cds.store.records import AnalysisRecord, JobRecord, StudyRecord
+
+TOKEN = "pacs-notify-test-token"
+UID = "1.2.826.0.1.3680043.8.498.501"
+PACS = "http://pacs.example.org/dicom-web"
+
+
+@pytest.fixture
+def pacs_app(db: Database, app_settings: Settings) -> Iterator[Flask]:
+    from cds import create_app
+    from cds.extensions import services
+
+    app = create_app(app_settings.with_overrides(pacs_notify_token=TOKEN, dicomweb_url=PACS))
+    app.config["TESTING"] = True
+    try:
+        yield app
+    finally:
+        services(app).close()
+
+
+def post(app: Flask, body: object, token: str | None = TOKEN) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    response = app.test_client().post("/pacs/notifications", json=body, headers=headers)
+    return response.status_code, response.get_json(silent=True) or {}
+
+
+def count(db: Database, record: type) -> int:
+    with db.session(readonly=True) as s:
+        return int(s.scalar(sa.select(sa.func.count()).select_from(record)) or 0)
+
+
+def test_lumbar_mri_is_registered_and_queued(pacs_app: Flask, db: Database) -> None:
+    status, body = post(pacs_app, notification(UID))
+    assert status == 202
+    assert body["outcome"] == "queued" and body["analysisStatus"] == "pending"
+    with db.session(readonly=True) as s:
+        study = queries.study_by_uid(s, UID)
+        assert study is not None
+        assert study.source_uri == f"{PACS}/studies/{UID}"
+        assert study.patient_ref == "SYN-000001"
+        assert study.study_date is not None and study.study_date.isoformat() == "2026-07-01"
+        (job,) = s.scalars(sa.select(JobRecord)).all()
+        assert job.payload["analysis_id"] == body["analysisId"] and job.payload["study_uid"] == UID
+
+
+def test_other_studies_are_ignored_without_writing(pacs_app: Flask, db: Database) -> None:
+    brain = notification(
+        UID, studyDescription="MRI BRAIN", series=[{"modality": "MR", "bodyPartExamined": "HEAD"}]
+    )
+    ct = notification(UID, series=[{"modality": "CT", "bodyPartExamined": "LSPINE"}])
+    for body, verdict in ((brain, "not_lumbar"), (ct, "not_mr")):
+        status, answer = post(pacs_app, body)
+        assert (status, answer["outcome"], answer["verdict"]) == (200, "ignored", verdict)
+    assert count(db, StudyRecord) == count(db, JobRecord) == 0
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong-token", TOKEN + "x"])
+def test_wrong_or_missing_token_is_401(pacs_app: Flask, db: Database, token: str | None) -> None:
+    status, body = post(pacs_app, notification(UID), token=token)
+    assert status == 401 and body["resourceType"] == "OperationOutcome"
+    assert count(db, JobRecord) == 0
+
+
+def test_endpoint_is_absent_without_a_configured_token(app: Flask) -> None:
+    status, _ = post(app, notification(UID))
+    assert status == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        "text",
+        {"event": "StableStudy"},
+        notification(UID, event="NewInstance"),
+        notification("not-a-uid"),
+        notification(UID, studyDate="2026-07-01"),
+        notification(UID, series={"modality": "MR"}),
+        notification(UID, studyDescription="x" * 1000),
+    ],
+)
+def test_invalid_bodies_are_400(pacs_app: Flask, db: Database, body: object) -> None:
+    status, answer = post(pacs_app, body)
+    assert status == 400 and answer["resourceType"] == "OperationOutcome"
+    assert count(db, StudyRecord) == 0
+
+
+def test_many_concurrent_duplicates_make_one_job(pacs_app: Flask, db: Database) -> None:
+    """The same notification 40 times from 8 threads (Lua retry + poller + resend): one of each."""
+
+    def send(_: int) -> tuple[int, str]:
+        status, body = post(pacs_app, notification(UID))
+        return status, body.get("analysisId", "")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(send, range(40)))
+    assert {status for status, _ in answers} == {202}
+    assert len({analysis_id for _, analysis_id in answers}) == 1
+    assert count(db, StudyRecord) == count(db, AnalysisRecord) == count(db, JobRecord) == 1
+
+
+def test_notification_after_completion_queues_nothing(pacs_app: Flask, db: Database) -> None:
+    _, first = post(pacs_app, notification(UID))
+    with db.session() as s:
+        queries.save_analysis(s, UID, hooks_support.analysis(), analysis_id=first["analysisId"])
+    status, again = post(pacs_app, notification(UID))
+    assert status == 202 and again["analysisStatus"] == AnalysisStatus.COMPLETE.value
+    assert again["analysisId"] == first["analysisId"]
+    assert count(db, AnalysisRecord) == count(db, JobRecord) == 1
+
+
+def test_study_known_from_the_ehr_keeps_its_patient_and_images(pacs_app: Flask, db: Database) -> None:
+    with db.session() as s:
+        queries.upsert_study(
+            s, UID, patient_ref="Patient/p-7", source_uri="http://ehr-pacs/dicom-web/studies/x"
+        )
+    assert post(pacs_app, notification(UID))[0] == 202
+    with db.session(readonly=True) as s:
+        study = queries.study_by_uid(s, UID)
+        assert study is not None
+        assert (study.patient_ref, study.source_uri) == ("Patient/p-7", "http://ehr-pacs/dicom-web/studies/x")
