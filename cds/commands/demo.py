@@ -313,6 +313,17 @@ def print_curl(settings: Any, paths: DemoPaths) -> int:
     return 0
 
 
+#: Lifetime of the study-list link the demo prints (the viewer links it mints live CDS_VIEWER_LINK_TTL_S).
+STUDY_LIST_TTL_S = 24 * 3600
+
+
+def study_list_url(settings: Any) -> str:
+    """The demo's signed study-list link (cds.viewer): filters travel in POST bodies, not the URL."""
+    from cds.viewer.studies import sign_study_list_token
+
+    return f"{settings.public_base_url}/studies/{sign_study_list_token(settings.secret_key, STUDY_LIST_TTL_S)}"
+
+
 def missing_parts() -> list[str]:
     """What the demo needs from other packages and cannot find (it says so instead of pretending)."""
     import importlib
@@ -349,6 +360,7 @@ def _demo(args: argparse.Namespace) -> int:
     base = settings.public_base_url
     print()
     print(f"Discovery:      {base}/cds-services")
+    print(f"Study list:     {study_list_url(settings)}  (signed, valid {STUDY_LIST_TTL_S // 3600} h)")
     print_curl(settings, paths)
     print()
     print(f"Data directory: {settings.data_dir.resolve()}")

@@ -478,10 +478,6 @@ def heatmap_png(token: str, index: int) -> Any:
 # --- the demo study list ------------------------------------------------------------------------------
 
 
-def sign_study_list_token(secret_key: str, ttl_s: int) -> str:
-    return LinkSigner(secret_key, LinkPurpose.STUDY_LIST).sign(STUDY_LIST_SUBJECT, ttl_s)
-
-
 @bp.route("/studies/<token>", methods=["GET", "POST"])
 def studies(token: str) -> Any:
     from cds.viewer import studies as st

@@ -16,12 +16,18 @@ from sqlalchemy.orm import Session
 
 from cds.domain import AnalysisMode, AnalysisStatus
 from cds.errors import BadRequest
+from cds.signing import STUDY_LIST_SUBJECT, LinkPurpose, LinkSigner
 from cds.store.records import AnalysisRecord, StudyRecord
 
 #: At most this many rows on one page (the demo has a handful; a real list would paginate).
 MAX_ROWS = 200
 MAX_PATIENT_FILTER = 128
 NO_ANALYSIS = "none"
+
+
+def sign_study_list_token(secret_key: str, ttl_s: int) -> str:
+    """The token of a study-list link (/studies/<token>): signed, expiring, naming nothing."""
+    return LinkSigner(secret_key, LinkPurpose.STUDY_LIST).sign(STUDY_LIST_SUBJECT, ttl_s)
 
 
 class FilterInvalid(BadRequest):
