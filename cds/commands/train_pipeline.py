@@ -45,6 +45,12 @@ def add_axial_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-channels", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
     p.add_argument("--init", type=Path, help="fine-tune from this model folder (card + weights, verified)")
+    p.add_argument(
+        "--sac-boundary-weight",
+        type=float,
+        default=0.0,
+        help="extra cross-entropy weight on the dural sac's boundary band (sharper DSCA)",
+    )
 
 
 def add_classifier_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,6 +78,7 @@ def run_axial(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         version=args.version,
+        sac_boundary_weight=args.sac_boundary_weight,
     )
     return _report(
         train_axial(

@@ -17,13 +17,14 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from cds.domain import Condition, Level, MeasurementName, Side
@@ -190,6 +191,8 @@ class AxialTrainConfig:
     base_channels: int = 8
     depth: int = 4
     version: str = "1.0.0"
+    #: Extra cross-entropy weight on the dural sac's boundary band (0 = plain Dice + CE).
+    sac_boundary_weight: float = 0.0
     augment: augment.AugmentConfig = field(
         default_factory=lambda: augment.AugmentConfig(max_rotation_deg=10.0, scale_range=(0.9, 1.1))
     )
@@ -199,6 +202,37 @@ def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def sac_boundary_band(labels: torch.Tensor, width: int = 1) -> torch.Tensor:
+    """Pixels within ``width`` of the true dural sac's edge (inside or outside), (B, H, W) bool.
+
+    Why: DSCA (the canal grade) is the sac's area, and area errors come from the few pixels on
+    its boundary, which a region loss (Dice, mean CE) weighs as little as any interior pixel.
+    """
+    sac = (labels == ax.SAC).float()[:, None]
+    k = 2 * width + 1
+    dilated = F.max_pool2d(sac, k, stride=1, padding=width)
+    eroded = -F.max_pool2d(-sac, k, stride=1, padding=width)
+    return (dilated != eroded)[:, 0]
+
+
+def boundary_weighted_loss(weight: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Dice + CE (the shared segmentation loss) plus ``weight`` x the mean CE on the sac's boundary band."""
+    from cds.train.sagittal import dice_ce_loss
+
+    if weight <= 0:
+        return dice_ce_loss
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        band = sac_boundary_band(labels)
+        base = dice_ce_loss(logits, labels)
+        if not bool(band.any()):
+            return base
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        return base + weight * ce[band].mean()
+
+    return loss
 
 
 def _slices(stacks: Sequence[LevelStack]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -302,8 +336,6 @@ def train_axial(
     init: Path | None = None,
 ) -> ModelSpec:
     """Train (or fine-tune from ``init``, a model folder with a card), evaluate, write weights + card."""
-    from cds.train.sagittal import dice_ce_loss
-
     torch.set_num_threads(config.threads)
     _seed(config.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -365,7 +397,7 @@ def train_axial(
         losses = train_epoch(
             network,
             lambda: _batch(pool, config.batch_size, rng),
-            dice_ce_loss,
+            boundary_weighted_loss(config.sac_boundary_weight),
             optimiser,
             scheduler,
             steps=config.steps_per_epoch,
@@ -442,6 +474,7 @@ def _finish(
             "augment": asdict(config.augment),
             "parameters": count_parameters(network),
             "data": _describe(data_root, train_names),
+            "validation_data": _describe(data_root, read_split(data_root)["validation"]),
             "train_level_blocks": n_train_blocks,
             "validation_level_blocks": len(val),
             "initialised_from": _init_tag(init),
