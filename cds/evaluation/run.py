@@ -1,0 +1,439 @@
+"""The whole evaluation: studies -> cached records -> figures -> metrics.json + report.html.
+
+Order of work (each step cached, see cds.evaluation.cache): quick_read records of the synthetic
+test studies, SPIDER hold-out Dice, Grad-CAM faithfulness on the first ``explain_n`` studies, and
+the rationale verifier; then aggregation, plots, the gallery and the two output files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cds.domain import Level
+from cds.errors import BadRequest
+from cds.evaluation import aggregate as agg
+from cds.evaluation import explanation, plots
+from cds.evaluation.cache import RecordCache, models_key
+from cds.evaluation.misses import explain_misses
+from cds.evaluation.report import render
+from cds.evaluation.targets import anchors, verdicts
+from cds.evaluation.truth import StudyTruth, read_truth, study_folders
+
+PIPELINE_MODELS = ("sagittal_seg", "axial_seg", "classifier")
+GALLERY_SIZE = 3
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    out: Path
+    data: Path
+    spider: Path | None = None
+    n: int | None = None
+    workers: int = 1
+    models_dir: Path | None = None
+    cache_dir: Path | None = None
+    explain_n: int = 40
+    progress: bool = True
+    command: str = "cds evaluate"
+
+    @property
+    def cache_root(self) -> Path:
+        return self.cache_dir or (self.out / "cache")
+
+
+# ----------------------------------------------------------------------------------------------
+# models and data provenance
+# ----------------------------------------------------------------------------------------------
+
+
+def model_cards(models_dir: Path | None) -> dict[str, dict[str, Any]]:
+    from cds.ml.spec import read_card
+
+    out = {}
+    for name in PIPELINE_MODELS:
+        spec = read_card(name, models_dir)
+        out[name] = {
+            "version": spec.version,
+            "sha256": spec.sha256,
+            "thresholds": dict(spec.thresholds),
+            "training": dict(spec.training),
+        }
+    return out
+
+
+def _seeds_in(node: Any) -> Iterable[int]:
+    """Every integer under a key named 'seeds' anywhere in a card's training block."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if k == "seeds" and isinstance(v, list):
+                yield from (int(s) for s in v if isinstance(s, int))
+            else:
+                yield from _seeds_in(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _seeds_in(v)
+
+
+def _folders_in(node: Any) -> Iterable[str]:
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if k in ("folder", "folders", "data_dir", "data_root") and isinstance(v, str):
+                yield v
+            elif k in ("folders",) and isinstance(v, list):
+                yield from (str(x) for x in v)
+            else:
+                yield from _folders_in(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _folders_in(v)
+
+
+def seed_overlap(truths: Sequence[StudyTruth], cards: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Test study seeds that also appear in a training set a model card names (by seed list, or
+    by a data folder that still exists on this machine)."""
+    test_seeds = {t.seed for t in truths if t.seed is not None}
+    sources, unchecked = [], []
+    training: set[int] = set()
+    for name, card in cards.items():
+        listed = set(_seeds_in(card.get("training", {})))
+        if listed:
+            training |= listed
+            sources.append(f"{name} card: {len(listed)} seeds")
+        for folder in sorted(set(_folders_in(card.get("training", {})))):
+            path = Path(folder)
+            if path.is_dir():
+                found = {read_truth(p).seed for p in study_folders(path)}
+                seeds = {s for s in found if s is not None}
+                training |= seeds
+                sources.append(f"{name}: {folder} ({len(seeds)} studies)")
+            elif not listed:
+                unchecked.append(f"{name}: {folder} (folder gone, no seed list in the card)")
+    return {
+        "checked": bool(sources),
+        "reason": None if sources else "no model card lists training seeds or an existing data folder",
+        "sources": sources,
+        "unchecked": unchecked,
+        "overlapping": sorted(test_seeds & training),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# per-study records
+# ----------------------------------------------------------------------------------------------
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _one(args: tuple[str, str | None, str]) -> dict[str, Any]:
+    from cds.evaluation.study import evaluate_study
+
+    study, models_dir, overlay_dir = args
+    return evaluate_study(Path(study), Path(models_dir) if models_dir else None, Path(overlay_dir))
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="study", disable=not enabled)
+
+
+def study_records(
+    truths: Sequence[StudyTruth], cfg: EvaluationConfig, cache: RecordCache
+) -> list[dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    pending = []
+    for t in truths:
+        got = cache.get(t.name, t.digest)
+        if got is not None:
+            records[t.name] = got
+        else:
+            pending.append(t)
+    bar = _bar(len(truths), "evaluate studies", cfg.progress)
+    bar.update(len(records))
+    jobs = [
+        (str(t.folder), str(cfg.models_dir) if cfg.models_dir else None, str(cache.overlays)) for t in pending
+    ]
+    if cfg.workers <= 1:
+        _init_worker()
+        for job, t in zip(jobs, pending, strict=True):
+            bar.set_postfix_str(t.name)
+            rec = _one(job)
+            cache.put(t.name, rec)
+            records[t.name] = rec
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(max_workers=cfg.workers, initializer=_init_worker) as pool:
+            futures = {pool.submit(_one, job): t for job, t in zip(jobs, pending, strict=True)}
+            for future in as_completed(futures):
+                t = futures[future]
+                rec = future.result()
+                cache.put(t.name, rec)
+                records[t.name] = rec
+                bar.set_postfix_str(t.name)
+                bar.update(1)
+    bar.close()
+    return [records[t.name] for t in truths]
+
+
+# ----------------------------------------------------------------------------------------------
+# SPIDER
+# ----------------------------------------------------------------------------------------------
+
+
+def spider_section(
+    cfg: EvaluationConfig, cards: Mapping[str, Mapping[str, Any]], cache: RecordCache
+) -> tuple[dict[str, Any] | None, str | None]:
+    from cds.evaluation.spider import evaluate_spider, held_out_patients
+
+    if cfg.spider is None:
+        return None, "no --spider folder given"
+    if not cfg.spider.is_dir():
+        return None, f"SPIDER folder not found: {cfg.spider}"
+    patients = held_out_patients(dict(cards["sagittal_seg"].get("training", {})))
+    if not patients:
+        return None, "the sagittal model card lists no held-out SPIDER patients"
+    cached = cache.get("spider")
+    if cached is not None and cached.get("requested") == patients:
+        return cached, None
+    result = evaluate_spider(cfg.spider, patients, cfg.models_dir, cache.overlays)
+    result["requested"] = patients
+    cache.put("spider", result)
+    return result, None
+
+
+# ----------------------------------------------------------------------------------------------
+# gallery
+# ----------------------------------------------------------------------------------------------
+
+
+def _copy(src_dir: Path, name: str, out: Path, new_name: str) -> str | None:
+    src = src_dir / name
+    if not src.is_file():
+        return None
+    shutil.copyfile(src, out / new_name)
+    return new_name
+
+
+def gallery(
+    records: Sequence[Mapping[str, Any]],
+    spider: Mapping[str, Any] | None,
+    overlay_dirs: tuple[Path, Path],
+    out: Path,
+) -> list[dict[str, Any]]:
+    study_dir, spider_dir = overlay_dirs
+    sections: list[dict[str, Any]] = []
+    scored = [
+        (d, r)
+        for r in records
+        if (d := agg.study_mean_dice(r)) is not None and (r.get("overlays") or {}).get("sagittal")
+    ]
+    scored.sort(key=lambda x: x[0])
+    for title, chosen in (
+        ("Sagittal: lowest mean Dice (synthetic)", scored[:GALLERY_SIZE]),
+        ("Sagittal: highest mean Dice (synthetic)", scored[::-1][:GALLERY_SIZE]),
+    ):
+        cases = []
+        for d, r in chosen:
+            li = r.get("level_identification") or {}
+            per = {k: agg.dice_of(v) for k, v in dict(r.get("sagittal_overlap") or {}).items()}
+            name = _copy(study_dir, r["overlays"]["sagittal"], out, f"gallery_{r['study']}_sagittal.png")
+            if name:
+                detail = ", ".join(f"{k} {v:.2f}" for k, v in per.items() if v is not None)
+                cases.append(
+                    {
+                        "image": name,
+                        "caption": f"{r['study']}: mean Dice {d:.3f} ({detail}); levels identified "
+                        f"{len(li.get('correct', []))}/{len(Level)}",
+                    }
+                )
+        sections.append({"title": title, "cases": cases})
+    axial = []
+    for r in records:
+        files = dict((r.get("overlays") or {}).get("axial") or {})
+        for level, lv in dict(r.get("levels") or {}).items():
+            dsca = (lv.get("measurements") or {}).get("dsca_mm2") or {}
+            if level in files and dsca.get("truth") is not None and dsca.get("predicted") is not None:
+                canal = (lv.get("conditions") or {}).get("spinal_canal") or {}
+                axial.append(
+                    (abs(dsca["predicted"] - dsca["truth"]), r["study"], level, dsca, canal, files[level])
+                )
+    axial.sort(key=lambda x: x[0])
+    for title, chosen_ax in (
+        ("Axial: largest dural sac area error", axial[::-1][:GALLERY_SIZE]),
+        ("Axial: smallest dural sac area error", axial[:GALLERY_SIZE]),
+    ):
+        cases = []
+        for err, study, level, dsca, canal, file in chosen_ax:
+            name = _copy(study_dir, file, out, f"gallery_{study}_{level}_axial.png")
+            if name:
+                cases.append(
+                    {
+                        "image": name,
+                        "caption": f"{study} {level} (level as the pipeline named it): DSCA truth "
+                        f"{dsca['truth']:.1f} mm2, pipeline {dsca['predicted']:.1f} mm2 (error {err:.1f}); "
+                        f"canal truth {canal.get('truth')}, reported {canal.get('grade')}",
+                    }
+                )
+        sections.append({"title": title, "cases": cases})
+    if spider and spider.get("per_patient"):
+        means = {
+            p: sum(v for v in d.values() if v is not None) / max(1, sum(v is not None for v in d.values()))
+            for p, d in spider["per_patient"].items()
+        }
+        order = sorted(means, key=lambda p: means[p])
+        cases = []
+        for label, p in (("worst", order[0]), ("best", order[-1])):
+            name = _copy(spider_dir, spider["overlays"].get(p, ""), out, f"gallery_spider_{p}.png")
+            if name:
+                cases.append(
+                    {"image": name, "caption": f"SPIDER patient {p} ({label}): mean Dice {means[p]:.3f}"}
+                )
+        sections.append({"title": "Real SPIDER hold-out: worst and best patient", "cases": cases})
+    return sections
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def run_evaluation(cfg: EvaluationConfig) -> dict[str, Any]:
+    """Evaluate and write cfg.out/metrics.json and cfg.out/report.html; returns the metrics."""
+    start = time.perf_counter()
+    load_start = _load()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    cards = model_cards(cfg.models_dir)
+    shas = {k: str(v["sha256"]) for k, v in cards.items()}
+    folders = study_folders(cfg.data)
+    if not folders:
+        raise BadRequest(f"no generated studies under {cfg.data}")
+    chosen = folders[: cfg.n] if cfg.n else folders
+    truths = [read_truth(f) for f in chosen]
+    pipeline_cache = RecordCache(cfg.cache_root, models_key(shas, PIPELINE_MODELS))
+    records = study_records(truths, cfg, pipeline_cache)
+
+    spider_cache = RecordCache(cfg.cache_root, models_key(shas, ("sagittal_seg",)))
+    spider, spider_reason = spider_section(cfg, cards, spider_cache)
+
+    threshold = float(cards["classifier"]["thresholds"].get("present", 0.5))
+    pairs = agg.finding_pairs(records)
+    n_studies = len(records)
+    faith: dict[str, Any]
+    if cfg.explain_n > 0:
+        names = [t.name for t in truths[: cfg.explain_n]]
+        bar = _bar(len(names), "faithfulness", cfg.progress)
+        faith = explanation.faithfulness_section(
+            cfg.data, names, cfg.models_dir, pipeline_cache, tick=lambda i, _n, _name: bar.update(i - bar.n)
+        )
+        bar.close()
+    else:
+        faith = {"available": False, "reason": "skipped (--explain-n 0)"}
+    rationale = explanation.rationale_section(
+        [(str(r["study"]), r["analysis"]) for r in records if r.get("analysis")], cfg.models_dir
+    )
+    seeds = [t.seed for t in truths if t.seed is not None]
+    metrics: dict[str, Any] = {
+        "schema": "cds-evaluation-1",
+        "generated_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": cfg.command,
+        "models": {k: {"version": v["version"], "sha256": v["sha256"]} for k, v in cards.items()},
+        "data": {
+            "folder": str(cfg.data),
+            "n_studies": len(truths),
+            "n_available": len(folders),
+            "generator_versions": sorted({str(t.generator_version) for t in truths}),
+            "seed_min": min(seeds) if seeds else None,
+            "seed_max": max(seeds) if seeds else None,
+            "overlap": seed_overlap(truths, cards),
+        },
+        "threshold": threshold,
+        "conventions": " ".join((agg.__doc__ or "").split()),
+        "coverage": agg.coverage_section(records),
+        "segmentation": {
+            "synthetic_sagittal": agg.dice_section(records, "sagittal_overlap"),
+            "synthetic_axial": agg.dice_section(records, "axial_overlap"),
+            "spider": None
+            if spider is None
+            else {k: spider[k] for k in ("patients", "missing_patients", "per_patient", "summary")},
+            "spider_reason": spider_reason,
+        },
+        "levels": agg.level_section(records),
+        "classification": agg.classification_section(pairs, threshold, n_studies),
+        "severity": agg.severity_section(pairs, records, n_studies),
+        "measurements": agg.measurement_section(records),
+        "explanation": {"faithfulness": faith, "rationale": rationale},
+        "speed": agg.speed_section(records),
+        "per_study": [
+            {
+                "study": r["study"],
+                "status": r.get("status"),
+                "sagittal_mean_dice": None if (d := agg.study_mean_dice(r)) is None else round(d, 4),
+                "levels_identified": len((r.get("level_identification") or {}).get("correct", [])),
+            }
+            for r in records
+        ],
+    }
+    metrics["targets"] = verdicts(metrics)
+    metrics["anchors"] = anchors(metrics)
+    metrics["misses"] = explain_misses(metrics, metrics["targets"])
+    metrics["plots"] = _plots(records, pairs, metrics, threshold, cfg.out)
+    metrics["gallery"] = gallery(records, spider, (pipeline_cache.overlays, spider_cache.overlays), cfg.out)
+    metrics["runtime_s"] = round(time.perf_counter() - start, 1)
+    metrics["machine"] = {"cpus": os.cpu_count(), "load_start": load_start, "load_end": _load()}
+    (cfg.out / "metrics.json").write_text(
+        json.dumps(metrics, indent=1, sort_keys=False) + "\n", encoding="utf-8"
+    )
+    (cfg.out / "report.html").write_text(render(metrics), encoding="utf-8")
+    return metrics
+
+
+def _plots(
+    records: Sequence[Mapping[str, Any]],
+    pairs: Mapping[Any, Sequence[agg.Pair]],
+    metrics: Mapping[str, Any],
+    threshold: float,
+    out: Path,
+) -> dict[str, Any]:
+    def per_study(key: str) -> dict[str, list[float]]:
+        values: dict[str, list[float]] = {}
+        for r in records:
+            for name, counts in dict(r.get(key) or {}).items():
+                d = agg.dice_of(counts)
+                if d is not None:
+                    values.setdefault(name, []).append(d)
+        return values
+
+    return {
+        "roc": plots.roc_plot(pairs, threshold, out / "roc.png"),
+        "calibration": plots.calibration_plot(metrics["classification"], out / "calibration.png"),
+        "confusion": plots.confusion_plot(metrics["severity"], out / "confusion.png"),
+        "measurements": plots.measurement_plot(agg.measurement_pairs(records), out / "measurements.png"),
+        "dice": [
+            plots.dice_plot(
+                per_study("sagittal_overlap"), "Synthetic sagittal Dice per study", out / "dice_sagittal.png"
+            ),
+            plots.dice_plot(
+                per_study("axial_overlap"), "Synthetic axial Dice per study", out / "dice_axial.png"
+            ),
+        ],
+    }
