@@ -9,6 +9,7 @@ pipeline or its models are missing the analysis FAILS with a stored reason: resu
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,13 +19,15 @@ from urllib.parse import urlsplit
 
 from cds.config import Settings
 from cds.domain import AnalysisMode, AnalysisResult, AnalysisStatus
-from cds.errors import Forbidden, IngestError, ModelError, StageError, UpstreamError
+from cds.errors import CdsError, Forbidden, IngestError, ModelError, StageError, UpstreamError
 from cds.jobs.kinds import JobKind
 from cds.jobs.queue import JobQueue
 from cds.jobs.registry import JobContext, PermanentJobError
 from cds.store import queries
 from cds.store.db import Database
 from cds.store.records import AnalysisRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -191,10 +194,13 @@ def run_analyze(ctx: JobContext) -> None:
         analysis = queries.get_analysis(s, request.analysis_id)
         if analysis is None:
             raise PermanentJobError(f"analysis {request.analysis_id} does not exist")
-        if analysis.status is AnalysisStatus.COMPLETE:
-            return  # already done (e.g. a duplicate delivery): nothing to do
-        source = analysis.study.source_uri
-        queries.mark_analysis_running(s, request.analysis_id)
+        already_done = analysis.status is AnalysisStatus.COMPLETE
+        if not already_done:
+            source = analysis.study.source_uri
+            queries.mark_analysis_running(s, request.analysis_id)
+    if already_done:  # a duplicate delivery, or the retry of a failed write-back: no new analysis
+        _write_back(ctx, request)
+        return
     if not source:
         _fail(ctx, request, REASON_NO_SOURCE)
         raise PermanentJobError("study has no image source")
@@ -216,6 +222,35 @@ def run_analyze(ctx: JobContext) -> None:
                     analysis.status = AnalysisStatus.PENDING
                     analysis.reason = REASON_RETRYING
         raise
+    _write_back(ctx, request)
+
+
+def _write_back(ctx: JobContext, request: AnalyzeRequest) -> None:
+    """Where configured (CDS_FHIR_WRITEBACK_URL), send the COMPLETE analysis to the EHR's FHIR server.
+
+    The transaction is idempotent (conditional creates), so a transient failure fails this job
+    attempt and the retry redoes only the write-back (the analysis is stored and stays COMPLETE);
+    after the last attempt the failure is logged and the analysis is left as it is.
+    """
+    if not ctx.settings.fhir_writeback_url:
+        return
+    from cds.fhir.writeback import WritebackUnavailable, write_back_analysis
+
+    try:
+        written = write_back_analysis(ctx.db, ctx.settings, request.analysis_id)
+    except WritebackUnavailable as exc:  # not complete, or no FHIR Patient: nothing to write
+        log.info("FHIR write-back skipped: %s", exc.message)
+        return
+    except CdsError as exc:
+        if ctx.final_attempt:
+            log.error("FHIR write-back failed after %d attempts (%s)", ctx.attempt, type(exc).__name__)
+            return
+        raise
+    if written is not None:
+        log.info(
+            "FHIR write-back: DiagnosticReport %s (%d created, %d already present)",
+            written.report_id, written.created, written.existing,
+        )  # fmt: skip
 
 
 def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:

@@ -1,0 +1,228 @@
+"""Write an analysis back to the EHR's FHIR server: one idempotent transaction.
+
+What is written: the DiagnosticReport (status preliminary, basedOn the order when the EHR's
+ImagingStudy names one), one Observation per finding, the Device (model versions), a Media per
+explanation heatmap when an explanation exists, and a Provenance saying which Device produced
+which resources. Everything goes in one transaction Bundle whose entries are conditional creates
+(`ifNoneExist`) on deterministic identifiers (the analysis id; the Provenance on a meta.tag
+carrying it), so a retried or repeated write-back creates nothing new: one report per analysis.
+
+Where: the server in CDS_FHIR_WRITEBACK_URL (a system-level credential in
+CDS_FHIR_WRITEBACK_TOKEN: a hook's short-lived token is gone by the time a job finishes). The
+ImagingStudy (by StudyInstanceUID) is looked up there first, for the patient, the study reference
+and the order; cds.fhir.roundtrip_imaging does that lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from cds.config import Settings
+from cds.domain import AnalysisResult, AnalysisStatus, Condition, Level
+from cds.errors import BadRequest, CdsError, UpstreamError
+from cds.fhir import codes
+from cds.fhir.client import FhirAccessDenied, FhirClient
+from cds.fhir.report import ReportContext, ReportImage, build_report_bundle
+from cds.fhir.resources import validate_resource
+from cds.fhir.roundtrip_imaging import resolve_imaging_study
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_TAG_SYSTEM = f"{codes.PROJECT_BASE}/sid/analysis-provenance"
+_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+
+class WritebackUnavailable(CdsError):
+    """Nothing can be written (no complete analysis, or no FHIR Patient to write it for)."""
+
+    http_status = 409
+    issue_code = "conflict"
+
+
+@dataclass(frozen=True)
+class WritebackResult:
+    report_id: str  # the server's DiagnosticReport id
+    created: int  # entries the server created
+    existing: int  # entries matched by ifNoneExist (already written before)
+    attempts: int
+
+    @property
+    def idempotent_repeat(self) -> bool:
+        return self.created == 0 and self.existing > 0
+
+
+def _entry(bundle: Mapping[str, Any], resource_type: str) -> list[dict[str, Any]]:
+    return [e for e in bundle["entry"] if e["resource"]["resourceType"] == resource_type]
+
+
+def writeback_bundle(
+    analysis: AnalysisResult, ctx: ReportContext, *, based_on: Sequence[str] = ()
+) -> dict[str, Any]:
+    """build_report_bundle plus basedOn and a Provenance entry; validated as an R4 Bundle."""
+    bundle = build_report_bundle(analysis, ctx)
+    (report,) = _entry(bundle, "DiagnosticReport")
+    orders = [ref for ref in based_on if ref.startswith("ServiceRequest/")]
+    if orders:
+        report["resource"]["basedOn"] = [{"reference": ref} for ref in orders]
+    (device,) = _entry(bundle, "Device")
+    targets = [report, *_entry(bundle, "Observation"), *_entry(bundle, "Media")]
+    tag = {"system": PROVENANCE_TAG_SYSTEM, "code": ctx.analysis_id}
+    provenance = {
+        "resourceType": "Provenance",
+        "meta": {"tag": [tag], "security": [codes.AI_ASSERTED.coding()]},
+        "target": [{"reference": e["fullUrl"]} for e in targets],
+        "recorded": ctx.issued.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "activity": {"coding": [{"system": _DATA_OPERATION, "code": "CREATE", "display": "create"}]},
+        "agent": [
+            {
+                "type": {"coding": [{"system": _PARTICIPANT_TYPE, "code": "author", "display": "Author"}]},
+                "who": {"reference": device["fullUrl"]},
+            }
+        ],
+    }
+    provenance_key = f"{PROVENANCE_TAG_SYSTEM}/{ctx.analysis_id}"
+    bundle["entry"].append(
+        {
+            "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, provenance_key)}",
+            "resource": provenance,
+            "request": {
+                "method": "POST",
+                "url": "Provenance",
+                "ifNoneExist": urlencode({"_tag": f"{tag['system']}|{tag['code']}"}, safe=":/|"),
+            },
+        }
+    )
+    return validate_resource(bundle, "Bundle", normalise=False)
+
+
+def _location_id(response: Mapping[str, Any]) -> str:
+    """The id in a transaction-response entry's location ('DiagnosticReport/<id>/_history/1')."""
+    location = str((response.get("response") or {}).get("location") or "")
+    parts = urlsplit(location).path.split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    return parts[-1] if parts else ""
+
+
+def write_back(
+    client: FhirClient,
+    analysis: AnalysisResult,
+    ctx: ReportContext,
+    *,
+    based_on: Sequence[str] = (),
+    attempts: int = 3,
+    backoff_s: float = 1.0,
+) -> WritebackResult:
+    """POST the transaction; retry transient failures (safe: every entry is a conditional create)."""
+    bundle = writeback_bundle(analysis, ctx, based_on=based_on)
+    report_index = next(
+        i for i, e in enumerate(bundle["entry"]) if e["resource"]["resourceType"] == "DiagnosticReport"
+    )
+    for attempt in range(1, attempts + 1):
+        try:
+            response = client.transaction(bundle)
+            break
+        except FhirAccessDenied:
+            raise
+        except UpstreamError:
+            if attempt == attempts:
+                raise
+            log.warning("FHIR write-back attempt %d failed; retrying", attempt)
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    entries = response.get("entry") or []
+    if len(entries) != len(bundle["entry"]):
+        raise UpstreamError("FHIR server answered the transaction with a different number of entries")
+    statuses = [str((e.get("response") or {}).get("status", "")) for e in entries]
+    created = sum(s.startswith("201") for s in statuses)
+    existing = sum(s.startswith("200") for s in statuses)
+    if created + existing != len(statuses):
+        raise UpstreamError("FHIR server did not accept every entry of the write-back")
+    report_id = _location_id(entries[report_index])
+    if not report_id:
+        raise UpstreamError("FHIR server did not say where the DiagnosticReport is")
+    return WritebackResult(report_id, created, existing, attempt)
+
+
+def explanation_images(data_dir: Path, heatmaps: Mapping[str, Any]) -> tuple[ReportImage, ...]:
+    """Media content from stored heatmaps (overlay PNGs under data_dir/artifacts; others skipped)."""
+    root = (data_dir / "artifacts").resolve()
+    images: list[ReportImage] = []
+    for key, item in sorted(heatmaps.items()):
+        if not isinstance(item, Mapping) or not isinstance(item.get("overlay"), str):
+            continue
+        path = (data_dir / item["overlay"]).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            continue
+        try:
+            level, condition = Level(str(item.get("level"))), Condition(str(item.get("condition")))
+        except ValueError:
+            continue
+        images.append(
+            ReportImage(
+                key=key.replace("/", "-").replace("_", "-"),
+                title=f"Grad-CAM heatmap {level.value} {condition.value.replace('_', ' ')}",
+                data=path.read_bytes(),
+                level=level,
+                condition=condition,
+            )
+        )
+    return tuple(images)
+
+
+def writeback_client(settings: Settings) -> FhirClient:
+    host = urlsplit(settings.fhir_writeback_url).hostname or ""
+    allowed = (host, *settings.fhir_allowed_hosts)
+    return FhirClient(
+        settings.fhir_writeback_url,
+        settings.fhir_writeback_token or None,
+        allowed,
+        max(settings.fhir_timeout_s, 10.0),
+    )
+
+
+def write_back_analysis(db: Any, settings: Settings, analysis_id: str) -> WritebackResult | None:
+    """Write the stored analysis to CDS_FHIR_WRITEBACK_URL; None when write-back is not configured."""
+    if not settings.fhir_writeback_url:
+        return None
+    from cds.store import queries
+
+    with db.session(readonly=True) as s:
+        record = queries.get_analysis(s, analysis_id)
+        if record is None or record.status is not AnalysisStatus.COMPLETE:
+            raise WritebackUnavailable("only a complete analysis can be written back")
+        result = record.to_result()
+        study = record.study
+        study_uid, stored_patient, study_date = study.study_uid, study.patient_ref, study.study_date
+        issued = record.finished_at or record.updated_at or datetime.now(UTC)
+        explanation = record.explanation
+        heatmaps = dict(explanation.heatmaps) if explanation is not None and explanation.heatmaps else {}
+    client = writeback_client(settings)
+    found = resolve_imaging_study(client, study_uid)
+    if found is not None:
+        patient_ref = found.patient_ref
+    elif stored_patient and stored_patient.startswith("Patient/"):
+        patient_ref = stored_patient
+    else:
+        raise WritebackUnavailable("the EHR has no ImagingStudy for this study and no Patient is known")
+    try:
+        ctx = ReportContext(
+            analysis_id=analysis_id,
+            patient_ref=patient_ref,
+            issued=issued if issued.tzinfo else issued.replace(tzinfo=UTC),
+            study_uid=study_uid,
+            imaging_study_ref=found.reference if found is not None else None,
+            study_date=study_date,
+            images=explanation_images(settings.data_dir, heatmaps),
+        )
+    except BadRequest as exc:
+        raise WritebackUnavailable(f"cannot build the report context ({exc.message})") from exc
+    return write_back(client, result, ctx, based_on=found.based_on if found is not None else ())
