@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["SECRET_KEY"] = settings.secret_key or None
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep FHIR/CDS member order readable
+    _install_web_edge(app)
 
     ensure_database_dir(settings.resolved_database_url)
     extensions.init_app(app, settings)
@@ -57,6 +58,16 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(hooks_bp)  # /cds-services
     app.register_blueprint(viewer_bp)  # /viewer/<token>
     app.register_blueprint(pacs_bp)  # /pacs/notifications (off unless CDS_PACS_NOTIFY_TOKEN)
+
+
+def _install_web_edge(app: Flask) -> None:
+    """Request ids (X-Request-ID in, out and in every log line) and cookie sessions that cost
+    nothing on requests without a session cookie (every CDS Hooks call)."""
+    from cds.logs import init_app as init_request_ids
+    from cds.websession import LazyCookieSessionInterface
+
+    app.session_interface = LazyCookieSessionInterface()
+    init_request_ids(app)
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -6,9 +6,10 @@ signature checks out and before anything else happens, so a replayed token is an
 a single side effect: no FHIR fetch, no study registered, no job. The evaluation itself only reads
 (one status statement); analyses it asks for are registered and enqueued after it, and the audit
 row is the call's last write. The claim, the status read and the audit row go straight to the
-database driver (cds.hooks.hotstore): they are most of a call's database cost. Calls that never authenticated (no valid token, a replayed
-one, a body over the limit before the token was checked) write no audit row (an attacker could
-otherwise fill the table); they are counted in the log instead.
+database driver (cds.hooks.hotstore): they are most of a call's database cost. Calls that never
+authenticated (no valid token, a replayed one, a body over the limit before the token was
+checked) write no audit row (an attacker could otherwise fill the table); they are counted in the
+log instead.
 
 Logs carry a request id, the service, status and latency: never tokens, bodies or patient ids.
 """
@@ -17,10 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +40,7 @@ from cds.hooks.registry import BY_ID, discovery
 from cds.hooks.runtime import HooksRuntime, runtime
 from cds.hooks.service import HookCall, ServiceDefinition
 from cds.hooks.storecatalog import StoreCatalog
+from cds.logs import ENVIRON_KEY, request_id_for
 from cds.store import queries
 from cds.store.records import HookCallRecord
 
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("cds_hooks", __name__, url_prefix="/cds-services")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9\-_.]{1,64}$")
 _JSON = "application/json"
 _DISCOVERY_BODY: bytes | None = None
 _unauthorized_lock = threading.Lock()
@@ -61,12 +60,19 @@ def _count_unauthorized(rid: str, service_id: str) -> None:
     with _unauthorized_lock:
         _unauthorized_count += 1
         count = _unauthorized_count
-    log.info("hook_call unauthorized request_id=%s service=%s unauthorized_total=%d", rid, service_id, count)
+    log.info(
+        "hook_call unauthorized request_id=%s service=%s unauthorized_total=%d",
+        rid,
+        service_id,
+        count,
+        extra={"request_id": rid, "service": service_id, "status": 401},
+    )
 
 
 def _request_id() -> str:
-    supplied = request.headers.get("X-Request-ID", "")
-    return supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    """The request id cds.logs' middleware assigned (X-Request-ID if well-formed, else fresh)."""
+    found = request.environ.get(ENVIRON_KEY)
+    return found if isinstance(found, str) else request_id_for(request.headers.get("X-Request-ID"))
 
 
 def _json_response(body: Any, status: int = 200) -> Response:
@@ -151,6 +157,14 @@ def _finish(
         audit.outcome,
         audit.cards,
         latency_ms,
+        extra={
+            "request_id": rid,
+            "service": audit.service.id,
+            "status": audit.status,
+            "outcome": audit.outcome,
+            "cards": audit.cards,
+            "latency_ms": round(latency_ms, 1),
+        },
     )
 
 
@@ -238,7 +252,13 @@ def call_service(service_id: str) -> Response:
     except Exception as exc:
         # Type and request id only: an exception's text (or its traceback's locals, SQL bound
         # parameters) may carry patient identifiers. As in cds.weberrors.
-        log.error("hook_call failed request_id=%s service=%s error=%s", rid, service.id, type(exc).__name__)
+        log.error(
+            "hook_call failed request_id=%s service=%s error=%s",
+            rid,
+            service.id,
+            type(exc).__name__,
+            extra={"request_id": rid, "service": service.id, "status": 500},
+        )
         _finish(rt, token, audit, started, rid)
         return _json_response(outcome_for_unexpected(), 500)
     audit.outcome, audit.status, audit.cards = ("cards" if cards else "no_cards"), 200, len(cards)
