@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from cds.errors import CdsError
 
-COMMANDS: tuple[str, ...] = ("db", "serve", "worker", "demo", "analyze", "train", "synth", "pacs", "evaluate")
+COMMANDS: tuple[str, ...] = ("db", "serve", "worker", "demo", "analyze", "train", "synth", "pacs", "evaluate", "explain")
 
 
 def build_parser() -> argparse.ArgumentParser:

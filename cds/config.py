@@ -42,6 +42,13 @@ def _float(raw: str, name: str) -> float:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
 
 
+def _positive(raw: str, name: str) -> float:
+    value = _float(raw, name)
+    if value <= 0:
+        raise SettingsError(f"{name} must be > 0, got {raw!r}")
+    return value
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -61,6 +68,12 @@ class Settings:
     jobs_backend: str = "local"  # local | celery
     job_workers: int = 1
     broker_url: str = "redis://127.0.0.1:6379/0"
+    # Celery backend (cds.jobs.celery_*): the database job row stays the source of truth.
+    job_soft_time_limit_s: float = 600.0  # SoftTimeLimitExceeded inside the job: a failed attempt
+    job_time_limit_s: float = 660.0  # the worker child is killed; the lease sweeper requeues the job
+    job_lease_s: float = 120.0  # a running job whose heartbeat is older than this is taken over
+    job_retry_delay_s: float = 5.0  # back-off after the n-th failed attempt: n * this
+    broker_visibility_timeout_s: float = 3600.0  # Redis redelivers an unacknowledged message after this
     dicom_dir: Path | None = None  # default: data_dir / "dicom"
     dicomweb_url: str = ""
     dicomweb_username: str = ""
@@ -90,6 +103,9 @@ class Settings:
     # FHIR write-back (cds.fhir.writeback): off unless CDS_FHIR_WRITEBACK_URL is set.
     fhir_writeback_url: str = ""
     fhir_writeback_token: str = ""  # bearer token for that server (never logged)
+    # Explainable mode (cds.explain.policy): when a finished analysis gets its explanation eagerly.
+    explain_eager: str = "uncertain_or_near_threshold"  # uncertain_or_near_threshold | uncertain | off
+    explain_near_margin: float = 0.10  # relative distance to a grade threshold that counts as "near"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -141,6 +157,15 @@ class Settings:
             kw["job_workers"] = _int(v, "CDS_JOB_WORKERS")
         if v := env.get("CDS_BROKER_URL"):
             kw["broker_url"] = v
+        for name, attr in (
+            ("CDS_JOB_SOFT_TIME_LIMIT_S", "job_soft_time_limit_s"),
+            ("CDS_JOB_TIME_LIMIT_S", "job_time_limit_s"),
+            ("CDS_JOB_LEASE_S", "job_lease_s"),
+            ("CDS_JOB_RETRY_DELAY_S", "job_retry_delay_s"),
+            ("CDS_BROKER_VISIBILITY_TIMEOUT_S", "broker_visibility_timeout_s"),
+        ):
+            if v := env.get(name):
+                kw[attr] = _positive(v, name)
         if v := env.get("CDS_DICOM_DIR"):
             kw["dicom_dir"] = Path(v)
         if v := env.get("CDS_DICOMWEB_URL"):
@@ -191,4 +216,12 @@ class Settings:
             kw["fhir_writeback_url"] = v.rstrip("/")
         if v := env.get("CDS_FHIR_WRITEBACK_TOKEN"):
             kw["fhir_writeback_token"] = v
+        if v := env.get("CDS_EXPLAIN_EAGER"):
+            if v not in {"uncertain_or_near_threshold", "uncertain", "off"}:
+                raise SettingsError(
+                    f"CDS_EXPLAIN_EAGER must be uncertain_or_near_threshold|uncertain|off, got {v!r}"
+                )
+            kw["explain_eager"] = v
+        if v := env.get("CDS_EXPLAIN_NEAR_MARGIN"):
+            kw["explain_near_margin"] = _positive(v, "CDS_EXPLAIN_NEAR_MARGIN")
         return replace(s, **kw)
