@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cds.domain import THRESHOLDS, Condition, Grade, MeasurementName
+from cds.domain import THRESHOLDS, Condition, MeasurementName
 from cds.evaluation import metrics as m
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def calibration_plot(classification: Mapping[str, Any], path: Path) -> str:
 
 def confusion_plot(severity: Mapping[str, Any], path: Path) -> str:
     fig = _figure(10.0, 2.5)
-    names = [g.display for g in Grade]
+    names = ["normal/mild", "moderate", "severe"]
     for i, condition in enumerate(Condition):
         ax = fig.add_subplot(1, len(Condition), i + 1)
         c = (severity.get("per_condition") or {}).get(condition.value) or {}
@@ -108,7 +108,7 @@ def confusion_plot(severity: Mapping[str, Any], path: Path) -> str:
                 fontsize=7,
                 color="white" if v > cm.max() / 2 else "black",
             )
-        ax.set_xticks(range(3), names, fontsize=6)
+        ax.set_xticks(range(3), ["N/M", "mod", "sev"], fontsize=6)
         ax.set_yticks(range(3), names, fontsize=6)
         kappa = c.get("kappa")
         ax.set_title(
