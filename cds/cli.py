@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,19 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:
-        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+#: Long-running service processes log JSON lines (cds.logs); tools log text. CDS_LOG_FORMAT overrides.
+_JSON_LOG_COMMANDS = frozenset({"serve", "worker"})
+
+
+def configure_logging(verbose: bool = False, command: str | None = None) -> None:
+    from cds.logs import configure_logging as configure
+
+    fmt = os.environ.get("CDS_LOG_FORMAT") or ("json" if command in _JSON_LOG_COMMANDS else "text")
+    configure(logging.DEBUG if verbose else None, fmt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+    configure_logging(args.verbose, args.command)
     try:
         return int(args.handler(args) or 0)
     except CdsError as exc:  # a product error (bad settings, bad input): one line, no trace
