@@ -32,13 +32,21 @@ from cds.pipeline.segment import SagittalMasks
 #: Discs smaller than this (mm2 on the projected mid-sagittal mask) are treated as noise.
 MIN_DISC_AREA_MM2 = 25.0
 #: Lowest disc thinner than this fraction of the discs above: rudimentary (transitional) disc.
-RUDIMENTARY_HEIGHT_RATIO = 0.4
+RUDIMENTARY_HEIGHT_RATIO = 0.75
+#: Lowest disc-like band thinner than this fraction of the discs above: the S1-S2 remnant.
+SACRAL_REMNANT_RATIO = 0.5
 #: A disc above L1-L2 at least this fraction as tall as the L1-L2..L4-L5 median: lumbar-type.
 LUMBAR_HEIGHT_RATIO = 0.9
 #: Gap between neighbouring discs above this multiple of the median gap: a disc was probably missed.
 GAP_RATIO = 1.6
 #: How many slices either side of the most central (largest canal) slice are projected.
 CENTRAL_HALF_WIDTH = 2
+#: How far beyond half a disc's height vertebral bone must appear on its cranial or caudal side.
+BONE_REACH_MM = 6.0
+#: A disc centre further than this from the spinal curve through the other discs is not a disc.
+CHAIN_TOLERANCE_MM = 10.0
+#: A component shorter than this fraction of the median disc length is a fragment, not a disc.
+MIN_LENGTH_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class LevelLabelling:
     discs: tuple[DiscLabel, ...]
     uncertain: bool
     reasons: tuple[str, ...] = ()
+    #: Disc-like regions the labelling did not count, and why (for logs and the evaluation).
+    set_aside: tuple[str, ...] = ()
 
     def by_level(self) -> dict[Level, DiscLabel]:
         return {d.level: d for d in self.discs if d.level is not None}
@@ -82,9 +92,13 @@ def _as_stack(mask: np.ndarray) -> np.ndarray:
     return mask[np.newaxis] if mask.ndim == 2 else mask
 
 
+#: (centroid (slice, row, col), long axis (row, col) unit, area mm2, mean height mm)
+_Geometry = tuple[tuple[float, float, float], tuple[float, float], float, float]
+
+
 def _disc_geometry(
     comp: np.ndarray, stack: np.ndarray, sel: np.ndarray, spacing: tuple[float, float]
-) -> tuple[tuple[float, float, float], tuple[float, float], float, float]:
+) -> _Geometry:
     rows, cols = np.nonzero(comp)
     pts = np.stack([rows * spacing[0], cols * spacing[1]], axis=1)
     centred = pts - pts.mean(0)
@@ -102,25 +116,151 @@ def _disc_geometry(
     return centroid, (float(axis_px[0]), float(axis_px[1])), area, area / length
 
 
+def _project(stack: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """Pixels marked on at least two of the central slices (one when only one or two are used).
+
+    Why not any(): the network's false positives (bowel, psoas, posterior elements) come and go from
+    slice to slice, while a disc spans several slices of a mid-sagittal block.
+    """
+    need = 1 if len(sel) <= 2 else 2
+    return np.asarray(stack[sel].sum(axis=0) >= need)
+
+
+def _bone_beside(
+    vertebra2d: np.ndarray, geometry: _Geometry, spacing: tuple[float, float]
+) -> tuple[bool, bool]:
+    """Whether vertebral bone lies next to a disc on its cranial and on its caudal side.
+
+    Walks along the disc's normal from its centre line (at the centre and a quarter of its length
+    either side) up to half its height plus ``BONE_REACH_MM``: an intervertebral disc lies between
+    two vertebral bodies, a false positive in the abdomen or the posterior muscles does not.
+    """
+    centroid, axis_px, _, height = geometry
+    axis_mm = np.array([axis_px[0] * spacing[0], axis_px[1] * spacing[1]])
+    axis_mm /= np.linalg.norm(axis_mm)
+    normal = np.array([axis_mm[1], -axis_mm[0]])
+    if normal[0] > 0:  # rows run caudal: make the normal point cranial
+        normal = -normal
+    length = geometry_length(geometry)
+    centre = np.array([centroid[1] * spacing[0], centroid[2] * spacing[1]])
+    steps = np.arange(0.0, height / 2.0 + BONE_REACH_MM, 0.5)
+    found = []
+    for sign in (1.0, -1.0):
+        hit = False
+        for shift in (-0.25 * length, 0.0, 0.25 * length):
+            pts = centre + shift * axis_mm + sign * steps[:, None] * normal
+            r = np.round(pts[:, 0] / spacing[0]).astype(int)
+            c = np.round(pts[:, 1] / spacing[1]).astype(int)
+            ok = (r >= 0) & (r < vertebra2d.shape[0]) & (c >= 0) & (c < vertebra2d.shape[1])
+            if vertebra2d[r[ok], c[ok]].any():
+                hit = True
+                break
+        found.append(hit)
+    return found[0], found[1]
+
+
+def geometry_length(geometry: _Geometry) -> float:
+    """Long-axis length (mm) of a disc from its area and mean height."""
+    _, _, area, height = geometry
+    return area / max(height, 1e-6)
+
+
+def _chain_inliers(geoms: list[_Geometry], spacing: tuple[float, float]) -> list[bool]:
+    """Which discs lie on one smooth spinal curve (column as a quadratic of row, area-weighted),
+    dropping the worst outlier while it lies more than ``CHAIN_TOLERANCE_MM`` off the curve."""
+    keep = [True] * len(geoms)
+    rows = np.array([g[0][1] * spacing[0] for g in geoms])
+    cols = np.array([g[0][2] * spacing[1] for g in geoms])
+    weights = np.sqrt(np.array([g[2] for g in geoms]))
+    while sum(keep) > 3:
+        idx = np.flatnonzero(np.array(keep, dtype=bool))
+        deg = 2 if len(idx) > 4 else 1
+        coef = np.polyfit(rows[idx], cols[idx], deg, w=weights[idx])
+        resid = np.abs(cols[idx] - np.polyval(coef, rows[idx]))
+        worst = int(np.argmax(resid))
+        if resid[worst] <= CHAIN_TOLERANCE_MM:
+            break
+        keep[int(idx[worst])] = False
+    return keep
+
+
+def find_discs(masks: SagittalMasks, spacing: tuple[float, float]) -> tuple[list[_Geometry], list[str]]:
+    """Intervertebral discs on the mid-sagittal block, cranial first, with what was set aside.
+
+    A disc-labelled component counts only if it is large enough, has vertebral bone on its cranial
+    side, lies on the spinal curve through the other discs, and is not a fragment (its long axis at
+    least ``MIN_LENGTH_FRACTION`` of the median disc's). Each rejection is a plausible false
+    positive that would otherwise shift every level below it by one.
+    """
+    disc_stack = _as_stack(masks.disc)
+    sel = central_slices(masks)
+    disc2d = _project(disc_stack, sel)
+    vert2d = _as_stack(masks.vertebra)[sel].any(axis=0)
+    comps, n = ndimage.label(disc2d)
+    min_px = MIN_DISC_AREA_MM2 / (spacing[0] * spacing[1])
+    sizes = np.bincount(comps.ravel(), minlength=n + 1)
+    big = [idx for idx in range(1, n + 1) if sizes[idx] >= min_px]
+    geoms = [_disc_geometry(comps == idx, disc_stack, sel, spacing) for idx in big]
+    dropped: list[str] = []
+    beside = [_bone_beside(vert2d, g, spacing) for g in geoms]
+    with_bone = [g for g, (cranial, caudal) in zip(geoms, beside, strict=True) if cranial or caudal]
+    if len(with_bone) >= 3:  # too few to tell: keep everything and let the flags speak
+        if len(with_bone) < len(geoms):
+            dropped.append(f"{len(geoms) - len(with_bone)} disc-like region(s) away from vertebral bone")
+        geoms = with_bone
+    if len(geoms) >= 4:
+        keep = _chain_inliers(geoms, spacing)
+        if not all(keep):
+            dropped.append(f"{keep.count(False)} disc-like region(s) off the spinal curve")
+        geoms = [g for g, k in zip(geoms, keep, strict=True) if k]
+    if len(geoms) >= 3:
+        median_length = float(np.median([geometry_length(g) for g in geoms]))
+        whole = [g for g in geoms if geometry_length(g) >= MIN_LENGTH_FRACTION * median_length]
+        if len(whole) < len(geoms):
+            dropped.append(f"{len(geoms) - len(whole)} disc fragment(s)")
+        geoms = whole
+    geoms.sort(key=lambda g: g[0][1])  # cranial (row 0) first
+    return geoms, dropped
+
+
+def _drop_sacral_remnant(found: list[_Geometry]) -> tuple[list[_Geometry], str | None]:
+    """Leave out a lowest disc-like band that is the fused S1-S2 remnant, not the L5-S1 disc.
+
+    The sacrum's segments are fused, but the line between S1 and S2 can look like a thin disc; taken
+    for L5-S1 it shifts every level up by one. The band is left out when it is much thinner than
+    the discs above (``SACRAL_REMNANT_RATIO``), or moderately thin while the count from the top
+    agrees (the disc that would then sit above L1-L2 is as tall as a lumbar one). Either way the
+    labelling is flagged, because a severely degenerated L5-S1 can look the same.
+    """
+    if len(found) < 4:
+        return found, None
+    heights = np.array([g[3] for g in found])
+    above = float(np.median(heights[-5:-1]))
+    ratio = float(heights[-1]) / above
+    counted_from_top = len(found) >= len(Level) + 2 and heights[-7] >= LUMBAR_HEIGHT_RATIO * float(
+        np.median(heights[-6:-2])
+    )
+    if ratio < SACRAL_REMNANT_RATIO or (ratio < RUDIMENTARY_HEIGHT_RATIO and counted_from_top):
+        return found[:-1], (
+            f"a thin disc-like band ({ratio:.0%} of the height of the discs above) below the lowest disc "
+            "was read as the fused S1-S2 remnant and not counted: check the count from the sacrum"
+        )
+    return found, None
+
+
 def label_levels(masks: SagittalMasks, spacing_mm: tuple[float, float]) -> LevelLabelling:
     """Discs (cranial to caudal) with their level, counted up from the sacrum, plus an uncertainty flag."""
     spacing = (float(spacing_mm[0]), float(spacing_mm[1]))
-    disc_stack = _as_stack(masks.disc)
-    sel = central_slices(masks)
-    disc2d = disc_stack[sel].any(axis=0)
-    comps, n = ndimage.label(disc2d)
-    min_px = MIN_DISC_AREA_MM2 / (spacing[0] * spacing[1])
-    found = []
-    for idx in range(1, n + 1):
-        comp = comps == idx
-        if comp.sum() < min_px:
-            continue
-        found.append(_disc_geometry(comp, disc_stack, sel, spacing))
-    found.sort(key=lambda g: g[0][1])  # cranial (row 0) first
+    found, set_aside = find_discs(masks, spacing)
     reasons: list[str] = []
     if not found:
-        return LevelLabelling(discs=(), uncertain=True, reasons=("no intervertebral disc found",))
+        return LevelLabelling(
+            discs=(), uncertain=True, reasons=("no intervertebral disc found",), set_aside=tuple(set_aside)
+        )
 
+    found, remnant_reason = _drop_sacral_remnant(found)
+    if remnant_reason:
+        reasons.append(remnant_reason)
     levels = list(Level)
     discs = []
     for pos, (centroid, axis, area, height) in enumerate(found):
@@ -144,4 +284,6 @@ def label_levels(masks: SagittalMasks, spacing_mm: tuple[float, float]) -> Level
         gaps = np.diff(rows)
         if gaps.max() > GAP_RATIO * float(np.median(gaps)):
             reasons.append("irregular spacing between discs: a disc may be missing")
-    return LevelLabelling(discs=tuple(discs), uncertain=bool(reasons), reasons=tuple(reasons))
+    return LevelLabelling(
+        discs=tuple(discs), uncertain=bool(reasons), reasons=tuple(reasons), set_aside=tuple(set_aside)
+    )

@@ -45,10 +45,29 @@ def test_six_lumbar_type_discs_are_labelled_but_flagged_uncertain() -> None:
     assert result.levels == tuple(Level)
 
 
-def test_rudimentary_lowest_disc_is_flagged() -> None:
-    result = label_levels(_spine([4, 9, 10, 10, 11, 3]), SPACING)
+def test_thin_band_below_the_lowest_disc_is_the_sacral_remnant_not_l5_s1() -> None:
+    # 3 px under 10 px discs: the fused S1-S2 line, not a disc; counting it would shift every level.
+    result = label_levels(_spine([4, 9, 10, 10, 11, 10, 3]), SPACING)
+    assert result.uncertain
+    assert any("S1-S2 remnant" in r for r in result.reasons)
+    assert result.levels == tuple(Level)
+    assert result.by_level()[Level.L5_S1].height_mm > 8  # the 10 px disc, not the 3 px band
+
+
+def test_moderately_thin_lowest_disc_is_counted_but_flagged() -> None:
+    result = label_levels(_spine([4, 5, 10, 10, 10, 11, 7]), SPACING)
     assert result.uncertain
     assert any("rudimentary" in r for r in result.reasons)
+    assert result.by_level()[Level.L5_S1].height_mm < 8
+
+
+def test_disc_like_false_positive_away_from_the_spine_is_not_counted() -> None:
+    masks = _spine([4, 4, 9, 10, 10, 11, 10])
+    disc = masks.disc.copy()
+    disc[300:312, 5:30] = True  # a bright bowel loop below and in front of the sacrum
+    result = label_levels(SagittalMasks(disc, masks.vertebra, masks.canal), SPACING)
+    assert result.levels == tuple(Level)
+    assert result.by_level()[Level.L5_S1].centroid_voxel[1] < 300
 
 
 def test_too_few_discs_give_partial_levels_and_a_flag() -> None:
