@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 from cds.errors import CdsError
 
-COMMANDS: tuple[str, ...] = ("db", "serve", "worker", "demo", "analyze", "train", "synth", "pacs", "evaluate", "explain")
+COMMANDS: tuple[str, ...] = (
+    "db", "serve", "worker", "demo", "analyze", "train", "synth", "pacs", "evaluate", "explain", "roundtrip",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
