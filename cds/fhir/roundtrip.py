@@ -236,7 +236,7 @@ class RoundTrip:
                 ],
             }
         )
-        found = resolve_imaging_study(self.client, self.state.study_uid)
+        found = resolve_imaging_study(self.client, self.state.study_uid, patient_id=self.state.patient_id)
         if found is None:
             raise StepFailed("the ImagingStudy is not found by its StudyInstanceUID")
         if found.patient_ref != f"Patient/{self.state.patient_id}":
@@ -251,14 +251,18 @@ class RoundTrip:
         return detail
 
     def _dicomweb_check(self, found: ResolvedStudy) -> str:
-        """With --dicomweb: the Endpoint must lead to the study on that DICOMweb server."""
+        """With --dicomweb: the Endpoint must lead to the study on that DICOMweb server.
+
+        Credentials come from CDS_DICOMWEB_* and are sent only when --dicomweb is CDS_DICOMWEB_URL's
+        origin (the same rule the service applies to EHR Endpoints).
+        """
         from cds.config import Settings
         from cds.dicom.sources.endpoint import source_for_imaging_study
 
         host = urlsplit(self.dicomweb or "").hostname or ""
-        source = source_for_imaging_study(
-            found.imaging_study, found.endpoints, Settings(dicomweb_allowed_hosts=(host,))
-        )
+        env = Settings.from_env()
+        settings = env.with_overrides(dicomweb_allowed_hosts=(*env.dicomweb_allowed_hosts, host))
+        source = source_for_imaging_study(found.imaging_study, found.endpoints, settings)
         try:
             series = source.series_uids()
         except CdsError as exc:

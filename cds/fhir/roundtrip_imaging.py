@@ -45,12 +45,15 @@ def _endpoint_ids(study: dict[str, Any]) -> list[str]:
     return [r.rsplit("Endpoint/", 1)[-1] for r in refs if isinstance(r, str) and "Endpoint/" in r]
 
 
-def resolve_imaging_study(client: FhirClient, study_uid: str) -> ResolvedStudy | None:
-    """The EHR's ImagingStudy for `study_uid` with its Endpoints, or None when the EHR has none."""
-    bundle = client.search(
-        "ImagingStudy",
-        {"identifier": f"{DICOM_UID_SYSTEM}|urn:oid:{study_uid}", "_include": "ImagingStudy:endpoint"},
-    )
+def resolve_imaging_study(
+    client: FhirClient, study_uid: str, *, patient_id: str | None = None
+) -> ResolvedStudy | None:
+    """The EHR's ImagingStudy for `study_uid` (of `patient_id` when given) with its Endpoints, or
+    None when the EHR has none."""
+    params = {"identifier": f"{DICOM_UID_SYSTEM}|urn:oid:{study_uid}", "_include": "ImagingStudy:endpoint"}
+    if patient_id:
+        params["patient"] = patient_id
+    bundle = client.search("ImagingStudy", params)
     studies: list[dict[str, Any]] = []
     endpoints: dict[str, dict[str, Any]] = {}
     for entry in bundle.get("entry") or []:
