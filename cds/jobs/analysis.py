@@ -288,6 +288,9 @@ def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:
     _store(ctx, request, result)
     if recorder is not None:  # best effort: the findings are stored whatever happens here
         write_viewer_artifacts(recorder, result, ctx.settings.data_dir, request.analysis_id)
+    from cds.explain.policy import explain_if_wanted
+
+    explain_if_wanted(ctx.db, ctx.settings, request.analysis_id, result)  # eager policy (issue 5)
 
 
 def on_analyze_failure(ctx: JobContext, error: str) -> None:
