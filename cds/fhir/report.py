@@ -102,8 +102,14 @@ class ReportContext:
     imaging_study_ref: str | None = None
     study_date: date | datetime | None = None
     images: tuple[ReportImage, ...] = ()
+    #: The verified explanation rationale (cds.explain) and who wrote it ("template" or
+    #: "model:<backend>:<model>"): becomes DiagnosticReport.presentedForm, titled with the writer.
+    rationale: str | None = None
+    rationale_writer: str | None = None
 
     def __post_init__(self) -> None:
+        if self.rationale is not None and (not self.rationale.strip() or not self.rationale_writer):
+            raise BadRequest("a report rationale needs non-empty text and its writer")
         if not _FHIR_ID.match(self.analysis_id):
             raise BadRequest("analysis id must be a FHIR id (letters, digits, '-', '.')")
         ref = self.patient_ref if "/" in self.patient_ref else f"Patient/{self.patient_ref}"
@@ -449,6 +455,17 @@ def _narrative(analysis: AnalysisResult) -> dict[str, Any]:
     return {"status": "generated", "div": div}
 
 
+def _rationale_attachment(text: str, writer: str) -> dict[str, Any]:
+    """The explanation rationale as a plain-text attachment; the title names the writer, because a
+    reader must know whether a language model or the fixed template produced the sentences."""
+    return {
+        "contentType": "text/plain; charset=utf-8",
+        "language": "en",
+        "data": base64.b64encode(text.encode("utf-8")).decode("ascii"),
+        "title": f"AI explanation rationale (writer: {writer}; verified against the findings)",
+    }
+
+
 def _report_core(
     analysis: AnalysisResult, ctx: ReportContext, link: _Linker, observation_ids: Sequence[str]
 ) -> dict[str, Any]:
@@ -471,6 +488,8 @@ def _report_core(
         report["imagingStudy"] = [study]
     if any(f.grade.present for f in analysis.findings):
         report["conclusionCode"] = [codes.LUMBAR_SPINAL_STENOSIS.concept()]
+    if ctx.rationale is not None:
+        report["presentedForm"] = [_rationale_attachment(ctx.rationale, ctx.rationale_writer or "unknown")]
     if ctx.images:
         report["media"] = [
             {"comment": img.title, "link": {"reference": link.ref(_media_id(img))}} for img in ctx.images
