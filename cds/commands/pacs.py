@@ -46,6 +46,7 @@ def _poll(args: argparse.Namespace) -> int:
     from cds.jobs.queue import JobQueue
     from cds.pacs.orthanc import OrthancClient
     from cds.pacs.poller import ChangePoller
+    from cds.pacs.retry import retry_due_failures
     from cds.store.db import Database
 
     settings = Settings.from_env()
@@ -57,7 +58,12 @@ def _poll(args: argparse.Namespace) -> int:
     wait_for_schema(settings.resolved_database_url, args.schema_wait_s)
     db = Database(settings.resolved_database_url)
     try:
-        poller = ChangePoller(db, JobQueue(db), settings, OrthancClient.from_settings(settings))
+        queue = JobQueue(db)
+        if settings.jobs_backend == "celery":  # publish what the poller enqueues to the broker
+            from cds.jobs.celery_dispatch import attach_backend
+
+            attach_backend(queue, settings)
+        poller = ChangePoller(db, queue, settings, OrthancClient.from_settings(settings))
         if args.from_now:
             poller.start_from_now()
         if args.once:
@@ -70,9 +76,10 @@ def _poll(args: argparse.Namespace) -> int:
                 skipped += report.skipped
                 if report.done:
                     break
+            retried = retry_due_failures(db, queue)
             print(
                 f"changes {total}, stable studies {stable}, lumbar MRI queued {queued}, "
-                f"skipped {skipped}, cursor {report.cursor}"
+                f"skipped {skipped}, cursor {report.cursor}; failed analyses retried {retried}"
             )
             return 0
         stop = threading.Event()

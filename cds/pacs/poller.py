@@ -20,6 +20,7 @@ from cds.jobs.queue import JobQueue
 from cds.pacs.cursor import load_cursor, save_cursor
 from cds.pacs.intake import accept_stable_study
 from cds.pacs.orthanc import STABLE_STUDY, OrthancClient
+from cds.pacs.retry import retry_due_failures
 from cds.pacs.study import InvalidStudyInfo
 from cds.store.db import Database
 
@@ -95,7 +96,8 @@ class ChangePoller:
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
         """Poll until `stop` is set: at once while pages are full, else every interval_s; a failing
-        PACS or database backs off (doubling, up to 10 intervals) without moving the cursor."""
+        PACS or database backs off (doubling, up to 10 intervals) without moving the cursor. After
+        each poll, analyses that failed retryably (PACS outage) get a new attempt once due."""
         delay = interval_s
         while not stop.is_set():
             try:
@@ -106,6 +108,13 @@ class ChangePoller:
                 delay = min(delay * 2, interval_s * 10)
                 continue
             delay = interval_s
+            try:
+                retried = retry_due_failures(self.db, self.jobs)
+            except Exception as exc:  # the sweep is a convenience: never stop polling for it
+                log.warning("pacs poll: retry sweep failed (%s)", type(exc).__name__)
+                retried = 0
+            if retried:
+                log.info("pacs poll: %d failed analyses retried after their back-off", retried)
             if report.stable_studies:
                 log.info(
                     "pacs poll: %d stable studies, %d queued, %d skipped (cursor %d)",
