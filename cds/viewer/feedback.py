@@ -102,8 +102,8 @@ class FeedbackInput:
 
 
 def _clean_comment(raw: str) -> str | None:
-    text = unicodedata.normalize("NFC", raw.replace("\r\n", "\n")).strip()
-    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    text = unicodedata.normalize("NFC", raw.replace("\r\n", "\n"))
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C").strip()
     if len(text) > MAX_COMMENT_CHARS:
         raise FeedbackInvalid(
             f"The comment is too long ({len(text)} characters; at most {MAX_COMMENT_CHARS})."
