@@ -52,10 +52,12 @@ def check_deployable(settings: Settings) -> None:
 
 def _register_blueprints(app: Flask) -> None:
     from cds.hooks.blueprint import bp as hooks_bp
+    from cds.ops.blueprint import bp as ops_bp
     from cds.pacs.blueprint import bp as pacs_bp
     from cds.viewer.blueprint import bp as viewer_bp
 
     app.register_blueprint(hooks_bp)  # /cds-services
+    app.register_blueprint(ops_bp)  # /healthz, /readyz, /metrics
     app.register_blueprint(viewer_bp)  # /viewer/<token>
     app.register_blueprint(pacs_bp)  # /pacs/notifications (off unless CDS_PACS_NOTIFY_TOKEN)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from cds.config import Settings
+from cds.jobs.celery_dispatch import attach_backend
 from cds.jobs.queue import JobQueue
 from cds.store.db import Database
 
@@ -26,7 +27,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
-        return cls(settings=settings, db=db, jobs=JobQueue(db))
+        return cls(settings=settings, db=db, jobs=attach_backend(JobQueue(db), settings))
 
     def close(self) -> None:
         self.db.dispose()

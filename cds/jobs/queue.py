@@ -32,6 +32,9 @@ class JobQueue:
         self.db = db
         self._listeners: list[Callable[[], None]] = []
         self._listeners_lock = threading.Lock()
+        #: Called with each newly claimable job (created, or a failed one queued again) after its
+        #: row is committed: the Celery backend publishes the job's id to the broker here.
+        self.dispatcher: Callable[[JobRecord], None] | None = None
 
     # --- producers ------------------------------------------------------------------------
 
@@ -68,6 +71,8 @@ class JobQueue:
                 s.refresh(job)
         if created:
             self._notify()
+            if self.dispatcher is not None:
+                self.dispatcher(job)
         return job
 
     # --- consumers ------------------------------------------------------------------------
