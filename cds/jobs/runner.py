@@ -11,11 +11,13 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from cds.config import Settings
 from cds.jobs.kinds import JobStatus
 from cds.jobs.queue import JobQueue
 from cds.jobs.registry import HandlerRegistry, JobContext, PermanentJobError
+from cds.ops.metrics import observe_job
 from cds.store.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -140,9 +142,11 @@ class LocalRunner:
         if handler is None:  # claimed a kind we cannot run: give it back untouched
             self.queue.fail(job.id, f"no handler for {job.kind}", retry=True, retry_delay_s=0)
             return
+        started = time.monotonic()
         try:
             handler.run(ctx)
         except Exception as exc:
+            seconds = time.monotonic() - started
             permanent = isinstance(exc, PermanentJobError)
             error = describe_error(exc)
             log.warning(
@@ -150,12 +154,14 @@ class LocalRunner:
                 job.id, job.kind, job.attempts, job.max_attempts, type(exc).__name__,
             )  # fmt: skip
             status = self.queue.fail(job.id, error, retry=not permanent, retry_delay_s=self.retry_delay_s)
+            observe_job(job.kind, "failed" if status is JobStatus.FAILED else "retry", seconds)
             if status is JobStatus.FAILED and handler.on_failure is not None:
                 try:
                     handler.on_failure(ctx, error)
                 except Exception:
                     log.exception("on_failure of job %d (%s) raised", job.id, job.kind)
             return
+        observe_job(job.kind, "done", time.monotonic() - started)
         self.queue.complete(job.id)
 
 
