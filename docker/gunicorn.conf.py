@@ -44,3 +44,10 @@ loglevel = os.environ.get("CDS_WEB_LOG_LEVEL", "info")
 # Behind a TLS-terminating proxy: trust its X-Forwarded-* only from these addresses.
 forwarded_allow_ips = os.environ.get("CDS_WEB_FORWARDED_ALLOW_IPS", "127.0.0.1")
 proc_name = "cds-web"
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Prometheus multiprocess mode: drop a dead worker's live gauges (cds.ops.metrics)."""
+    from cds.ops.metrics import mark_process_dead
+
+    mark_process_dead(int(getattr(worker, "pid", 0)))
