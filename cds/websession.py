@@ -19,7 +19,7 @@ class LazyCookieSessionInterface(SecureCookieSessionInterface):
     def open_session(self, app: Any, request: Any) -> SecureCookieSession | None:
         if not app.secret_key:
             return None
-        if not request.cookies.get(self.get_cookie_name(app)):
+        if "HTTP_COOKIE" not in request.environ or not request.cookies.get(self.get_cookie_name(app)):
             return self.session_class()
         return super().open_session(app, request)
 

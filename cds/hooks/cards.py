@@ -57,6 +57,15 @@ class Presenter(Protocol):
     def report(self, stored: StoredAnalysis, study: LumbarStudy, patient_id: str) -> dict[str, Any]: ...
 
 
+class CleanCard(dict[str, Any]):
+    """A card whose builder never leaves an optional member empty (prune_empty passes it as is).
+
+    The result card is the one built on every call of a patient with an analysed study; walking
+    it (and its 25-row detail, links, suggestion) again only to find nothing to drop cost more
+    than building it.
+    """
+
+
 @dataclass(frozen=True)
 class CardRequest:
     framing: Framing
@@ -229,26 +238,28 @@ def result_card(
     if stored.status is not AnalysisStatus.COMPLETE or stored.result is None:
         raise ValueError("result_card needs a complete analysis")
     text = _result_text(stored, study, req)
-    card: dict[str, Any] = {
-        "uuid": _new_uuid(),
-        "summary": text.summary,
-        "indicator": text.indicator,
-        "detail": text.detail,
-        "source": {"label": SOURCE_LABEL},
-        "overrideReasons": _override_reasons(),
-        "links": [
-            {
-                "label": "Images with AI findings",
-                "url": presenter.viewer_url(stored.analysis_id),
-                "type": "absolute",
-            },
-            {
-                "label": "Explain these findings (heatmaps, rationale)",
-                "url": presenter.explain_url(stored.analysis_id),
-                "type": "absolute",
-            },
-        ],
-    }
+    card = CleanCard(
+        {
+            "uuid": _new_uuid(),
+            "summary": text.summary,
+            "indicator": text.indicator,
+            "detail": text.detail,
+            "source": {"label": SOURCE_LABEL},
+            "overrideReasons": _override_reasons(),
+            "links": [
+                {
+                    "label": "Images with AI findings",
+                    "url": presenter.viewer_url(stored.analysis_id),
+                    "type": "absolute",
+                },
+                {
+                    "label": "Explain these findings (heatmaps, rationale)",
+                    "url": presenter.explain_url(stored.analysis_id),
+                    "type": "absolute",
+                },
+            ],
+        }
+    )
     report = presenter.report(stored, study, req.patient_id)
     card["suggestions"] = [
         {
@@ -322,7 +333,10 @@ def prune_empty(value: Any) -> Any:
 
     A suggestion's `resource` is left as is: it comes validated from cds.fhir (which never emits
     empty elements), and walking a 25-Observation report on every call would cost milliseconds.
+    A CleanCard is returned as it is (its builder leaves nothing empty).
     """
+    if type(value) is CleanCard:
+        return value
     if isinstance(value, Mapping):
         out = {k: (v if k == "resource" else prune_empty(v)) for k, v in value.items()}
         return {k: v for k, v in out.items() if v not in (None, "", [], {})}

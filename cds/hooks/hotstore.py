@@ -29,8 +29,6 @@ from cds.hooks.replay import PURGE_EVERY
 from cds.store.db import Database
 from cds.store.types import utcnow
 
-_SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-
 _STATUS_COLUMNS = (
     "s.study_uid, s.patient_ref, a.id, a.status, a.reason, a.revision, "
     "a.created_at, a.updated_at, a.finished_at"
@@ -113,9 +111,10 @@ _POSTGRESQL = _dialect("%s")
 
 
 def _sqlite_time(value: datetime) -> str:
+    """SQLAlchemy's SQLite DATETIME text for an aware datetime, in UTC (always 6 fraction digits)."""
     if value.tzinfo is None:
         raise ValueError("naive datetime given to a UTC column; use an aware datetime")
-    return value.astimezone(UTC).strftime(_SQLITE_FORMAT)
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_read_time(value: str | None) -> datetime | None:

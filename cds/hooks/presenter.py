@@ -39,8 +39,8 @@ class LinkPresenter:
         self._sign_explain = sign_explain
         self._ttl_s = ttl_s
         self._reports: OrderedDict[tuple[str, ...], dict[str, Any]] = OrderedDict()
-        #: JSON text of each cached report, by the identity of the cached dict (see encode.py).
-        self._texts: dict[int, str] = {}
+        #: JSON text (UTF-8) of each cached report, by the identity of the cached dict (see encode.py).
+        self._texts: dict[int, bytes] = {}
         self._lock = threading.Lock()
         #: Links signed during second `_links_second`, by (purpose, analysis id).
         self._links_second = -1
@@ -89,7 +89,7 @@ class LinkPresenter:
             study_date=study.started,
         )
         report = build_diagnostic_report(stored.result, ctx)
-        text = json.dumps(report, separators=(",", ":"))
+        text = json.dumps(report, separators=(",", ":")).encode()
         with self._lock:
             self._reports[key] = report
             self._texts[id(report)] = text
@@ -98,7 +98,7 @@ class LinkPresenter:
                 self._texts.pop(id(evicted), None)
         return report
 
-    def fragment(self, resource: Mapping[str, Any]) -> str | None:
+    def fragment(self, resource: Mapping[str, Any]) -> bytes | None:
         """The cached JSON text of a report this presenter returned (None for any other dict)."""
         with self._lock:
             return self._texts.get(id(resource))

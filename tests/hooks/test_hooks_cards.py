@@ -142,9 +142,12 @@ def test_prune_and_encode() -> None:
     cards = [{"uuid": "u", "suggestions": [{"actions": [{"type": "create", "resource": report}]}]}]
     body = encode_cards(
         cards, lambda r: '{"resourceType":"DiagnosticReport","spliced":true}' if r is report else None
-    )
+    ).decode()
     assert '"resource":{"resourceType":"DiagnosticReport","spliced":true}' in body
-    assert encode_cards(cards, lambda r: None).count('"text":"x"') == 1
+    assert encode_cards(cards, lambda r: None).decode().count('"text":"x"') == 1
+    assert encode_cards(cards, lambda r: b'{"b":1}' if r is report else None).endswith(
+        b'"resource":{"b":1}}]}]}]}'
+    )
 
 
 def test_advice_failed_analysis_is_retried_only_when_due() -> None:
