@@ -2,8 +2,9 @@
 
 * Faithfulness comes from cds.explain.faithfulness (the Grad-CAM engineer's module): pointing
   game against the synthetic cause regions and the deletion check. It runs its own traced quick
-  read per study, so it is evaluated study by study (cached like the pipeline records) on the
-  first ``n`` evaluated studies; when the module is not importable the section says so.
+  read per study, so it runs study by study in the evaluation's worker pool (cached like the
+  pipeline records) on the first ``n`` evaluated studies, and the per-study reports are merged;
+  when the module is not importable the section says so.
 * Rationale: cds.explain.evaluation.evaluate_corpus over (a) the fixed 120-case corpus of
   cds.explain.corpus and (b) the finding sets the pipeline actually produced on the test split,
   both with the configured default writer (template) -- the figure that matters for safety is
@@ -13,13 +14,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+import pickle
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
-
-from cds.evaluation.cache import RecordCache
 
 
 def faithfulness_available() -> str | None:
@@ -33,32 +34,55 @@ def faithfulness_available() -> str | None:
     return None
 
 
-def faithfulness_section(
-    data_dir: Path,
-    studies: Sequence[str],
-    models_dir: Path | None,
-    cache: RecordCache,
-    tick: Callable[[int, int, str], None] | None = None,
-) -> dict[str, Any]:
-    """cds.explain.faithfulness over ``studies`` (its own aggregation, its to_json), cached under
-    the pipeline models' key for this exact study list."""
+def faithfulness_of_study(data_dir: Path, name: str, models_dir: Path | None) -> bytes:
+    """cds.explain.faithfulness on one study, pickled (it runs in a worker process and is cached
+    as is, so that the studies' reports can be merged and summarised by the module's own code)."""
+    from cds.explain.faithfulness import evaluate_faithfulness
+
+    return pickle.dumps(evaluate_faithfulness(data_dir, studies=[name], models_dir=models_dir))
+
+
+def merge_reports(reports: Sequence[Any]) -> Any:
+    """One report from per-study reports of the same frozen dataclass: counts add, tuples of
+    scores concatenate, count mappings add. Generic over the fields, so the Grad-CAM module can
+    add figures without this module knowing their names."""
+    first = reports[0]
+    merged: dict[str, Any] = {}
+    for f in fields(first):
+        values = [getattr(r, f.name) for r in reports]
+        v0 = values[0]
+        if is_dataclass(v0) and not isinstance(v0, type):
+            merged[f.name] = merge_reports(values)  # e.g. a Rate(hits, n)
+            continue
+        if isinstance(v0, bool) or not isinstance(v0, int | tuple | Mapping):
+            raise TypeError(f"cannot merge field {f.name!r} of type {type(v0).__name__}")
+        if isinstance(v0, int):
+            merged[f.name] = sum(values)
+        elif isinstance(v0, tuple):
+            merged[f.name] = tuple(x for v in values for x in v)
+        else:
+            counts: Counter[Any] = Counter()
+            for v in values:
+                counts.update(dict(v))
+            merged[f.name] = dict(counts)
+    return type(first)(**merged)
+
+
+def faithfulness_section(blobs: Sequence[bytes], studies: Sequence[str]) -> dict[str, Any]:
+    """The merged report's own to_json, or why there is none."""
     why = faithfulness_available()
     if why is not None:
         return {"available": False, "reason": why}
-    from cds.explain.faithfulness import evaluate_faithfulness
-
-    name = "faithfulness_" + hashlib.sha256("\n".join(studies).encode()).hexdigest()[:12]
-    cached = cache.get(name)
-    if cached is None:
-        try:
-            report = evaluate_faithfulness(
-                data_dir, studies=list(studies), models_dir=models_dir, progress=tick
-            )
-        except Exception as exc:  # the Grad-CAM module is optional for the rest of the report
-            return {"available": False, "reason": f"faithfulness failed: {type(exc).__name__}: {exc}"}
-        cached = dict(report.to_json())
-        cache.put(name, cached)
-    out = dict(cached)
+    if not blobs:
+        return {"available": False, "reason": "no study was scored"}
+    try:
+        report = merge_reports([pickle.loads(b) for b in blobs])  # our own cache files
+        out = dict(report.to_json())
+    except Exception as exc:  # a changed report class: say so rather than fail the evaluation
+        return {
+            "available": False,
+            "reason": f"faithfulness reports not mergeable: {type(exc).__name__}: {exc}",
+        }
     out["available"] = True
     out["studies"] = list(studies)
     return out

@@ -22,13 +22,23 @@ from cds.domain import Level
 from cds.errors import BadRequest
 from cds.evaluation import aggregate as agg
 from cds.evaluation import explanation, plots
-from cds.evaluation.cache import RecordCache, models_key
+from cds.evaluation.cache import RecordCache, code_digest, models_key
 from cds.evaluation.misses import explain_misses
 from cds.evaluation.report import render
 from cds.evaluation.targets import anchors, verdicts
 from cds.evaluation.truth import StudyTruth, read_truth, study_folders
 
 PIPELINE_MODELS = ("sagittal_seg", "axial_seg", "classifier")
+#: Code whose change invalidates cached study records (see cds.evaluation.cache.code_digest).
+PIPELINE_CODE = (
+    "cds.pipeline",
+    "cds.dicom",
+    "cds.ml",
+    "cds.domain",
+    "cds.evaluation.study",
+    "cds.evaluation.recorder",
+    "cds.evaluation.truth",
+)
 GALLERY_SIZE = 3
 
 
@@ -137,55 +147,92 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _one(args: tuple[str, str | None, str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Job:
+    """One unit of work for a worker: a study's quick_read record, or its faithfulness report."""
+
+    kind: str  # STUDY or FAITHFULNESS
+    name: str
+    folder: str
+    models_dir: str | None
+    overlay_dir: str
+
+
+STUDY, FAITHFULNESS = "study", "faithfulness"
+
+
+def _run_job(job: Job) -> tuple[Job, dict[str, Any] | bytes]:
+    models_dir = Path(job.models_dir) if job.models_dir else None
+    if job.kind == FAITHFULNESS:
+        return job, explanation.faithfulness_of_study(Path(job.folder).parent, job.name, models_dir)
     from cds.evaluation.study import evaluate_study
 
-    study, models_dir, overlay_dir = args
-    return evaluate_study(Path(study), Path(models_dir) if models_dir else None, Path(overlay_dir))
+    return job, evaluate_study(Path(job.folder), models_dir, Path(job.overlay_dir))
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="study", disable=not enabled)
+    return tqdm(total=total, desc=desc, unit="job", disable=not enabled)
 
 
-def study_records(
-    truths: Sequence[StudyTruth], cfg: EvaluationConfig, cache: RecordCache
-) -> list[dict[str, Any]]:
+def run_jobs(
+    truths: Sequence[StudyTruth],
+    explain: Sequence[str],
+    cfg: EvaluationConfig,
+    cache: RecordCache,
+    explain_cache: RecordCache,
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Every study's record and the faithfulness report of the ``explain`` studies, from the
+    cache where present, else computed (in ``cfg.workers`` processes) and cached as they finish."""
     records: dict[str, dict[str, Any]] = {}
-    pending = []
+    blobs: dict[str, bytes] = {}
+    jobs: list[Job] = []
     for t in truths:
         got = cache.get(t.name, t.digest)
         if got is not None:
             records[t.name] = got
         else:
-            pending.append(t)
-    bar = _bar(len(truths), "evaluate studies", cfg.progress)
-    bar.update(len(records))
-    jobs = [
-        (str(t.folder), str(cfg.models_dir) if cfg.models_dir else None, str(cache.overlays)) for t in pending
-    ]
+            jobs.append(Job(STUDY, t.name, str(t.folder), _opt(cfg.models_dir), str(cache.overlays)))
+    folders = {t.name: t.folder for t in truths}
+    for name in explain:
+        blob = explain_cache.get_bytes(f"{FAITHFULNESS}_{name}")
+        if blob is not None:
+            blobs[name] = blob
+        else:
+            jobs.append(
+                Job(FAITHFULNESS, name, str(folders[name]), _opt(cfg.models_dir), str(cache.overlays))
+            )
+
+    def keep(job: Job, result: dict[str, Any] | bytes) -> None:
+        if isinstance(result, bytes):
+            explain_cache.put_bytes(f"{FAITHFULNESS}_{job.name}", result)
+            blobs[job.name] = result
+        else:
+            cache.put(job.name, result)
+            records[job.name] = result
+
+    bar = _bar(len(truths) + len(explain), "evaluate (studies + faithfulness)", cfg.progress)
+    bar.update(len(records) + len(blobs))
     if cfg.workers <= 1:
         _init_worker()
-        for job, t in zip(jobs, pending, strict=True):
-            bar.set_postfix_str(t.name)
-            rec = _one(job)
-            cache.put(t.name, rec)
-            records[t.name] = rec
+        for job in jobs:
+            bar.set_postfix_str(f"{job.kind} {job.name}")
+            keep(*_run_job(job))
             bar.update(1)
     else:
         with ProcessPoolExecutor(max_workers=cfg.workers, initializer=_init_worker) as pool:
-            futures = {pool.submit(_one, job): t for job, t in zip(jobs, pending, strict=True)}
-            for future in as_completed(futures):
-                t = futures[future]
-                rec = future.result()
-                cache.put(t.name, rec)
-                records[t.name] = rec
-                bar.set_postfix_str(t.name)
+            for future in as_completed([pool.submit(_run_job, job) for job in jobs]):
+                job, result = future.result()
+                keep(job, result)
+                bar.set_postfix_str(f"{job.kind} {job.name}")
                 bar.update(1)
     bar.close()
-    return [records[t.name] for t in truths]
+    return [records[t.name] for t in truths], [blobs[n] for n in explain if n in blobs]
+
+
+def _opt(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,23 +376,34 @@ def run_evaluation(cfg: EvaluationConfig) -> dict[str, Any]:
         raise BadRequest(f"no generated studies under {cfg.data}")
     chosen = folders[: cfg.n] if cfg.n else folders
     truths = [read_truth(f) for f in chosen]
-    pipeline_cache = RecordCache(cfg.cache_root, models_key(shas, PIPELINE_MODELS))
-    records = study_records(truths, cfg, pipeline_cache)
+    # Import the pipeline before hashing its code and before forking workers, so that every
+    # worker runs the code the cache key describes even if files change during the run.
+    # (These modules import torch lazily, so the parent stays torch-free until the workers exist.)
+    import cds.dicom
+    import cds.evaluation.study
+    import cds.pipeline.classify
+    import cds.pipeline.levels
+    import cds.pipeline.quick_read
+    import cds.pipeline.segment  # noqa: F401
 
-    spider_cache = RecordCache(cfg.cache_root, models_key(shas, ("sagittal_seg",)))
+    pipeline_code = code_digest(*PIPELINE_CODE)
+    pipeline_cache = RecordCache(cfg.cache_root, models_key(shas, PIPELINE_MODELS, pipeline_code))
+    explain_code = pipeline_code + code_digest("cds.explain")
+    explain_cache = RecordCache(cfg.cache_root, models_key(shas, PIPELINE_MODELS, explain_code))
+    explain = [t.name for t in truths[: cfg.explain_n]]
+    if explanation.faithfulness_available() is not None:
+        explain = []
+    records, blobs = run_jobs(truths, explain, cfg, pipeline_cache, explain_cache)
+
+    spider_code = code_digest("cds.pipeline.segment", "cds.ml", "cds.evaluation.spider")
+    spider_cache = RecordCache(cfg.cache_root, models_key(shas, ("sagittal_seg",), spider_code))
     spider, spider_reason = spider_section(cfg, cards, spider_cache)
 
     threshold = float(cards["classifier"]["thresholds"].get("present", 0.5))
     pairs = agg.finding_pairs(records)
     n_studies = len(records)
-    faith: dict[str, Any]
     if cfg.explain_n > 0:
-        names = [t.name for t in truths[: cfg.explain_n]]
-        bar = _bar(len(names), "faithfulness", cfg.progress)
-        faith = explanation.faithfulness_section(
-            cfg.data, names, cfg.models_dir, pipeline_cache, tick=lambda i, _n, _name: bar.update(i - bar.n)
-        )
-        bar.close()
+        faith = explanation.faithfulness_section(blobs, explain)
     else:
         faith = {"available": False, "reason": "skipped (--explain-n 0)"}
     rationale = explanation.rationale_section(
