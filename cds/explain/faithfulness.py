@@ -39,6 +39,7 @@ from cds.domain import Condition, Grade, Level
 if TYPE_CHECKING:
     from cds.dicom.volume import Volume
     from cds.explain.gradcam import CamMap
+    from cds.explain.gradcam_geometry import CropPlacement
     from cds.ml.classifier import LoadedClassifier
 
 #: FINDINGS.md: a hit when the saliency maximum falls inside the cause region dilated by 3 mm.
@@ -162,6 +163,24 @@ def distance_to_region_mm(point_mm: NDArray[np.float64], mask: NDArray[Any], vol
     spacing = np.asarray(volume.spacing_mm, dtype=np.float64)
     outside = np.maximum(np.abs(idx - p[None, :]) - 0.5, 0.0) * spacing[None, :]
     return float(np.sqrt((outside**2).sum(axis=1)).min())
+
+
+def crop_cause_mask(mask: NDArray[Any], volume: Volume, placement: CropPlacement) -> NDArray[np.bool_]:
+    """The cause region as seen on a classifier crop: (size, size) bool, True where the crop
+    pixel's centre (in patient mm) falls in a cause voxel (nearest voxel of the cause series).
+
+    For training a localisation-aware classifier (e.g. a cause-mask auxiliary loss on the last
+    conv block's class maps) with exactly the crops the pipeline cuts.
+    """
+    size = placement.size
+    aa, bb = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij")
+    mm = placement.native_to_patient(placement.crop_to_native(np.column_stack([aa.ravel(), bb.ravel()])))
+    kij = np.rint(volume.patient_to_voxel(mm)).astype(np.int64)
+    inside = np.all((kij >= 0) & (kij < np.asarray(mask.shape)[None, :]), axis=1)
+    out = np.zeros(size * size, dtype=bool)
+    k, i, j = kij[inside].T
+    out[inside] = mask[k, i, j] > 0
+    return out.reshape(size, size)
 
 
 def deletion_drops(
