@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Publishing happens inside a hook request: give up quickly, the sweeper re-sends.
-PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 0.5}
+#: Publishing happens inside a hook request: give up quickly (one retry, 1 s connect timeout:
+#: at most ~2 s when the broker host does not answer, immediate when it refuses); the sweeper re-sends.
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 0.2}
+PUBLISH_CONNECT_TIMEOUT_S = 1.0
 
 
 class CeleryPublisher:
@@ -40,7 +42,13 @@ class CeleryPublisher:
         if self._app is None:
             with self._lock:
                 if self._app is None:
-                    self._app = make_celery(self._settings)
+                    app = make_celery(self._settings)
+                    app.conf.broker_connection_timeout = PUBLISH_CONNECT_TIMEOUT_S
+                    app.conf.broker_transport_options = {
+                        **app.conf.broker_transport_options,
+                        "socket_connect_timeout": PUBLISH_CONNECT_TIMEOUT_S,
+                    }
+                    self._app = app
         return self._app
 
     def publish(self, job_id: int, kind: JobKind, countdown_s: float | None = None) -> bool:

@@ -109,7 +109,7 @@ def test_broker_down_at_enqueue_then_the_sweeper_sends_it(
     log, payload = payload_for(celery_env, "no-broker")
     started = time.monotonic()
     job = celery_env.queue(dead_broker).enqueue(JobKind.ANALYZE, "celery:no-broker", payload)
-    assert time.monotonic() - started < 10  # the hook call is not held up for long
+    assert time.monotonic() - started < 5  # the hook call is not held up for long
     assert job.status is JobStatus.QUEUED  # the row is committed even though nothing was published
     wait_for(lambda: job_status(celery_env, job.id) is JobStatus.DONE, 30, "sweeper re-sent the job")
     assert [e[0] for e in events(log)] == ["start", "done"]

@@ -1,0 +1,355 @@
+"""Soak: mixed hook calls, PACS notifications and feedback against gunicorn + a Celery worker.
+
+What runs (all real processes on loopback): Redis, gunicorn with docker/gunicorn.conf.py (the
+production web config, Prometheus multiprocess mode), one Celery `cds worker`, a fresh SQLite
+database (or --database-url). For --duration seconds (default 600) the bench drives:
+- hook clients (--clients threads): patient-view calls with a fresh signed ES384 JWT each, for the
+  patients of already-notified studies (cards from stored or pending analyses);
+- a notifier: every --notify-every s a new study (made by `cds synth`, cached) is announced with
+  POST /pacs/notifications (the Orthanc Lua body), and an earlier one is announced again (a
+  duplicate, as Orthanc and the poller both do); the study's images are registered beforehand with
+  their local folder as source, so this soak exercises the trigger and the queue, not DICOMweb
+  retrieval (bench/pacs_trigger_bench.py measures that against Orthanc);
+- a feedback client: one CDS Hooks feedback POST every --feedback-every s (unique card uuids).
+Then it waits for the queue to drain and checks that nothing was lost or doubled: every notified
+study has exactly one analysis, finished, made by exactly one job run once; every acknowledged
+feedback is stored once. RSS of every server process (gunicorn master and workers, Celery main
+and pool child, Redis) is sampled after the warm-up (--warmup s, default 60) and at the end;
+target: growth < 10 %. Hook latency p50/p95/p99 and errors, and `uptime` before and after.
+
+Run:   .venv/bin/python bench/soak_bench.py [--duration 600] [--clients 4] [--notify-every 20]
+Needs: redis-server, the shipped models (the worker runs the real pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+sys.path[:0] = [
+    str(Path(__file__).resolve().parent),
+    str(Path(__file__).resolve().parents[1] / "tests" / "hooks"),
+]
+from worker_bench import (  # noqa: E402
+    CDS,
+    ROOT,
+    TERMINAL,
+    BenchStudy,
+    Process,
+    ensure_studies,
+    pct,
+    redis_server,
+    rss_mib,
+    spare_port,
+    uptime,
+    worker_env,
+)
+
+SERVICE = "lumbar-mri-patient-view"
+
+
+@dataclass
+class Tally:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    hook_ms: list[float] = field(default_factory=list)
+    hook_status: Counter[int] = field(default_factory=Counter)
+    notify_status: Counter[int] = field(default_factory=Counter)
+    feedback_status: Counter[int] = field(default_factory=Counter)
+    feedback_sent: list[str] = field(default_factory=list)
+    notified: list[BenchStudy] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def patient_of(i: int) -> str:
+    return f"soak-{i}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
+    parser.add_argument("--warmup", type=float, default=60.0, help="RSS baseline taken after this many s")
+    parser.add_argument("--clients", type=int, default=4, help="hook client threads")
+    parser.add_argument("--hook-pause", type=float, default=0.05, help="s between one client's calls")
+    parser.add_argument("--notify-every", type=float, default=20.0, help="s between new studies")
+    parser.add_argument("--feedback-every", type=float, default=0.5, help="s between feedback posts")
+    parser.add_argument("--drain-timeout", type=float, default=900.0, help="s to wait for the queue to empty")
+    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7700, help="cds synth seed of the cached studies")
+    parser.add_argument("--studies", type=Path, default=Path(tempfile.gettempdir()) / "cds-bench-studies")
+    parser.add_argument("--database-url", default="", help="default: a fresh SQLite file")
+    args = parser.parse_args()
+
+    from hooks_support import ISSUER, SigningKey, bundle, imaging_study
+
+    n_studies = int(args.duration // args.notify_every) + 1
+    pool = ensure_studies(args.studies, max(n_studies, 2), args.seed)[:n_studies]
+    print(
+        f"soak {args.duration:.0f} s: {args.clients} hook clients, a study every {args.notify_every:.0f} s "
+        f"({len(pool)} studies), feedback every {args.feedback_every} s; {os.cpu_count()} CPUs"
+    )
+    print(f"start: {uptime()}", flush=True)
+
+    from cds.store import queries
+    from cds.store.db import Database
+    from cds.store.migrate import upgrade
+    from cds.store.records import AnalysisRecord, FeedbackRecord, JobRecord, StudyRecord
+
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp, redis_server() as redis_base:
+        work = Path(tmp)
+        url = args.database_url or f"sqlite:///{work / 'cds.db'}"
+        upgrade(url)
+        db = Database(url)
+        with db.session() as s:  # images are local; the notification keeps this source
+            for i, st in enumerate(pool):
+                queries.upsert_study(
+                    s, st.uid, patient_ref=f"Patient/{patient_of(i)}", source_uri=str(st.dicom)
+                )
+        key = SigningKey()
+        clients = work / "clients.json"
+        clients.write_text(json.dumps([{"iss": ISSUER, "jwks": key.jwks()}]))
+        port = spare_port()
+        base = f"http://127.0.0.1:{port}"
+        token = uuid.uuid4().hex
+        prom = work / "prom"
+        prom.mkdir()
+        env = {
+            **worker_env(url, work / "data", "celery", f"{redis_base}/0"),
+            "CDS_CLIENTS_FILE": str(clients),
+            "CDS_PUBLIC_BASE_URL": base,
+            "CDS_PACS_NOTIFY_TOKEN": token,
+            "CDS_DICOMWEB_URL": "http://127.0.0.1:9/dicom-web",  # required by the intake; never read here
+            "CDS_WEB_BIND": f"127.0.0.1:{port}",
+            "CDS_WEB_WORKERS": str(args.web_workers),
+            "CDS_WEB_THREADS": "4",
+            "PROMETHEUS_MULTIPROC_DIR": str(prom),
+        }
+        gunicorn = Process([str(CDS.with_name("gunicorn")), "-c", str(ROOT / "docker/gunicorn.conf.py")], env,
+                           work / "web.log")  # fmt: skip
+        worker = Process([str(CDS), "worker", "--threads", "1"], env, work / "worker.log")
+        redis_pid = None
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if requests.get(f"{base}/healthz", timeout=1).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"gunicorn did not start:\n{(work / 'web.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+            for pid_line in os.popen(f"pgrep -f 'redis-server.*{redis_base.rsplit(':', 1)[1]}'"):
+                redis_pid = int(pid_line.strip())
+            tally = Tally()
+            stop = threading.Event()
+
+            def hook_client(seed: int) -> None:
+                rng = random.Random(seed)
+                session = requests.Session()
+                path = f"/cds-services/{SERVICE}"
+                while not stop.is_set():
+                    with tally.lock:
+                        known = list(enumerate(tally.notified))
+                    if not known:
+                        time.sleep(0.1)
+                        continue
+                    i, st = rng.choice(known)
+                    body = {
+                        "hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+                        "context": {"userId": "Practitioner/soak", "patientId": patient_of(i)},
+                        "prefetch": {"studies": bundle(imaging_study(st.uid, patient=patient_of(i))),
+                                     "reports": bundle()},
+                    }  # fmt: skip
+                    headers = {"Authorization": "Bearer " + key.token(base + path)}
+                    t0 = time.perf_counter()
+                    try:
+                        status = session.post(base + path, json=body, headers=headers, timeout=30).status_code
+                    except requests.RequestException:
+                        status = 0
+                    ms = (time.perf_counter() - t0) * 1000
+                    with tally.lock:
+                        tally.hook_ms.append(ms)
+                        tally.hook_status[status] += 1
+                    time.sleep(args.hook_pause)
+
+            def notifier() -> None:
+                rng = random.Random(1)
+                session = requests.Session()
+                headers = {"Authorization": f"Bearer {token}"}
+                for i, st in enumerate(pool):
+                    if stop.is_set():
+                        return
+                    targets = [(i, st)]
+                    if i and rng.random() < 0.5:
+                        targets.append(rng.choice(list(enumerate(pool[:i]))))  # a duplicate
+                    for j, target in targets:
+                        body = {
+                            "event": "StableStudy", "studyInstanceUid": target.uid,
+                            "patientId": patient_of(j), "studyDate": "20260701",
+                            "studyDescription": "MRI LUMBAR SPINE WO CONTRAST", "modalitiesInStudy": ["MR"],
+                            "series": [{"modality": "MR", "seriesDescription": "Sag T2",
+                                        "bodyPartExamined": "LSPINE"}],
+                        }  # fmt: skip
+                        try:
+                            status = session.post(
+                                f"{base}/pacs/notifications", json=body, headers=headers, timeout=30
+                            ).status_code
+                        except requests.RequestException:
+                            status = 0
+                        with tally.lock:
+                            tally.notify_status[status] += 1
+                            if target is st:
+                                tally.notified.append(st)
+                            else:
+                                tally.duplicates += 1
+                    stop.wait(args.notify_every)
+
+            def feedback_client() -> None:
+                session = requests.Session()
+                path = f"/cds-services/{SERVICE}/feedback"
+                while not stop.is_set():
+                    card = str(uuid.uuid4())
+                    body = {"feedback": [{"card": card, "outcome": "overridden",
+                                          "outcomeTimestamp": datetime.now(UTC).isoformat()}]}  # fmt: skip
+                    headers = {"Authorization": "Bearer " + key.token(base + path)}
+                    try:
+                        status = session.post(base + path, json=body, headers=headers, timeout=30).status_code
+                    except requests.RequestException:
+                        status = 0
+                    with tally.lock:
+                        tally.feedback_status[status] += 1
+                        if status == 200:
+                            tally.feedback_sent.append(card)
+                    stop.wait(args.feedback_every)
+
+            threads = [
+                threading.Thread(target=hook_client, args=(k,), daemon=True) for k in range(args.clients)
+            ]
+            threads += [threading.Thread(target=notifier, daemon=True),
+                        threading.Thread(target=feedback_client, daemon=True)]  # fmt: skip
+            t_start = time.monotonic()
+            for t in threads:
+                t.start()
+
+            def processes() -> dict[str, int]:
+                named = {f"web[{i}]": pid for i, pid in enumerate(gunicorn.pids())}
+                named |= {f"worker[{i}]": pid for i, pid in enumerate(worker.pids())}
+                if redis_pid:
+                    named["redis"] = redis_pid
+                return named
+
+            stop.wait(min(args.warmup, args.duration))
+            rss_start = {name: rss_mib(pid) for name, pid in processes().items()}
+            pids_start = processes()
+            stop.wait(max(0.0, args.duration - (time.monotonic() - t_start)))
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+            rss_end = {name: rss_mib(pid) for name, pid in processes().items()}
+            pids_end = processes()
+            print(f"load stopped after {time.monotonic() - t_start:.0f} s: {uptime()}", flush=True)
+
+            # Drain: every notified study's analysis must finish.
+            uids = [st.uid for st in tally.notified]
+            deadline = time.monotonic() + args.drain_timeout
+            while True:
+                with db.session(readonly=True) as s:
+                    states = [queries.latest_analysis(s, uid) for uid in uids]
+                pending = [a for a in states if a is None or a.status.value not in TERMINAL]
+                if not pending or time.monotonic() > deadline:
+                    break
+                time.sleep(1.0)
+            drained = time.monotonic() - t_start
+            metrics_text = requests.get(f"{base}/metrics", timeout=10).text
+        finally:
+            worker.stop()
+            gunicorn.stop()
+
+        # --- checks -------------------------------------------------------------------------------
+        import sqlalchemy as sa
+
+        problems: list[str] = []
+        with db.session(readonly=True) as s:
+            for st in tally.notified:
+                study = s.scalars(sa.select(StudyRecord).where(StudyRecord.study_uid == st.uid)).one()
+                analyses = s.scalars(
+                    sa.select(AnalysisRecord).where(AnalysisRecord.study_id == study.id)
+                ).all()
+                jobs = [
+                    j for j in s.scalars(sa.select(JobRecord)).all() if j.payload.get("study_uid") == st.uid
+                ]
+                ok = (
+                    len(analyses) == 1
+                    and analyses[0].status.value in ("complete", "unanalysable")
+                    and len(jobs) == 1
+                    and jobs[0].status.value == "done"
+                    and jobs[0].attempts == 1
+                )
+                if not ok:
+                    problems.append(
+                        f"study ...{st.uid[-10:]}: analyses {[a.status.value for a in analyses]}, "
+                        f"jobs {[(j.status.value, j.attempts) for j in jobs]}"
+                    )
+            stored = Counter(s.scalars(sa.select(FeedbackRecord.card_uuid)).all())
+        lost = [c for c in tally.feedback_sent if stored.get(c, 0) != 1]
+        statuses: Counter[str] = Counter()
+        with db.session(readonly=True) as s:
+            for uid in uids:
+                a = queries.latest_analysis(s, uid)
+                statuses[a.status.value if a else "none"] += 1
+        db.dispose()
+
+    n_hooks = len(tally.hook_ms)
+    print(f"\nhook calls: {n_hooks} ({n_hooks / args.duration:.1f}/s), statuses {dict(tally.hook_status)}")
+    if n_hooks:
+        print(f"  latency ms: p50 {pct(tally.hook_ms, 0.5):.1f}  p95 {pct(tally.hook_ms, 0.95):.1f}  "
+              f"p99 {pct(tally.hook_ms, 0.99):.1f}  max {max(tally.hook_ms):.1f}")  # fmt: skip
+    print(f"notifications: {len(tally.notified)} studies + {tally.duplicates} duplicates, "
+          f"statuses {dict(tally.notify_status)}")  # fmt: skip
+    print(f"analyses: {dict(statuses)}; queue drained {drained:.0f} s after the start")
+    print(f"feedback: {len(tally.feedback_sent)} acknowledged, statuses {dict(tally.feedback_status)}, "
+          f"stored once each: {len(tally.feedback_sent) - len(lost)}")  # fmt: skip
+    print("\nRSS MiB after warm-up -> end (growth):")
+    growths = []
+    for name, before in rss_start.items():
+        after = rss_end.get(name)
+        same = pids_start.get(name) == pids_end.get(name)
+        if before and after and same:
+            growth = (after - before) / before * 100
+            growths.append(growth)
+            print(f"  {name:<10} pid {pids_start[name]:>7}  {before:7.1f} -> {after:7.1f}  ({growth:+.1f} %)")
+        else:
+            print(f"  {name:<10} replaced or gone during the run (gunicorn max_requests recycles workers)")
+    jobs_line = [ln for ln in metrics_text.splitlines() if ln.startswith("cds_job_duration_seconds_count")]
+    print("metrics: " + "; ".join(jobs_line))
+    verdicts = [
+        ("no hook errors", set(tally.hook_status) <= {200}),
+        ("every notification accepted", set(tally.notify_status) <= {202}),
+        ("every notified study analysed exactly once", not problems),
+        ("every feedback stored once", not lost),
+        ("RSS growth < 10 % per process", all(g < 10 for g in growths)),
+    ]
+    print()
+    for name, ok in verdicts:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
+    for p in problems[:10]:
+        print(f"    {p}")
+    print(f"end: {uptime()}")
+    return 0 if all(ok for _, ok in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
