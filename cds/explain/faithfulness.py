@@ -37,9 +37,11 @@ from scipy import ndimage
 from cds.domain import Condition, Grade, Level
 
 if TYPE_CHECKING:
+    from cds.dicom.study import Study
     from cds.dicom.volume import Volume
     from cds.explain.gradcam import CamMap
     from cds.explain.gradcam_geometry import CropPlacement
+    from cds.explain.gradcam_inputs import TracedRead
     from cds.ml.classifier import LoadedClassifier
 
 #: FINDINGS.md: a hit when the saliency maximum falls inside the cause region dilated by 3 mm.
@@ -246,8 +248,19 @@ def _true_level_of_series(labels: Mapping[str, Any], series_uid: str) -> Level |
 def score_study(study_dir: Path, *, models_dir: Path | None = None, seed: int = 0) -> StudyScores:
     """Pointing game and deletion for every truth-positive finding of one generated study."""
     from cds.dicom import load_study
-    from cds.explain.gradcam import CamTarget, compute_maps
     from cds.explain.gradcam_inputs import traced_quick_read
+
+    study = load_study(study_dir / "dicom")
+    traced = traced_quick_read(study, models_dir=models_dir)
+    return score_traced(study_dir, study, traced, models_dir=models_dir, seed=seed)
+
+
+def score_traced(
+    study_dir: Path, study: Study, traced: TracedRead, *, models_dir: Path | None = None, seed: int = 0
+) -> StudyScores:
+    """score_study for a study already read with cds.explain.gradcam_inputs.traced_quick_read
+    (e.g. by the evaluation, passing its own wrapped stages): no second quick read."""
+    from cds.explain.gradcam import CamTarget, compute_maps
     from cds.explain.gradcam_study import native_map_and_peak
     from cds.ml.classifier import load_classifier
     from cds.pipeline.classify import MODEL_NAME
@@ -257,8 +270,6 @@ def score_study(study_dir: Path, *, models_dir: Path | None = None, seed: int = 
     def skip(why: str) -> None:
         skipped[why] = skipped.get(why, 0) + 1
 
-    study = load_study(study_dir / "dicom")
-    traced = traced_quick_read(study, models_dir=models_dir)
     labels = json.loads((study_dir / "truth" / "labels.json").read_text())
     causes = labels.get("causes", {})
     # Which pipeline-named crop was cut from which true level (the synthetic series knows it).
@@ -348,26 +359,32 @@ def evaluate_faithfulness(
     names = list(studies) if studies is not None else _default_studies(data_dir)
     if n is not None:
         names = names[:n]
-    saliency: list[FindingScore] = []
-    end_to_end: list[FindingScore] = []
-    agree = analysed = 0
-    skipped: dict[str, int] = {}
+    results: list[StudyScores] = []
+    failed: dict[str, int] = {}
     for i, name in enumerate(names):
         try:
-            result = score_study(data_dir / name, models_dir=models_dir, seed=i)
+            results.append(score_study(data_dir / name, models_dir=models_dir, seed=i))
         except Exception as exc:  # one unreadable/unanalysable study must not void the evaluation
             key = f"study_failed:{type(exc).__name__}"
-            skipped[key] = skipped.get(key, 0) + 1
-        else:
-            saliency.extend(result.saliency)
-            end_to_end.extend(result.end_to_end)
-            agree += result.levels_agreeing
-            analysed += result.levels_analysed
-            for k, v in result.skipped.items():
-                skipped[k] = skipped.get(k, 0) + v
+            failed[key] = failed.get(key, 0) + 1
         if progress is not None:
             progress(i + 1, len(names), name)
-    return FaithfulnessReport(len(names), tuple(saliency), tuple(end_to_end), Rate(agree, analysed), skipped)
+    return aggregate(len(names), results, failed)
+
+
+def aggregate(
+    n_studies: int, results: Sequence[StudyScores], failed: Mapping[str, int] | None = None
+) -> FaithfulnessReport:
+    """One report from per-study scores (score_study / score_traced); ``failed``: studies that
+    could not be scored, by reason."""
+    saliency = [x for r in results for x in r.saliency]
+    end_to_end = [x for r in results for x in r.end_to_end]
+    skipped: dict[str, int] = dict(failed or {})
+    for r in results:
+        for k, v in r.skipped.items():
+            skipped[k] = skipped.get(k, 0) + v
+    agreement = Rate(sum(r.levels_agreeing for r in results), sum(r.levels_analysed for r in results))
+    return FaithfulnessReport(n_studies, tuple(saliency), tuple(end_to_end), agreement, skipped)
 
 
 def _default_studies(data_dir: Path) -> list[str]:

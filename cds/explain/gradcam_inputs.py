@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from cds.dicom.study import Study
     from cds.dicom.volume import Volume
     from cds.pipeline.classify import LevelProbabilities
+    from cds.pipeline.quick_read import Stages
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,23 @@ def level_input(level: Level, seg: ax.AxialSegmentation, volume: Volume) -> Leve
     )
 
 
-def traced_quick_read(study: Study, *, models_dir: Path | None = None) -> TracedRead:
-    """quick_read(study) plus every analysed level's classifier input."""
+def traced_quick_read(
+    study: Study, *, models_dir: Path | None = None, stages: Stages | None = None
+) -> TracedRead:
+    """quick_read(study) plus every analysed level's classifier input.
+
+    ``stages``: the stages to trace (default: the real ones); callers that wrap stages
+    themselves (the evaluation records their outputs) pass theirs and get one run for both.
+    """
     from cds.pipeline.quick_read import DEFAULT_STAGES, quick_read
+
+    base = stages or DEFAULT_STAGES
 
     seen: list[tuple[ax.AxialSegmentation, Volume]] = []
     classified: dict[Level, ax.AxialSegmentation] = {}
 
     def segment_axial(volume: Volume, indices: Sequence[int], mdir: Path | None) -> ax.AxialSegmentation:
-        seg = DEFAULT_STAGES.segment_axial(volume, indices, mdir)
+        seg = base.segment_axial(volume, indices, mdir)
         seen.append((seg, volume))
         return seg
 
@@ -82,11 +91,11 @@ def traced_quick_read(study: Study, *, models_dir: Path | None = None) -> Traced
         segs: Mapping[Level, ax.AxialSegmentation], mdir: Path | None
     ) -> Sequence[LevelProbabilities]:
         classified.update(segs)
-        return DEFAULT_STAGES.classify(segs, mdir)
+        return base.classify(segs, mdir)
 
-    stages = replace(DEFAULT_STAGES, segment_axial=segment_axial, classify=classify)
+    traced = replace(base, segment_axial=segment_axial, classify=classify)
     start = time.perf_counter()
-    result = quick_read(study, models_dir=models_dir, stages=stages)
+    result = quick_read(study, models_dir=models_dir, stages=traced)
     seconds = time.perf_counter() - start
     inputs = {}
     for level, seg in classified.items():
