@@ -1,6 +1,6 @@
 """From per-study records (cds.evaluation.study) to the report's figures.
 
-Conventions, stated once because every figure depends on them:
+Conventions, stated once because every figure depends on them (the report lists them):
 
 * Dice is computed per study over the voxels quick_read segmented (3D: the central sagittal block,
   all slices of every segmented axial level), then averaged over studies. A structure absent from
@@ -33,6 +33,14 @@ from cds.domain import Condition, Grade, Level
 from cds.evaluation import metrics as m
 
 BOOTSTRAP_SAMPLES = 200
+
+
+def conventions() -> list[str]:
+    """The convention bullets of this module's docstring, one string each (for the report)."""
+    text = (__doc__ or "").split("(the report lists them):", 1)[-1]
+    return [" ".join(item.split()) for item in text.split("\n* ") if item.strip()]
+
+
 BOOTSTRAP_SEED = 20261123
 
 

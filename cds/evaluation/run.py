@@ -425,7 +425,7 @@ def run_evaluation(cfg: EvaluationConfig) -> dict[str, Any]:
             "overlap": seed_overlap(truths, cards),
         },
         "threshold": threshold,
-        "conventions": " ".join((agg.__doc__ or "").split()),
+        "conventions": agg.conventions(),
         "coverage": agg.coverage_section(records),
         "segmentation": {
             "synthetic_sagittal": agg.dice_section(records, "sagittal_overlap"),

@@ -279,27 +279,31 @@ def evaluate_study(study_dir: Path, models_dir: Path | None, overlay_dir: Path) 
     start = time.perf_counter()
     try:
         study: Study = load_study(study_dir / "dicom")
-        load_ms = (time.perf_counter() - start) * 1000.0
-        stages, record = recording_stages(DEFAULT_STAGES)
-        analysis = quick_read(study, models_dir=models_dir, stages=stages)
-    except ModelError:
-        raise
     except CdsError as exc:
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc.message}")
         return rec
-    rec.update(
-        status=analysis.status.value,
-        reason=analysis.reason,
-        labelling_uncertain=bool(analysis.labelling_uncertain),
-        timings_ms={
-            "dicom_load": round(load_ms, 1),
-            **{k: round(v, 1) for k, v in analysis.timings_ms.items()},
-        },
-        total_ms=round((time.perf_counter() - start) * 1000.0, 1),
-        model_versions=dict(analysis.model_versions),
-        analysis=analysis.to_json(),
-        levels=compare_findings(truth, analysis, record),
-    )
+    load_ms = (time.perf_counter() - start) * 1000.0
+    stages, record = recording_stages(DEFAULT_STAGES)
+    try:
+        analysis = quick_read(study, models_dir=models_dir, stages=stages)
+    except ModelError:
+        raise
+    except CdsError as exc:  # a failed stage: no findings, but the stages before it still count
+        rec.update(status="failed", error=f"{type(exc).__name__}: {exc.message}")
+    else:
+        rec.update(
+            status=analysis.status.value,
+            reason=analysis.reason,
+            labelling_uncertain=bool(analysis.labelling_uncertain),
+            timings_ms={
+                "dicom_load": round(load_ms, 1),
+                **{k: round(v, 1) for k, v in analysis.timings_ms.items()},
+            },
+            total_ms=round((time.perf_counter() - start) * 1000.0, 1),
+            model_versions=dict(analysis.model_versions),
+            analysis=analysis.to_json(),
+            levels=compare_findings(truth, analysis, record),
+        )
     original = study.sagittal_t2 if record.sagittal() is not None else None
     oriented = _oriented_truth(truth, original) if original is not None else None
     if oriented is not None:

@@ -140,7 +140,7 @@ def metrics_for(recs: list[dict[str, Any]]) -> dict[str, Any]:
             },
         },
         "threshold": 0.5,
-        "conventions": "c",
+        "conventions": ["c"],
         "coverage": agg.coverage_section(recs),
         "segmentation": {
             "synthetic_sagittal": agg.dice_section(recs, "sagittal_overlap"),
