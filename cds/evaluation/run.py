@@ -307,6 +307,32 @@ def gallery(
                     }
                 )
         sections.append({"title": title, "cases": cases})
+    mislabelled = [
+        r
+        for r in records
+        if (r.get("overlays") or {}).get("sagittal")
+        and len((r.get("level_identification") or {}).get("correct", [])) < len(Level)
+    ]
+    cases = []
+    for r in mislabelled[:GALLERY_SIZE]:
+        li = r.get("level_identification") or {}
+        said = ", ".join(f"{k} on {v or 'no lumbar disc'}" for k, v in dict(li.get("found", {})).items())
+        name = _copy(study_dir, r["overlays"]["sagittal"], out, f"gallery_{r['study']}_sagittal.png")
+        if name:
+            flag = "flagged uncertain" if li.get("uncertain") else "NOT flagged uncertain"
+            cases.append(
+                {
+                    "image": name,
+                    "caption": f"{r['study']}: pipeline level -> true disc: {said or 'none'} ({flag})",
+                }
+            )
+    if cases:
+        sections.append(
+            {
+                "title": f"Level naming errors (first {len(cases)} of {len(mislabelled)} studies)",
+                "cases": cases,
+            }
+        )
     axial = []
     for r in records:
         files = dict((r.get("overlays") or {}).get("axial") or {})
