@@ -140,3 +140,16 @@ def test_study_known_from_the_ehr_keeps_its_patient_and_images(pacs_app: Flask, 
         study = queries.study_by_uid(s, UID)
         assert study is not None
         assert (study.patient_ref, study.source_uri) == ("Patient/p-7", "http://ehr-pacs/dicom-web/studies/x")
+
+
+def test_notification_without_a_configured_pacs_is_503(db: Database, app_settings: Settings) -> None:
+    from cds import create_app
+    from cds.extensions import services
+
+    app = create_app(app_settings.with_overrides(pacs_notify_token=TOKEN))
+    try:
+        status, body = post(app, notification(UID))
+        assert status == 503 and body["resourceType"] == "OperationOutcome"
+        assert count(db, StudyRecord) == 0
+    finally:
+        services(app).close()
