@@ -529,3 +529,72 @@ def foraminal_area_ratio(
         reliable=not issues,
         issues=tuple(issues),
     )
+
+
+#: Foramen area (mm2) on the axial slice through its widest part, per level, in spines without
+#: narrowing: the median over the synthetic generator's foramina graded normal (ratio >= 0.6),
+#: from the generator's truth labels (bench/foramen_calibration.py prints it). Population values,
+#: not this patient's own unnarrowed foramen: the main source of this measurement's error.
+UNNARROWED_AXIAL_FORAMEN_MM2: dict[str, float] = {
+    "L1-L2": 106.0,
+    "L2-L3": 114.0,
+    "L3-L4": 110.0,
+    "L4-L5": 115.6,
+    "L5-S1": 111.7,
+}
+#: Linear map from the axial area fraction to the parasagittal area ratio FINDINGS.md defines,
+#: fitted by bench/foramen_calibration.py on synthetic studies other than the ones it is scored on.
+#: Why a map and not the fraction itself: the axial slices cross only the lower (disc-level) part
+#: of the foramen, so a foramen narrowed to a third of its parasagittal area keeps about three
+#: quarters of its widest axial cross-section.
+FORAMEN_RATIO_INTERCEPT = -0.669
+FORAMEN_RATIO_SLOPE = 1.325
+
+
+def axial_foramen_areas(
+    foramen: np.ndarray, sac: np.ndarray, spacing_mm: Sequence[float], side: Side
+) -> np.ndarray:
+    """Foramen area (mm2) on one side of each axial slice (slices, rows, cols) of the canonical
+    grid, whose columns run patient right -> left; sides split at the dural sac's centre column."""
+    n, _, w = foramen.shape
+    px = pixel_area_mm2(spacing_mm)
+    cols = np.arange(w)
+    out = np.zeros(n)
+    for i in range(n):
+        centre = float(np.nonzero(sac[i])[1].mean()) if sac[i].any() else (w - 1) / 2.0
+        half = cols > centre if side is Side.LEFT else cols < centre
+        out[i] = float(foramen[i][:, half].sum()) * px
+    return out
+
+
+def foramen_ratio_from_axial(
+    foramen: np.ndarray, sac: np.ndarray, spacing_mm: Sequence[float], side: Side, level: str | None
+) -> Measurement:
+    """Foraminal area ratio estimated from the axial foramen segmentation of one level.
+
+    The widest axial cross-section of the foramen (over the level's slices) as a fraction of the
+    unnarrowed population value for the level, mapped linearly to the parasagittal ratio and
+    clipped to [0, 1]. Unreliable when no foramen is found on that side.
+    """
+    areas = axial_foramen_areas(foramen, sac, spacing_mm, side)
+    k = int(np.argmax(areas)) if len(areas) else 0
+    widest = float(areas[k]) if len(areas) else 0.0
+    typical = float(np.median(list(UNNARROWED_AXIAL_FORAMEN_MM2.values())))
+    reference = UNNARROWED_AXIAL_FORAMEN_MM2.get(level, typical) if level else typical
+    fraction = widest / reference
+    ratio = float(np.clip(FORAMEN_RATIO_INTERCEPT + FORAMEN_RATIO_SLOPE * fraction, 0.0, 1.0))
+    issues: list[str] = []
+    if widest < MIN_STRUCTURE_AREA_MM2:
+        issues.append(f"no {side.value} foramen found on the level's axial slices")
+    method = (
+        f"widest axial foramen cross-section {widest:.0f} mm2 / unnarrowed reference {reference:.0f} mm2 "
+        f"for {level}, mapped to the parasagittal area ratio"
+    )
+    return Measurement(
+        MeasurementName.FORAMINAL_AREA_RATIO,
+        ratio,
+        Provenance(Plane.AXIAL, k, method),
+        side=side,
+        reliable=not issues,
+        issues=tuple(issues),
+    )

@@ -24,8 +24,6 @@ from cds.errors import BadRequest, StageError
 from cds.ml.spec import InputContract
 
 if TYPE_CHECKING:
-    import torch
-
     from cds.ml.loading import LoadedModel
 
 MODEL_NAME = "sagittal_seg"
@@ -220,12 +218,9 @@ def preprocess_slice(
 
 def predict(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
     """(N, H, W) float32 model-grid images -> (N, C, H, W) float32 class probabilities."""
-    import torch
+    from cds.pipeline.inference import softmax_forward
 
-    with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).unsqueeze(1).to(model.device)
-        probs: torch.Tensor = torch.softmax(model.network(x), dim=1)
-        return probs.float().cpu().numpy()
+    return softmax_forward(model.network, model.device, batch)
 
 
 # --------------------------------------------------------------------------------------------

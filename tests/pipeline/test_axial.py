@@ -118,3 +118,21 @@ def test_shipped_axial_model_is_verified_and_segments_a_slice() -> None:
     probs = ax.predict(model, np.zeros((1, ax.CANONICAL_SIZE, ax.CANONICAL_SIZE), np.float32))
     assert probs.shape == (1, len(ax.AXIAL_CLASSES), ax.CANONICAL_SIZE, ax.CANONICAL_SIZE)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_upsample2_matches_scipy_zoom_and_postprocess_matches_full_argmax() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    logits = ndimage.gaussian_filter(rng.normal(size=(2, len(ax.AXIAL_CLASSES), 40, 40)), (0, 0, 3, 3)) * 30
+    probs = np.exp(logits)
+    probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    zoomed = ndimage.zoom(probs, (1, 1, 2, 2), order=1, grid_mode=True, mode="nearest")
+    np.testing.assert_allclose(ax.upsample2(probs), zoomed, atol=1e-6)
+    for threshold in (0.5, 0.7):
+        full = np.argmax(zoomed, axis=1)
+        weak = (full == ax.SAC) & (zoomed[:, ax.SAC] <= threshold)
+        others = zoomed.copy()
+        others[:, ax.SAC] = -1.0
+        full[weak] = np.argmax(others, axis=1)[weak]
+        np.testing.assert_array_equal(ax.postprocess(probs, threshold), full)

@@ -208,3 +208,44 @@ def test_foraminal_area_ratio_of_known_areas() -> None:
     assert m.side is Side.RIGHT and m.reliable
     empty = measure.foraminal_area_ratio(free, np.zeros_like(ref), (0.5, 0.5), Side.LEFT, 4, "x")
     assert not empty.reliable
+
+
+def _foramina(left_px: int, right_px: int, slices: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical-grid masks (columns run patient right -> left): a sac in the middle, one square
+    foramen each side, the left one widest on the middle slice."""
+    foramen = np.zeros((slices, 100, 100), bool)
+    sac = np.zeros_like(foramen)
+    sac[:, 40:60, 45:55] = True
+    for i in range(slices):
+        shrink = 0 if i == slices // 2 else 2
+        lw = max(left_px - shrink, 0)
+        foramen[i, 40 : 40 + lw, 80 : 80 + lw] = True  # patient left: high columns
+        foramen[i, 40 : 40 + right_px, 10 : 10 + right_px] = True
+    return foramen, sac
+
+
+def test_axial_foramen_areas_split_sides_at_the_sac() -> None:
+    foramen, sac = _foramina(left_px=10, right_px=6)
+    left = measure.axial_foramen_areas(foramen, sac, (0.5, 0.5), Side.LEFT)
+    right = measure.axial_foramen_areas(foramen, sac, (0.5, 0.5), Side.RIGHT)
+    assert left.tolist() == [64 * 0.25, 100 * 0.25, 64 * 0.25]
+    assert right.tolist() == [36 * 0.25] * 3
+
+
+def test_foramen_ratio_from_axial_maps_the_widest_fraction_and_flags_a_missing_foramen() -> None:
+    spacing = (1.0, 1.0)
+    reference = measure.UNNARROWED_AXIAL_FORAMEN_MM2["L4-L5"]
+    side_px = round(float(np.sqrt(reference)))  # about the unnarrowed area
+    foramen, sac = _foramina(left_px=side_px, right_px=0)
+    left = measure.foramen_ratio_from_axial(foramen, sac, spacing, Side.LEFT, "L4-L5")
+    expected = measure.FORAMEN_RATIO_INTERCEPT + measure.FORAMEN_RATIO_SLOPE * side_px**2 / reference
+    assert left.name is MeasurementName.FORAMINAL_AREA_RATIO and left.side is Side.LEFT
+    assert left.reliable and left.value == pytest.approx(min(1.0, max(0.0, expected)))
+    assert left.provenance.slice_index == 1  # the widest cross-section
+    assert left.value > 0.6  # an unnarrowed foramen grades normal
+    right = measure.foramen_ratio_from_axial(foramen, sac, spacing, Side.RIGHT, "L4-L5")
+    assert not right.reliable and right.value == 0.0
+    assert "no right foramen" in right.issues[0]
+    smaller, _ = _foramina(left_px=round(side_px * 0.8), right_px=0)
+    narrowed = measure.foramen_ratio_from_axial(smaller, sac, spacing, Side.LEFT, "L4-L5")
+    assert narrowed.value < left.value  # monotone in the measured area

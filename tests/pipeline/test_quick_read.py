@@ -222,6 +222,8 @@ def test_model_oriented_keeps_patient_coordinates(flip: str) -> None:
 
 
 def test_central_block_is_clamped_to_the_stack() -> None:
-    assert list(qr.central_block(15)) == [4, 5, 6, 7, 8, 9, 10]
+    assert list(qr.central_block(15)) == [6, 7, 8]
+    assert list(qr.central_block(15, half_width=3)) == [4, 5, 6, 7, 8, 9, 10]
+    assert list(qr.central_block(2, half_width=3)) == [0, 1]
     assert list(qr.central_block(3)) == [0, 1, 2]
     assert list(qr.central_block(1)) == [0]
