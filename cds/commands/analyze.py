@@ -2,7 +2,9 @@
 
 Exit codes: 0 analysed (status complete or unanalysable, the reason printed), 1 a pipeline stage
 failed (status failed, the stage named), 2 the input could not be read as a lumbar MRI study,
-3 model weights missing or not the ones their cards describe. torch and pydicom are imported
+3 model weights missing or not the ones their cards describe. With ``--json`` every outcome is one
+JSON object on stdout (``levels``, ``status``, ``timings_ms``, and ``reason`` whenever the study
+was not fully analysed), so a script can always read why. torch and pydicom are imported
 inside the handler only.
 """
 
@@ -14,7 +16,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from cds.domain import AnalysisResult, AnalysisStatus, Condition, Finding, Level
 from cds.errors import IngestError, ModelError, StageError
@@ -33,24 +35,30 @@ def run(args: argparse.Namespace) -> int:
     from cds.pipeline.quick_read import quick_read
 
     start = time.perf_counter()
+
+    def elapsed() -> dict[str, float]:
+        return {"load_dicom": (time.perf_counter() - start) * 1000.0}
+
     try:
         study = load_study(args.path)
     except IngestError as exc:
         if exc.kind == "no_sagittal_t2":
-            load_ms = (time.perf_counter() - start) * 1000.0
-            return _emit(
-                AnalysisResult(
-                    AnalysisStatus.UNANALYSABLE, reason=exc.message, timings_ms={"load_dicom": load_ms}
-                ),
-                args.json,
-            )
-        print(f"cannot read study ({exc.kind}): {exc.message}", file=sys.stderr)
+            why = AnalysisResult(AnalysisStatus.UNANALYSABLE, reason=exc.message, timings_ms=elapsed())
+            return _emit(why, args.json)
+        unreadable = AnalysisResult(
+            AnalysisStatus.UNANALYSABLE,
+            reason=f"cannot read study ({exc.kind}): {exc.message}",
+            timings_ms=elapsed(),
+        )
+        _emit(unreadable, args.json, stream=sys.stdout if args.json else sys.stderr)
         return 2
-    load_ms = (time.perf_counter() - start) * 1000.0
+    load_ms = elapsed()["load_dicom"]
     try:
         result = quick_read(study, models_dir=args.models_dir)
     except ModelError as exc:
-        print(f"models unavailable: {exc.message}", file=sys.stderr)
+        reason = f"models unavailable: {exc.message}"
+        failed = AnalysisResult(AnalysisStatus.FAILED, reason=reason, timings_ms={"load_dicom": load_ms})
+        _emit(failed, args.json, stream=sys.stdout if args.json else sys.stderr)
         return 3
     except StageError as exc:
         failed = AnalysisResult(AnalysisStatus.FAILED, reason=exc.message, timings_ms={"load_dicom": load_ms})
@@ -61,11 +69,10 @@ def run(args: argparse.Namespace) -> int:
     return _emit(replace(result, timings_ms=timings), args.json)
 
 
-def _emit(result: AnalysisResult, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print(format_table(result))
+def _emit(result: AnalysisResult, as_json: bool, stream: TextIO | None = None) -> int:
+    """Print the result (JSON or table); every outcome, failures included, says why in ``reason``."""
+    text = json.dumps(result.to_json(), indent=2) if as_json else format_table(result)
+    print(text, file=stream or sys.stdout)
     return 0
 
 

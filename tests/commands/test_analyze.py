@@ -52,4 +52,15 @@ def test_unreadable_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     (tmp_path / "note.txt").write_text("not dicom")
     code = analyze.run(argparse.Namespace(path=tmp_path, json=True, models_dir=None))
     assert code == 2
+    data = json.loads(capsys.readouterr().out)  # --json: even an unreadable input gives a result saying why
+    assert data["status"] == "unanalysable" and data["levels"] == {}
+    assert data["reason"].startswith("cannot read study (")
+    assert "load_dicom" in data["timings_ms"]
+
+
+def test_unreadable_input_without_json_explains_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "note.txt").write_text("not dicom")
+    assert analyze.run(argparse.Namespace(path=tmp_path, json=False, models_dir=None)) == 2
     assert "cannot read study" in capsys.readouterr().err
