@@ -89,7 +89,18 @@ def _error_response(error: CdsError, rid: str | None = None) -> Response:
 
 
 def _read_body(limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes (declared or actual) with 413."""
+    """The body, refusing more than `limit` bytes (declared or actual) with 413.
+
+    With a valid Content-Length the body is read from the WSGI input directly (what werkzeug's
+    stream wrapper would do, minus its objects); otherwise (chunked) through request.stream.
+    """
+    declared = request.environ.get("CONTENT_LENGTH")
+    if declared and declared.isdigit():
+        length = int(declared)
+        if length > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        body: bytes = request.environ["wsgi.input"].read(length)
+        return body
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
     body = request.stream.read(limit + 1)
@@ -327,13 +338,23 @@ def feedback(service_id: str) -> Response:
     return resp
 
 
+_CORS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+    ("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-ID"),
+    ("Access-Control-Expose-Headers", "X-Request-ID"),
+    ("Access-Control-Max-Age", "600"),
+)
+
+
 @bp.after_request
 def cors(resp: Response) -> Response:
     """CORS for browser-based CDS clients. Calls authenticate with a bearer header, not cookies,
     so `*` is allowed and credentials are not: no Access-Control-Allow-Credentials, ever."""
-    resp.headers["Access-Control-Allow-Origin"] = "*"
-    resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-    resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
-    resp.headers["Access-Control-Expose-Headers"] = "X-Request-ID"
-    resp.headers["Access-Control-Max-Age"] = "600"
+    headers = resp.headers
+    if "Access-Control-Allow-Origin" in headers:
+        for name, value in _CORS:
+            headers[name] = value
+    else:  # the usual case: append, no search-and-replace per header
+        headers.extend(_CORS)
     return resp

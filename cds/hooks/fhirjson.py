@@ -18,8 +18,13 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
 def as_dict(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    if type(value) is dict:  # parsed JSON: skip the (slower) ABC check
+        return value
+    return value if isinstance(value, Mapping) else _EMPTY
 
 
 def codings(concept: Any) -> Iterator[tuple[str, str]]:
