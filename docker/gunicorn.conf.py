@@ -6,7 +6,9 @@ Knobs come from the environment (CDS_WEB_*); the app itself reads its CDS_* sett
 create_app(). Threads per worker matter more than processes here: a hook call mostly waits on
 the database, and each process holds its own engine, key cache and result cache.
 Access logs are off by default: viewer URLs carry a signed token, and the hooks blueprint logs
-one PHI-free line per call itself.
+one PHI-free line per call itself. Every log line (gunicorn's own and the app's) is one JSON
+object (cds.logs.JsonFormatter: ts, level, logger, msg, request_id, service, status,
+latency_ms); CDS_LOG_FORMAT=text gives plain lines, CDS_LOG_LEVEL the level.
 """
 
 from __future__ import annotations
@@ -40,7 +42,29 @@ limit_request_line = 8190
 limit_request_fields = 100
 accesslog = "-" if os.environ.get("CDS_WEB_ACCESS_LOG", "").lower() in {"1", "true", "yes"} else None
 errorlog = "-"
-loglevel = os.environ.get("CDS_WEB_LOG_LEVEL", "info")
+loglevel = os.environ.get("CDS_WEB_LOG_LEVEL", os.environ.get("CDS_LOG_LEVEL", "info")).lower()
+_LOG_FORMATTER = (
+    {"()": "cds.logs.TextFormatter"}
+    if os.environ.get("CDS_LOG_FORMAT", "json").lower() == "text"
+    else {"()": "cds.logs.JsonFormatter"}
+)
+# One handler on stderr for the app (root logger) and gunicorn's own loggers, all in one format.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"cds": _LOG_FORMATTER},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "cds", "stream": "ext://sys.stderr"}
+    },
+    "root": {"level": loglevel.upper(), "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        # URLs with signed tokens / SQL with bound values at INFO: never.
+        "werkzeug": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+    },
+}
 # Behind a TLS-terminating proxy: trust its X-Forwarded-* only from these addresses.
 forwarded_allow_ips = os.environ.get("CDS_WEB_FORWARDED_ALLOW_IPS", "127.0.0.1")
 proc_name = "cds-web"
