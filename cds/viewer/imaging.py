@@ -69,6 +69,7 @@ class AxialPanel:
     height: int
     overlays: tuple[OverlayToggle, ...]
     measurements: tuple[LegendItem, ...]
+    has_area: bool = False  # the dural sac area is among the drawn measurements (its outline)
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,6 @@ class ImagesView:
 def _measurement_text(m: art.DrawnMeasurement) -> str:
     side = f" ({m.side.value})" if m.side in (Side.LEFT, Side.RIGHT) else ""
     value = render.short_value(m.name, m.value)
-    if m.name is MeasurementName.DSCA_MM2:
-        return f"{m.name.display}: {value} (area inside the yellow outline)"
     return f"{m.name.display}{side}: {value}"
 
 
@@ -117,7 +116,8 @@ def _axial(info: art.AxialInfo) -> AxialPanel:
     items = []
     for m in info.measurements:
         colour = render.measurement_colour(m)
-        items.append(LegendItem(_measurement_text(m), _css(colour), COLOUR_NAMES[colour], m.row))
+        shape = "area inside the outline" if m.name is MeasurementName.DSCA_MM2 else "line"
+        items.append(LegendItem(_measurement_text(m), _css(colour), f"{COLOUR_NAMES[colour]} {shape}", m.row))
     return AxialPanel(
         level=info.level,
         slices=tuple(k + 1 for k in info.slice_indices),
@@ -133,6 +133,7 @@ def _axial(info: art.AxialInfo) -> AxialPanel:
             OverlayToggle(render.Overlay.MEASUREMENTS.value, "Measurements", ()),
         ),
         measurements=tuple(items),
+        has_area=any(m.name is MeasurementName.DSCA_MM2 for m in info.measurements),
     )
 
 

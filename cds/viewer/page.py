@@ -192,7 +192,9 @@ def build_report_page(
         study_date=_date_text(study_date),
         study_description=study_description,
         analysed_at=_date_text(analysed_at) if analysed_at else None,
-        model_versions=tuple(sorted((str(k), str(v)) for k, v in result.model_versions.items())),
+        model_versions=tuple(
+            sorted((str(k), _version(str(k), str(v))) for k, v in result.model_versions.items())
+        ),
         labelling_uncertain=result.labelling_uncertain,
         headings=tuple(_CONDITION_HEADINGS[c] for c in CONDITION_ORDER),
         overview=_overview(result),
@@ -201,6 +203,11 @@ def build_report_page(
         uncertain_count=sum(1 for f in findings if f.uncertain),
         threshold_legend=threshold_legend(),
     )
+
+
+def _version(name: str, tag: str) -> str:
+    """'axial_seg@1.0.0' under the name 'axial_seg' reads '1.0.0' (the name is already shown)."""
+    return tag[len(name) + 1 :] if tag.startswith(name + "@") else tag
 
 
 def threshold_legend() -> tuple[str, ...]:

@@ -133,7 +133,38 @@
     }
     each("input[name=verdict]", function (radio) { radio.addEventListener("change", sync); }, form);
     sync();
+    // The same checks as the server, before the round trip, with the message next to the form.
+    form.addEventListener("submit", function (event) {
+      var verdict = form.querySelector("input[name=verdict]:checked");
+      var message = null;
+      if (!verdict) {
+        message = "Choose 'Agree' or 'Disagree'.";
+      } else if (verdict.value === "disagree" && !select.value) {
+        message = "Please choose a reason for disagreeing.";
+      } else if (select.value === "other" && verdict.value === "disagree" &&
+                 !form.querySelector("textarea[name=comment]").value.trim()) {
+        message = "Please say in the comment why you disagree ('Other').";
+      }
+      if (!message) { return; }
+      event.preventDefault();
+      var box = form.querySelector(".form-error");
+      if (!box) {
+        box = document.createElement("p");
+        box.className = "form-error";
+        box.setAttribute("role", "alert");
+        form.insertBefore(box, form.querySelector("fieldset"));
+      }
+      box.textContent = message;
+      (verdict ? select : form.querySelector("input[name=verdict]")).focus();
+    });
   });
+  // A form the server sent back with an error: bring it into view and focus its first field.
+  var firstError = document.querySelector(".feedback-form .form-error");
+  if (firstError) {
+    firstError.scrollIntoView({ block: "center" });
+    var field = firstError.closest("form").querySelector("select[name=reason]");
+    if (field) { field.focus({ preventScroll: true }); }
+  }
 
   each(".print-link", function (link) {
     link.addEventListener("click", function (event) { event.preventDefault(); window.print(); });
