@@ -321,7 +321,8 @@ def study_list_url(settings: Any) -> str:
     """The demo's signed study-list link (cds.viewer): filters travel in POST bodies, not the URL."""
     from cds.viewer.studies import sign_study_list_token
 
-    return f"{settings.public_base_url}/studies/{sign_study_list_token(settings.secret_key, STUDY_LIST_TTL_S)}"
+    token = sign_study_list_token(settings.secret_key, STUDY_LIST_TTL_S)
+    return f"{settings.public_base_url}/studies/{token}"
 
 
 def missing_parts() -> list[str]:

@@ -99,3 +99,12 @@ def test_list_link_is_signed_for_its_purpose(
 def test_parse_filter_rejects_long_patient_text() -> None:
     with pytest.raises(FilterInvalid, match="too long"):
         parse_filter({"patient": "x" * 129})
+
+
+def test_demo_prints_a_working_study_list_link(app: Flask, client: FlaskClient) -> None:
+    from cds.commands.demo import study_list_url
+
+    settings = services(app).settings
+    url = study_list_url(settings)
+    assert url.startswith(f"{settings.public_base_url}/studies/")
+    assert client.get(url[len(settings.public_base_url) :]).status_code == 200
