@@ -36,7 +36,12 @@ RUDIMENTARY_HEIGHT_RATIO = 0.75
 #: Lowest disc-like band thinner than this fraction of the discs above: the S1-S2 remnant.
 SACRAL_REMNANT_RATIO = 0.5
 #: A disc above L1-L2 at least this fraction as tall as the L1-L2..L4-L5 median: lumbar-type.
-LUMBAR_HEIGHT_RATIO = 0.9
+#: Above 1 on purpose: on the projected mid-sagittal mask T12-L1 measures 0.9-1.1 of the lumbar
+#: median (partial volume thickens the thin thoracic discs), so a lower ratio flagged two thirds
+#: of normal spines (40 generated studies) and the flag meant nothing.
+LUMBAR_HEIGHT_RATIO = 1.15
+#: Weaker evidence used together with a thin lowest band (see _drop_sacral_remnant).
+TOP_COUNT_RATIO = 0.9
 #: Gap between neighbouring discs above this multiple of the median gap: a disc was probably missed.
 GAP_RATIO = 1.6
 #: How many slices either side of the most central (largest canal) slice are projected.
@@ -184,13 +189,21 @@ def _chain_inliers(geoms: list[_Geometry], spacing: tuple[float, float]) -> list
     return keep
 
 
-def find_discs(masks: SagittalMasks, spacing: tuple[float, float]) -> tuple[list[_Geometry], list[str]]:
+@dataclass(frozen=True)
+class SetAside:
+    """A disc-labelled region the labelling did not count, and why."""
+
+    geometry: _Geometry
+    why: str
+
+
+def find_discs(masks: SagittalMasks, spacing: tuple[float, float]) -> tuple[list[_Geometry], list[SetAside]]:
     """Intervertebral discs on the mid-sagittal block, cranial first, with what was set aside.
 
     A disc-labelled component counts only if it is large enough, has vertebral bone on its cranial
-    side, lies on the spinal curve through the other discs, and is not a fragment (its long axis at
-    least ``MIN_LENGTH_FRACTION`` of the median disc's). Each rejection is a plausible false
-    positive that would otherwise shift every level below it by one.
+    or caudal side, lies on the spinal curve through the other discs, and is not a fragment (its
+    long axis at least ``MIN_LENGTH_FRACTION`` of the median disc's). Each rejection is a plausible
+    false positive that would otherwise shift every level above it by one.
     """
     disc_stack = _as_stack(masks.disc)
     sel = central_slices(masks)
@@ -201,26 +214,42 @@ def find_discs(masks: SagittalMasks, spacing: tuple[float, float]) -> tuple[list
     sizes = np.bincount(comps.ravel(), minlength=n + 1)
     big = [idx for idx in range(1, n + 1) if sizes[idx] >= min_px]
     geoms = [_disc_geometry(comps == idx, disc_stack, sel, spacing) for idx in big]
-    dropped: list[str] = []
+    aside: list[SetAside] = []
     beside = [_bone_beside(vert2d, g, spacing) for g in geoms]
     with_bone = [g for g, (cranial, caudal) in zip(geoms, beside, strict=True) if cranial or caudal]
     if len(with_bone) >= 3:  # too few to tell: keep everything and let the flags speak
-        if len(with_bone) < len(geoms):
-            dropped.append(f"{len(geoms) - len(with_bone)} disc-like region(s) away from vertebral bone")
+        aside += [SetAside(g, "away from vertebral bone") for g in geoms if g not in with_bone]
         geoms = with_bone
     if len(geoms) >= 4:
         keep = _chain_inliers(geoms, spacing)
-        if not all(keep):
-            dropped.append(f"{keep.count(False)} disc-like region(s) off the spinal curve")
+        aside += [SetAside(g, "off the spinal curve") for g, k in zip(geoms, keep, strict=True) if not k]
         geoms = [g for g, k in zip(geoms, keep, strict=True) if k]
     if len(geoms) >= 3:
         median_length = float(np.median([geometry_length(g) for g in geoms]))
         whole = [g for g in geoms if geometry_length(g) >= MIN_LENGTH_FRACTION * median_length]
-        if len(whole) < len(geoms):
-            dropped.append(f"{len(geoms) - len(whole)} disc fragment(s)")
+        aside += [SetAside(g, "a fragment") for g in geoms if g not in whole]
         geoms = whole
     geoms.sort(key=lambda g: g[0][1])  # cranial (row 0) first
-    return geoms, dropped
+    return geoms, aside
+
+
+def _set_aside_below(
+    found: list[_Geometry], aside: list[SetAside], spacing: tuple[float, float]
+) -> str | None:
+    """A disc-sized region set aside just below the lowest counted disc may have been L5-S1: say so."""
+    if len(found) < 3:
+        return None
+    rows = np.array([g[0][1] for g in found]) * spacing[0]
+    gap = float(np.median(np.diff(rows)))
+    median_area = float(np.median([g[2] for g in found]))
+    for item in aside:
+        below = item.geometry[0][1] * spacing[0] - rows[-1]
+        if 0.3 * gap < below < 1.6 * gap and item.geometry[2] >= 0.4 * median_area:
+            return (
+                f"a disc-sized region {below:.0f} mm below the lowest counted disc was set aside "
+                f"({item.why}): the count from the sacrum may be one level off"
+            )
+    return None
 
 
 def _drop_sacral_remnant(found: list[_Geometry]) -> tuple[list[_Geometry], str | None]:
@@ -237,7 +266,7 @@ def _drop_sacral_remnant(found: list[_Geometry]) -> tuple[list[_Geometry], str |
     heights = np.array([g[3] for g in found])
     above = float(np.median(heights[-5:-1]))
     ratio = float(heights[-1]) / above
-    counted_from_top = len(found) >= len(Level) + 2 and heights[-7] >= LUMBAR_HEIGHT_RATIO * float(
+    counted_from_top = len(found) >= len(Level) + 2 and heights[-7] >= TOP_COUNT_RATIO * float(
         np.median(heights[-6:-2])
     )
     if ratio < SACRAL_REMNANT_RATIO or (ratio < RUDIMENTARY_HEIGHT_RATIO and counted_from_top):
@@ -251,12 +280,16 @@ def _drop_sacral_remnant(found: list[_Geometry]) -> tuple[list[_Geometry], str |
 def label_levels(masks: SagittalMasks, spacing_mm: tuple[float, float]) -> LevelLabelling:
     """Discs (cranial to caudal) with their level, counted up from the sacrum, plus an uncertainty flag."""
     spacing = (float(spacing_mm[0]), float(spacing_mm[1]))
-    found, set_aside = find_discs(masks, spacing)
+    found, aside = find_discs(masks, spacing)
+    set_aside = tuple(f"{a.why} at row {a.geometry[0][1]:.0f}" for a in aside)
     reasons: list[str] = []
     if not found:
         return LevelLabelling(
-            discs=(), uncertain=True, reasons=("no intervertebral disc found",), set_aside=tuple(set_aside)
+            discs=(), uncertain=True, reasons=("no intervertebral disc found",), set_aside=set_aside
         )
+    below = _set_aside_below(found, aside, spacing)
+    if below:
+        reasons.append(below)
 
     found, remnant_reason = _drop_sacral_remnant(found)
     if remnant_reason:
@@ -285,5 +318,5 @@ def label_levels(masks: SagittalMasks, spacing_mm: tuple[float, float]) -> Level
         if gaps.max() > GAP_RATIO * float(np.median(gaps)):
             reasons.append("irregular spacing between discs: a disc may be missing")
     return LevelLabelling(
-        discs=tuple(discs), uncertain=bool(reasons), reasons=tuple(reasons), set_aside=tuple(set_aside)
+        discs=tuple(discs), uncertain=bool(reasons), reasons=tuple(reasons), set_aside=set_aside
     )

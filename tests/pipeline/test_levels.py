@@ -38,11 +38,17 @@ def test_five_lumbar_below_thoracic_discs_are_labelled_from_the_sacrum() -> None
     assert abs(abs(l5s1.axis_rc[1]) - 1.0) < 1e-6  # horizontal disc: long axis along columns
 
 
-def test_six_lumbar_type_discs_are_labelled_but_flagged_uncertain() -> None:
-    result = label_levels(_spine([4, 10, 10, 10, 10, 10, 10]), SPACING)
+def test_a_disc_above_l1_l2_taller_than_the_lumbar_ones_is_flagged() -> None:
+    # Only clearly taller: on projected masks thoracic discs read 0.9-1.1 of the lumbar height.
+    result = label_levels(_spine([4, 12, 10, 10, 10, 10, 10]), SPACING)
     assert result.uncertain
     assert any("sixth lumbar" in r for r in result.reasons)
     assert result.levels == tuple(Level)
+
+
+def test_a_thoracic_disc_as_tall_as_the_lumbar_ones_is_not_flagged() -> None:
+    result = label_levels(_spine([4, 10, 10, 10, 10, 10, 10]), SPACING)
+    assert not result.uncertain, result.reasons
 
 
 def test_thin_band_below_the_lowest_disc_is_the_sacral_remnant_not_l5_s1() -> None:
