@@ -182,6 +182,8 @@ def build_report_page(
     worst_text = None
     if worst is not None and worst.grade.present:
         worst_text = f"{worst.grade.display} {worst.condition.display} at {worst.level.value}"
+        if worst.uncertain:
+            worst_text += " (flagged uncertain)"
     return ReportPage(
         analysis_id=analysis_id,
         status=result.status,

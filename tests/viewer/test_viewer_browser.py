@@ -117,6 +117,40 @@ def _shot(page: Any, name: str, full_page: bool = True) -> Path:
     return path
 
 
+def _readme_shot(page: Any) -> Path:
+    """The README picture: header + quick read, then the images through the first level, 960 px
+    wide, 256 colours (about 120 KB). tests/viewer/screenshots/report.png is a copy of it."""
+    from PIL import Image
+
+    scroll_y = float(page.evaluate("window.scrollY"))  # boxes are viewport-relative
+
+    def box(selector: str) -> dict[str, float]:
+        found = page.locator(selector).first.bounding_box()
+        assert found is not None, selector
+        return {**found, "y": found["y"] + scroll_y}
+
+    top_end = box("#overview")["y"] + box("#overview")["height"] + 8
+    images = box("#images")["y"] - 4
+    level = box(".level .panel-body")
+    images_end = level["y"] + level["height"] + 8
+    full = SCREENSHOTS / "report.png"
+    with Image.open(full) as im:
+        rgb = im.convert("RGB")
+        parts = [
+            rgb.crop((0, 0, rgb.width, int(top_end))),
+            rgb.crop((0, int(images), rgb.width, int(images_end))),
+        ]
+    out = Image.new("RGB", (parts[0].width, sum(p.height for p in parts)), "white")
+    y = 0
+    for part in parts:
+        out.paste(part, (0, y))
+        y += part.height
+    out = out.resize((960, round(out.height * 960 / out.width)), Image.Resampling.LANCZOS)
+    path = SCREENSHOTS / "report-readme.png"
+    out.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+    return path
+
+
 def _open_report(page: Any, live: Live, analysis_id: str | None = None) -> str:
     url = live.base_url + viewer_path(live.study.app, analysis_id or live.study.analysis_id, 3600)
     resp = page.goto(url)
@@ -169,6 +203,7 @@ def test_report_table_images_and_overlay_toggles(page: Any, live: Live) -> None:
         assert img.evaluate("i => i.complete && i.naturalWidth > 0")
     _shot(page, "report")
     _shot(page, "report-top", full_page=False)
+    _readme_shot(page)
 
     # Keyboard: Tab from the window preset reaches the first overlay toggle; Space switches it.
     page.focus("#wl-preset")
