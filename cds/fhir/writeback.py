@@ -3,9 +3,11 @@
 What is written: the DiagnosticReport (status preliminary, basedOn the order when the EHR's
 ImagingStudy names one), one Observation per finding, the Device (model versions), a Media per
 explanation heatmap when an explanation exists, and a Provenance saying which Device produced
-which resources. Everything goes in one transaction Bundle whose entries are conditional creates
-(`ifNoneExist`) on deterministic identifiers (the analysis id; the Provenance on a meta.tag
-carrying it), so a retried or repeated write-back creates nothing new: one report per analysis.
+which resources. Everything goes in one transaction Bundle keyed on deterministic identifiers:
+Observations, Device and Media are conditional creates (`ifNoneExist`); the DiagnosticReport and
+the Provenance are conditional updates (`PUT DiagnosticReport?identifier=...`,
+`PUT Provenance?_tag=...`). So a retried or repeated write-back creates nothing new (one report
+per analysis), and the write-back after an explanation adds its Media to the same report.
 
 Where: the server in CDS_FHIR_WRITEBACK_URL (a system-level credential in
 CDS_FHIR_WRITEBACK_TOKEN: a hook's short-lived token is gone by the time a job finishes). The
@@ -95,12 +97,15 @@ def writeback_bundle(
             "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, provenance_key)}",
             "resource": provenance,
             "request": {
-                "method": "POST",
-                "url": "Provenance",
-                "ifNoneExist": urlencode({"_tag": f"{tag['system']}|{tag['code']}"}, safe=":/|"),
+                "method": "PUT",
+                "url": "Provenance?" + urlencode({"_tag": f"{tag['system']}|{tag['code']}"}, safe=":/|"),
             },
         }
     )
+    # The report (and its Provenance) are conditional *updates* on the analysis identifier: still
+    # one resource per analysis however often this runs, and a later write-back (after the
+    # explanation, with Media) updates it instead of being ignored like a matched create.
+    report["request"] = {"method": "PUT", "url": f"DiagnosticReport?{report['request']['ifNoneExist']}"}
     return validate_resource(bundle, "Bundle", normalise=False)
 
 
@@ -226,3 +231,31 @@ def write_back_analysis(db: Any, settings: Settings, analysis_id: str) -> Writeb
     except BadRequest as exc:
         raise WritebackUnavailable(f"cannot build the report context ({exc.message})") from exc
     return write_back(client, result, ctx, based_on=found.based_on if found is not None else ())
+
+
+def write_back_in_job(
+    db: Any, settings: Settings, analysis_id: str, *, attempt: int, final_attempt: bool
+) -> None:
+    """The write-back as a job step (after ANALYZE, and again after EXPLAIN for the Media).
+
+    No-op unless CDS_FHIR_WRITEBACK_URL is set. Nothing to write (incomplete, no Patient) is logged
+    and skipped; a server failure raises (the job attempt fails and its retry redoes only this
+    step, the transaction being idempotent), except on the last attempt, where it is logged.
+    """
+    if not settings.fhir_writeback_url:
+        return
+    try:
+        written = write_back_analysis(db, settings, analysis_id)
+    except WritebackUnavailable as exc:
+        log.info("FHIR write-back skipped: %s", exc.message)
+        return
+    except CdsError as exc:
+        if final_attempt:
+            log.error("FHIR write-back failed after %d attempts (%s)", attempt, type(exc).__name__)
+            return
+        raise
+    if written is not None:
+        log.info(
+            "FHIR write-back: DiagnosticReport %s (%d created, %d matched or updated)",
+            written.report_id, written.created, written.existing,
+        )  # fmt: skip

@@ -9,7 +9,6 @@ pipeline or its models are missing the analysis FAILS with a stored reason: resu
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,15 +18,13 @@ from urllib.parse import urlsplit
 
 from cds.config import Settings
 from cds.domain import AnalysisMode, AnalysisResult, AnalysisStatus
-from cds.errors import CdsError, Forbidden, IngestError, ModelError, StageError, UpstreamError
+from cds.errors import Forbidden, IngestError, ModelError, StageError, UpstreamError
 from cds.jobs.kinds import JobKind
 from cds.jobs.queue import JobQueue
 from cds.jobs.registry import JobContext, PermanentJobError
 from cds.store import queries
 from cds.store.db import Database
 from cds.store.records import AnalysisRecord
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -228,29 +225,17 @@ def run_analyze(ctx: JobContext) -> None:
 def _write_back(ctx: JobContext, request: AnalyzeRequest) -> None:
     """Where configured (CDS_FHIR_WRITEBACK_URL), send the COMPLETE analysis to the EHR's FHIR server.
 
-    The transaction is idempotent (conditional creates), so a transient failure fails this job
-    attempt and the retry redoes only the write-back (the analysis is stored and stays COMPLETE);
-    after the last attempt the failure is logged and the analysis is left as it is.
+    The transaction is idempotent, so a transient failure fails this job attempt and the retry
+    redoes only the write-back (the analysis is stored and stays COMPLETE); see
+    cds.fhir.writeback.write_back_in_job.
     """
     if not ctx.settings.fhir_writeback_url:
         return
-    from cds.fhir.writeback import WritebackUnavailable, write_back_analysis
+    from cds.fhir.writeback import write_back_in_job
 
-    try:
-        written = write_back_analysis(ctx.db, ctx.settings, request.analysis_id)
-    except WritebackUnavailable as exc:  # not complete, or no FHIR Patient: nothing to write
-        log.info("FHIR write-back skipped: %s", exc.message)
-        return
-    except CdsError as exc:
-        if ctx.final_attempt:
-            log.error("FHIR write-back failed after %d attempts (%s)", ctx.attempt, type(exc).__name__)
-            return
-        raise
-    if written is not None:
-        log.info(
-            "FHIR write-back: DiagnosticReport %s (%d created, %d already present)",
-            written.report_id, written.created, written.existing,
-        )  # fmt: skip
+    write_back_in_job(
+        ctx.db, ctx.settings, request.analysis_id, attempt=ctx.attempt, final_attempt=ctx.final_attempt
+    )
 
 
 def _analyze(ctx: JobContext, request: AnalyzeRequest, source: str) -> None:

@@ -54,9 +54,12 @@ def run_explain(ctx: JobContext) -> None:
     analysis_id = _analysis_id(ctx)
     with ctx.db.session() as s:
         explanation = queries.ensure_explanation(s, analysis_id)
-        if explanation.status is ExplanationStatus.COMPLETE:
-            return
-        explanation.status = ExplanationStatus.RUNNING
+        already_done = explanation.status is ExplanationStatus.COMPLETE
+        if not already_done:
+            explanation.status = ExplanationStatus.RUNNING
+    if already_done:  # a duplicate delivery, or the retry of a failed write-back
+        _write_back(ctx, analysis_id)
+        return
     try:
         explain_analysis = _resolve()
     except ImportError as exc:
@@ -66,6 +69,17 @@ def run_explain(ctx: JobContext) -> None:
             queries.save_explanation(s, analysis_id, status=ExplanationStatus.FAILED, reason=reason)
         raise PermanentJobError(f"{reason} ({exc})") from exc
     explain_analysis(ctx.db, ctx.settings, analysis_id)
+    _write_back(ctx, analysis_id)
+
+
+def _write_back(ctx: JobContext, analysis_id: str) -> None:
+    """With CDS_FHIR_WRITEBACK_URL set, write the report again now that its heatmaps exist: the
+    conditional update adds their Media to the report already in the EHR (cds.fhir.writeback)."""
+    if not ctx.settings.fhir_writeback_url:
+        return
+    from cds.fhir.writeback import write_back_in_job
+
+    write_back_in_job(ctx.db, ctx.settings, analysis_id, attempt=ctx.attempt, final_attempt=ctx.final_attempt)
 
 
 def on_explain_failure(ctx: JobContext, error: str) -> None:

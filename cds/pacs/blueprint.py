@@ -3,8 +3,9 @@
 Authenticated with a shared bearer token (CDS_PACS_NOTIFY_TOKEN, compared in constant time); with
 no token configured the endpoint does not exist (404), so an unconfigured deployment exposes
 nothing. The body is validated (pydantic, then cds.pacs.study) before anything is written; the
-answer is 202 with the analysis id once the analysis is queued (or already done), 200 when the
-study is not a lumbar MRI. Bodies hold PatientID (PHI): nothing of them is logged.
+answer is 202 with the analysis id and outcome "queued" (pending/running) or "analysed" (already
+settled: complete, unanalysable or failed; nothing is re-run), 200 "ignored" when the study is not
+a lumbar MRI. Bodies hold PatientID (PHI): nothing of them is logged.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cds.domain import AnalysisStatus
 from cds.errors import BadRequest, NotFound, Unauthorized
 from cds.extensions import services
 from cds.pacs.intake import accept_stable_study
@@ -89,7 +91,9 @@ def notify() -> tuple[Response, int]:
         fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
         raise BadRequest(f"invalid notification ({', '.join(fields[:5])})") from exc
     result = accept_stable_study(svc.db, svc.jobs, svc.settings, notification.to_study())
-    body: dict[str, Any] = {"outcome": "queued" if result.accepted else "ignored", "verdict": result.verdict}
+    waiting = result.status in (AnalysisStatus.PENDING, AnalysisStatus.RUNNING)
+    outcome = "ignored" if not result.accepted else "queued" if waiting else "analysed"
+    body: dict[str, Any] = {"outcome": outcome, "verdict": result.verdict}
     if result.analysis_id is not None:
         body["analysisId"] = result.analysis_id
         body["analysisStatus"] = result.status.value if result.status else None

@@ -24,6 +24,9 @@ from cds.store.db import Database
 
 log = logging.getLogger(__name__)
 
+#: Analyses a notification leaves alone (COMPLETE ones request_analysis already leaves alone).
+_SETTLED = frozenset({AnalysisStatus.FAILED, AnalysisStatus.UNANALYSABLE})
+
 
 class PacsNotConfigured(CdsError):
     """A PACS notification arrived but CDS_DICOMWEB_URL is not set: there is nowhere to read from."""
@@ -68,6 +71,11 @@ def accept_stable_study(db: Database, jobs: JobQueue, settings: Settings, study:
             # Images already located (e.g. through the EHR's Endpoint) stay where they were found.
             source_uri=source_uri if known is None or not known.source_uri else None,
         )
+        latest = queries.latest_analysis(s, study.study_uid)
+        if latest is not None and latest.status in _SETTLED:
+            # Already tried and settled: a repeated notification is not a reason to run it again
+            # (retryable failures are re-tried on their back-off by cds.pacs.retry and the hooks).
+            return IntakeResult(verdict, latest.id, latest.status)
     analysis = request_analysis(db, jobs, study.study_uid)
     log.info("pacs: lumbar MRI accepted; analysis %s is %s", analysis.id, analysis.status.value)
     return IntakeResult(verdict, analysis.id, analysis.status)

@@ -27,12 +27,13 @@ import pytest
 import requests
 
 from cds.config import Settings
-from cds.domain import AnalysisResult, AnalysisStatus
+from cds.domain import AnalysisResult, AnalysisStatus, ExplanationStatus
 from cds.fhir import codes
 from cds.fhir.client import FhirClient
 from cds.fhir.resources import validate_resource
 from cds.fhir.writeback import PROVENANCE_TAG_SYSTEM, write_back_analysis
 from cds.jobs import analysis as analysis_job
+from cds.jobs import explanation as explanation_job
 from cds.jobs.handlers import default_registry
 from cds.jobs.registry import JobContext
 from cds.jobs.runner import LocalRunner
@@ -237,8 +238,11 @@ def test_hooks_fetch_the_study_analyse_it_and_write_the_report_back_once(
         with db.session(readonly=True) as s:
             record = queries.latest_analysis(s, uid)
             assert record is not None
-            status, analysis_id = record.status, record.id
-        assert status in (AnalysisStatus.COMPLETE, AnalysisStatus.UNANALYSABLE)
+            status, analysis_id, reason = record.status, record.id, record.reason
+        # Finished by the real pipeline: a result, a stated "cannot read", or (while models change)
+        # a model failure; never a PACS failure: the images were fetched over DICOMweb.
+        assert status is not AnalysisStatus.FAILED or reason == analysis_job.REASON_MODEL_FAILED, reason
+        assert status in (AnalysisStatus.COMPLETE, AnalysisStatus.UNANALYSABLE, AnalysisStatus.FAILED)
 
         response = caller.post(
             "/cds-services/lumbar-mri-patient-view", _hook_body("patient-view", ids["patient"], fhir_base)
@@ -249,7 +253,8 @@ def test_hooks_fetch_the_study_analyse_it_and_write_the_report_back_once(
         client = FhirClient(fhir_base, None, ["127.0.0.1"], 20)
         if status is not AnalysisStatus.COMPLETE:
             # These small synthetic images may be unreadable for the current models: nothing was
-            # written. Exercise the job's write-back on a stored complete analysis of the study.
+            # written. Exercise the job's write-back on a stored complete analysis of the study
+            # (a new revision, as a re-analysis would make).
             assert not client.search_resources("DiagnosticReport", {"subject": f"Patient/{ids['patient']}"})
             with db.session() as s:
                 analysis_id = queries.new_revision(s, uid).id
@@ -277,6 +282,34 @@ def test_hooks_fetch_the_study_analyse_it_and_write_the_report_back_once(
         assert again is not None and again.created == 0 and again.report_id == report["id"]
         assert len(client.search_resources("DiagnosticReport", identifier)) == 1
         assert len(client.search_resources("Provenance", tag)) == 1
+
+        # An explanation arrives later: the EXPLAIN job's write-back adds its Media to the same report.
+        overlay = settings.data_dir / "artifacts" / analysis_id / "gradcam" / "l4-l5-canal.png"
+        overlay.parent.mkdir(parents=True)
+        overlay.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(32))
+        heatmap = {"overlay": str(overlay.relative_to(settings.data_dir)), "level": "L4-L5",
+                   "condition": "spinal_canal"}  # fmt: skip
+        with db.session() as s:
+            queries.save_explanation(
+                s, analysis_id, status=ExplanationStatus.COMPLETE, heatmaps={"L4-L5/spinal_canal": heatmap}
+            )
+        context = JobContext(
+            0,
+            analysis_job.JobKind.EXPLAIN,
+            "e",
+            {"analysis_id": analysis_id},
+            1,
+            3,
+            services(app).db,
+            settings,
+        )
+        explanation_job.run_explain(context)
+        (updated,) = client.search_resources("DiagnosticReport", identifier)
+        assert updated["id"] == report["id"] and len(updated["media"]) == 1
+        media = validate_resource(client.read(updated["media"][0]["link"]["reference"]), "Media")
+        assert media["content"]["contentType"] == "image/png"
+        (provenance,) = client.search_resources("Provenance", tag)
+        assert updated["media"][0]["link"]["reference"] in {t["reference"] for t in provenance["target"]}
     finally:
         services(app).close()
 

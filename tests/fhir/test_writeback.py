@@ -48,8 +48,12 @@ def test_bundle_adds_order_and_a_provenance_for_every_written_resource(analysis:
     bundle = writeback_bundle(analysis, context((image,)), based_on=("ServiceRequest/sr-1", "Encounter/e-1"))
     by_type: dict[str, list[dict[str, Any]]] = {}
     for entry in bundle["entry"]:
-        by_type.setdefault(entry["resource"]["resourceType"], []).append(entry)
-        assert entry["request"]["method"] == "POST" and entry["request"]["ifNoneExist"]
+        rtype = entry["resource"]["resourceType"]
+        by_type.setdefault(rtype, []).append(entry)
+        if rtype in ("DiagnosticReport", "Provenance"):  # conditional updates: one per analysis
+            assert entry["request"]["method"] == "PUT" and entry["request"]["url"].startswith(f"{rtype}?")
+        else:  # conditional creates
+            assert entry["request"]["method"] == "POST" and entry["request"]["ifNoneExist"]
     (report,) = by_type["DiagnosticReport"]
     assert report["resource"]["basedOn"] == [{"reference": "ServiceRequest/sr-1"}]  # orders only
     (provenance,) = by_type["Provenance"]
@@ -57,7 +61,11 @@ def test_bundle_adds_order_and_a_provenance_for_every_written_resource(analysis:
     written = {e["fullUrl"] for t in ("DiagnosticReport", "Observation", "Media") for e in by_type[t]}
     assert targets == written and len(targets) == 1 + 25 + 1
     assert provenance["resource"]["agent"][0]["who"]["reference"] == by_type["Device"][0]["fullUrl"]
-    assert provenance["request"]["ifNoneExist"] == f"_tag={PROVENANCE_TAG_SYSTEM}|wb-unit-1"
+    assert provenance["request"]["url"] == f"Provenance?_tag={PROVENANCE_TAG_SYSTEM}|wb-unit-1"
+    assert (
+        report["request"]["url"]
+        == "DiagnosticReport?identifier=https://cds-spine.example/fhir/sid/analysis|wb-unit-1"
+    )
     # Deterministic: the same analysis gives the same bundle (fullUrls included) every time.
     assert writeback_bundle(analysis, context((image,)), based_on=("ServiceRequest/sr-1",)) == bundle
 

@@ -126,6 +126,7 @@ def test_notification_after_completion_queues_nothing(pacs_app: Flask, db: Datab
         queries.save_analysis(s, UID, hooks_support.analysis(), analysis_id=first["analysisId"])
     status, again = post(pacs_app, notification(UID))
     assert status == 202 and again["analysisStatus"] == AnalysisStatus.COMPLETE.value
+    assert again["outcome"] == "analysed"
     assert again["analysisId"] == first["analysisId"]
     assert count(db, AnalysisRecord) == count(db, JobRecord) == 1
 
@@ -153,3 +154,21 @@ def test_notification_without_a_configured_pacs_is_503(db: Database, app_setting
         assert count(db, StudyRecord) == 0
     finally:
         services(app).close()
+
+
+def test_notifications_after_a_failed_analysis_do_not_run_it_again(pacs_app: Flask, db: Database) -> None:
+    """A settled failure (e.g. the models could not read the study) is not re-run by a duplicate."""
+    from cds.jobs import analysis as analysis_job
+    from cds.jobs.kinds import JobStatus
+
+    _, first = post(pacs_app, notification(UID))
+    with db.session() as s:
+        queries.fail_analysis(s, first["analysisId"], analysis_job.REASON_MODEL_FAILED)
+        s.execute(sa.update(JobRecord).values(status=JobStatus.FAILED))
+    for _ in range(3):
+        status, again = post(pacs_app, notification(UID))
+        assert (status, again["outcome"], again["analysisStatus"]) == (202, "analysed", "failed")
+    with db.session(readonly=True) as s:
+        (job,) = s.scalars(sa.select(JobRecord)).all()
+        assert job.status is JobStatus.FAILED
+    assert count(db, AnalysisRecord) == 1
