@@ -1,4 +1,5 @@
-"""Signed, expiring link tokens (viewer links in cards): the analysis id, signed, and nothing else.
+"""Signed, expiring link tokens (viewer links in cards): the analysis id, signed, and nothing else;
+and card uuids that carry a tag proving this deployment issued them (CardIdSigner).
 
 Why: a card's link is opened by a clinician's browser outside the hook's JWT-authenticated call,
 and URLs end up in browser history, proxies and logs. So the token carries only the analysis id
@@ -13,8 +14,11 @@ link (410: ask for a fresh card) from a tampered or foreign one (403).
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -133,3 +137,41 @@ def verify_viewer_token(token: str, *, secret_key: str | None = None) -> str:
     """The analysis id in a viewer token; raises LinkExpired (410) or LinkInvalid (403)."""
     key = secret_key if secret_key is not None else _secret_from_app()
     return LinkSigner(key, LinkPurpose.VIEWER).verify(token)
+
+
+class CardIdSigner:
+    """Card uuids that prove they were issued by this deployment, for one service.
+
+    CDS Hooks feedback names a card only by its uuid, so without this anyone holding a valid client
+    token could file feedback for cards we never showed. A card uuid here is a version-4 UUID whose
+    first 8 bytes are random and whose last 8 carry HMAC-SHA256(secret, "card", service id, first
+    8 bytes) (the 6 version/variant bits of UUIDv4 aside): a 58-bit tag, checked without any
+    database lookup. The uuids a call returned are also kept on its audit row (hook_calls.card_uuids)
+    to trace feedback to the call. Rotating CDS_SECRET_KEY makes older cards' feedback unknown.
+    """
+
+    def __init__(self, secret_key: str) -> None:
+        if not secret_key:
+            raise SigningKeyMissing("CDS_SECRET_KEY is not set; card ids cannot be issued or checked")
+        self._key = hashlib.sha256(b"cds-card-uuid\x00" + secret_key.encode()).digest()
+
+    def _tag(self, service_id: str, head: bytes) -> bytes:
+        return hmac.new(
+            self._key, b"card\x00" + service_id.encode() + b"\x00" + head, hashlib.sha256
+        ).digest()
+
+    def _uuid(self, service_id: str, head: bytes) -> uuid.UUID:
+        return uuid.UUID(bytes=head + self._tag(service_id, head)[:8], version=4)
+
+    def issue(self, service_id: str) -> str:
+        head = uuid.UUID(bytes=os.urandom(8) + bytes(8), version=4).bytes[:8]  # version bits fixed
+        return str(self._uuid(service_id, head))
+
+    def issued(self, card_uuid: str, service_id: str) -> bool:
+        """Whether `card_uuid` is one this deployment issued on a card of `service_id`."""
+        try:
+            parsed = uuid.UUID(card_uuid)
+        except (ValueError, TypeError, AttributeError):
+            return False
+        expected = self._uuid(service_id, parsed.bytes[:8])
+        return hmac.compare_digest(expected.bytes, parsed.bytes)

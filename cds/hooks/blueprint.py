@@ -128,6 +128,7 @@ class _Audit:
     outcome: str = "error"
     status: int = 500
     cards: int = 0
+    card_uuids: str | None = None
 
 
 def _finish(
@@ -153,6 +154,7 @@ def _finish(
         outcome=audit.outcome,
         status_code=audit.status,
         card_count=audit.cards,
+        card_uuids=audit.card_uuids,
     )
     if extra is None:
         rt.store.audit(row)  # hook calls: one statement straight to the driver
@@ -192,9 +194,13 @@ def _authenticate(rt: HooksRuntime) -> VerifiedToken:
 
 
 def _outcome_name(error: CdsError) -> str:
-    return {400: "bad_request", 401: "unauthorized", 412: "prefetch_unavailable", 413: "too_large"}.get(
-        error.http_status, "error"
-    )
+    return {
+        400: "bad_request",
+        401: "unauthorized",
+        404: "not_found",
+        412: "prefetch_unavailable",
+        413: "too_large",
+    }.get(error.http_status, "error")
 
 
 @bp.get("")
@@ -272,6 +278,9 @@ def call_service(service_id: str) -> Response:
         )
         _finish(rt, token, audit, started, rid)
         return _json_response(outcome_for_unexpected(), 500)
+    for card in cards:  # ids that prove we issued the card (feedback names cards by uuid only)
+        card["uuid"] = rt.card_ids.issue(service.id)
+    audit.card_uuids = " ".join(c["uuid"] for c in cards) or None
     audit.outcome, audit.status, audit.cards = ("cards" if cards else "no_cards"), 200, len(cards)
     _finish(rt, token, audit, started, rid)
     resp = Response(encode_cards(cards, rt.presenter.fragment), status=200, mimetype=_JSON)
@@ -285,6 +294,13 @@ def _check_override_reasons(parsed: FeedbackRequest) -> None:
         coding = item.overrideReason.reason if item.overrideReason else None
         if coding is not None and not is_offered_override_reason(coding.system, coding.code):
             raise BadRequest("feedback overrideReason is not one of the card's overrideReasons")
+
+
+def _check_cards_issued(rt: HooksRuntime, service: ServiceDefinition, parsed: FeedbackRequest) -> None:
+    """Feedback only for cards this service issued (404 otherwise): see cds.signing.CardIdSigner."""
+    for item in parsed.feedback:
+        if not rt.card_ids.issued(str(item.card), service.id):
+            raise NotFound("feedback names a card this service did not issue")
 
 
 def _feedback_rows(service: ServiceDefinition, parsed: FeedbackRequest) -> Callable[[Any], None]:
@@ -326,6 +342,7 @@ def feedback(service_id: str) -> Response:
         token = _authenticate(rt)
         _require_json()
         parsed = parse_json_model(FeedbackRequest, raw)
+        _check_cards_issued(rt, service, parsed)
         _check_override_reasons(parsed)
     except CdsError as exc:
         audit.outcome, audit.status = _outcome_name(exc), exc.http_status

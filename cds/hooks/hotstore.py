@@ -42,6 +42,7 @@ _AUDIT_COLUMNS = (
     "outcome",
     "status_code",
     "card_count",
+    "card_uuids",
     "created_at",
 )
 
@@ -72,6 +73,8 @@ class AuditRow:
     outcome: str
     status_code: int
     card_count: int
+    #: Space-separated uuids of the cards returned (the feedback trail).
+    card_uuids: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,7 @@ class HotStore:
                 row.outcome,
                 row.status_code,
                 row.card_count,
+                row.card_uuids,
                 self._time(utcnow()),
             ),
         )

@@ -22,7 +22,7 @@ from cds.hooks.presenter import LinkPresenter
 from cds.hooks.replay import claim_token
 from cds.hooks.storecatalog import ResultCache
 from cds.jobs.queue import JobQueue
-from cds.signing import LinkPurpose, LinkSigner
+from cds.signing import CardIdSigner, LinkPurpose, LinkSigner
 from cds.store.db import Database
 
 _EXTENSION_KEY = "cds.hooks"
@@ -53,6 +53,7 @@ class HooksRuntime:
     db: Database
     jobs: JobQueue
     store: HotStore
+    card_ids: CardIdSigner
 
 
 def build_runtime(settings: Settings, db: Database, jobs: JobQueue) -> HooksRuntime:
@@ -67,7 +68,16 @@ def build_runtime(settings: Settings, db: Database, jobs: JobQueue) -> HooksRunt
         LinkSigner(settings.secret_key, LinkPurpose.EXPLAIN).sign,
         settings.viewer_link_ttl_s,
     )
-    return HooksRuntime(settings, authenticator, presenter, ResultCache(), db, jobs, HotStore(db))
+    return HooksRuntime(
+        settings,
+        authenticator,
+        presenter,
+        ResultCache(),
+        db,
+        jobs,
+        HotStore(db),
+        CardIdSigner(settings.secret_key),
+    )
 
 
 def runtime(app: Flask) -> HooksRuntime:

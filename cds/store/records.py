@@ -206,6 +206,8 @@ class HookCallRecord(Base):
     outcome: Mapped[str] = mapped_column(sa.String(32))
     status_code: Mapped[int] = mapped_column(sa.Integer)
     card_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: Space-separated uuids of the cards the call returned (cds.signing.CardIdSigner issues them).
+    card_uuids: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 

@@ -472,7 +472,9 @@ def _feedback(card: str, outcome: str = "accepted") -> dict[str, Any]:
 
 def test_feedback_is_persisted_once(caller: Caller, hooks_app: Flask) -> None:
     path = PV + "/feedback"
-    card = str(uuid.uuid4())
+    _store(hooks_app, STUDY_UID, analysis(SEVERE_L4_L5))
+    (shown,) = caller.post(PV, _pv_body()).get_json()["cards"]
+    card = shown["uuid"]  # feedback is accepted for cards this service returned
     first = _feedback(card, "overridden")
     assert caller.post(path, first).status_code == 200
     resent = _feedback(card, "overridden")  # the EHR resends with a fresh outcomeTimestamp
@@ -490,6 +492,28 @@ def test_feedback_requires_auth_and_valid_body(caller: Caller, hooks_client: Fla
     _assert_outcome(caller.post(path, {"feedback": [{"card": "x", "outcome": "accepted"}]}), 400)
     _assert_outcome(caller.post(path, _feedback(str(uuid.uuid4())), token=caller.token(PV)), 401)
     _assert_outcome(caller.post("/cds-services/nope/feedback", _feedback(str(uuid.uuid4()))), 404)
+
+
+def test_feedback_for_cards_we_did_not_issue_is_404(caller: Caller, hooks_app: Flask) -> None:
+    path = PV + "/feedback"
+    _store(hooks_app, STUDY_UID, analysis(SEVERE_L4_L5))
+    (shown,) = caller.post(PV, _pv_body()).get_json()["cards"]
+    _assert_outcome(caller.post(path, _feedback(str(uuid.uuid4()))), 404)  # never issued
+    forged = shown["uuid"][:-1] + ("0" if shown["uuid"][-1] != "0" else "1")
+    _assert_outcome(caller.post(path, _feedback(forged)), 404)  # tag does not match
+    # issued by another service: not this one's card
+    _assert_outcome(caller.post(OSEL + "/feedback", _feedback(shown["uuid"])), 404)
+    # one unknown card in a batch rejects the batch (nothing stored)
+    batch = _feedback(shown["uuid"])
+    batch["feedback"] += _feedback(str(uuid.uuid4()))["feedback"]
+    _assert_outcome(caller.post(path, batch), 404)
+    assert caller.post(path, _feedback(shown["uuid"])).status_code == 200
+    with services(hooks_app).db.session(readonly=True) as s:
+        assert [r.card_uuid for r in s.scalars(sa.select(FeedbackRecord))] == [shown["uuid"]]
+        audited = s.scalars(
+            sa.select(HookCallRecord).where(HookCallRecord.service_id == PV.rsplit("/", 1)[1])
+        )
+        assert shown["uuid"] in {u for row in audited for u in (row.card_uuids or "").split()}
 
 
 # --- audit and logs -----------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask import Flask
-from hooks_support import PATIENT_ID, Caller, SigningKey, bundle, imaging_study
+from hooks_support import PATIENT_ID, Caller, SigningKey, bundle, imaging_study, issued_card
 
 from cds.extensions import services
 from cds.fhir.codes import PROJECT_BASE
@@ -76,11 +75,11 @@ def test_jwks_fetch_does_not_follow_redirects(redirecting_server: str) -> None:
         http_fetch_json(redirecting_server + "/jwks.json", 2.0)
 
 
-def _feedback(system: str, code: str) -> dict[str, Any]:
+def _feedback(system: str, code: str, card: str) -> dict[str, Any]:
     return {
         "feedback": [
             {
-                "card": str(uuid.uuid4()),
+                "card": card,
                 "outcome": "overridden",
                 "outcomeTimestamp": "2026-07-02T10:00:00Z",
                 "overrideReason": {"reason": {"system": system, "code": code}},
@@ -90,9 +89,13 @@ def _feedback(system: str, code: str) -> dict[str, Any]:
 
 
 def test_feedback_override_reason_must_be_one_the_cards_offer(caller: Caller, hooks_app: Flask) -> None:
-    assert caller.post(FEEDBACK, _feedback("https://elsewhere.example/cs", "not-relevant")).status_code == 400
-    assert caller.post(FEEDBACK, _feedback(OVERRIDE_SYSTEM, "made-up")).status_code == 400
-    assert caller.post(FEEDBACK, _feedback(OVERRIDE_SYSTEM, "not-relevant")).status_code == 200
+    card = issued_card(hooks_app)
+    assert (
+        caller.post(FEEDBACK, _feedback("https://elsewhere.example/cs", "not-relevant", card)).status_code
+        == 400
+    )
+    assert caller.post(FEEDBACK, _feedback(OVERRIDE_SYSTEM, "made-up", card)).status_code == 400
+    assert caller.post(FEEDBACK, _feedback(OVERRIDE_SYSTEM, "not-relevant", card)).status_code == 200
     with services(hooks_app).db.session(readonly=True) as s:
         (record,) = s.scalars(sa.select(FeedbackRecord)).all()
         assert (record.override_reason_system, record.override_reason_code) == (
