@@ -81,6 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load (default 600)")
     parser.add_argument("--warmup", type=float, default=60.0, help="RSS baseline taken after this many s")
+    parser.add_argument("--sample-every", type=float, default=60.0, help="s between RSS samples")
     parser.add_argument("--clients", type=int, default=4, help="hook client threads")
     parser.add_argument("--hook-pause", type=float, default=0.05, help="s between one client's calls")
     parser.add_argument("--notify-every", type=float, default=20.0, help="s between new studies")
@@ -107,7 +108,7 @@ def main() -> int:
     from cds.store.migrate import upgrade
     from cds.store.records import AnalysisRecord, FeedbackRecord, JobRecord, StudyRecord
 
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp, redis_server() as redis_base:
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp, redis_server() as redis:
         work = Path(tmp)
         url = args.database_url or f"sqlite:///{work / 'cds.db'}"
         upgrade(url)
@@ -126,7 +127,7 @@ def main() -> int:
         prom = work / "prom"
         prom.mkdir()
         env = {
-            **worker_env(url, work / "data", "celery", f"{redis_base}/0"),
+            **worker_env(url, work / "data", "celery", f"{redis.base}/0"),
             "CDS_CLIENTS_FILE": str(clients),
             "CDS_PUBLIC_BASE_URL": base,
             "CDS_PACS_NOTIFY_TOKEN": token,
@@ -139,20 +140,17 @@ def main() -> int:
         gunicorn = Process([str(CDS.with_name("gunicorn")), "-c", str(ROOT / "docker/gunicorn.conf.py")], env,
                            work / "web.log")  # fmt: skip
         worker = Process([str(CDS), "worker", "--threads", "1"], env, work / "worker.log")
-        redis_pid = None
         try:
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    if requests.get(f"{base}/healthz", timeout=1).ok:
+                    if requests.get(f"{base}/healthz", timeout=5).ok:
                         break
-                except requests.ConnectionError:
+                except requests.RequestException:  # not listening yet, or still importing
                     pass
                 if time.monotonic() > deadline:
                     raise SystemExit(f"gunicorn did not start:\n{(work / 'web.log').read_text()[-2000:]}")
                 time.sleep(0.2)
-            for pid_line in os.popen(f"pgrep -f 'redis-server.*{redis_base.rsplit(':', 1)[1]}'"):
-                redis_pid = int(pid_line.strip())
             tally = Tally()
             stop = threading.Event()
 
@@ -247,19 +245,27 @@ def main() -> int:
             def processes() -> dict[str, int]:
                 named = {f"web[{i}]": pid for i, pid in enumerate(gunicorn.pids())}
                 named |= {f"worker[{i}]": pid for i, pid in enumerate(worker.pids())}
-                if redis_pid:
-                    named["redis"] = redis_pid
+                named["redis"] = redis.pid
                 return named
 
             stop.wait(min(args.warmup, args.duration))
             rss_start = {name: rss_mib(pid) for name, pid in processes().items()}
             pids_start = processes()
-            stop.wait(max(0.0, args.duration - (time.monotonic() - t_start)))
+            timeline: list[tuple[float, dict[str, float | None]]] = [(time.monotonic() - t_start, rss_start)]
+            while not stop.wait(
+                min(args.sample_every, max(0.0, args.duration - (time.monotonic() - t_start)))
+            ):
+                if time.monotonic() - t_start >= args.duration:
+                    break
+                timeline.append(
+                    (time.monotonic() - t_start, {n: rss_mib(pid) for n, pid in processes().items()})
+                )
             stop.set()
             for t in threads:
                 t.join(timeout=60)
             rss_end = {name: rss_mib(pid) for name, pid in processes().items()}
             pids_end = processes()
+            timeline.append((time.monotonic() - t_start, rss_end))
             print(f"load stopped after {time.monotonic() - t_start:.0f} s: {uptime()}", flush=True)
 
             # Drain: every notified study's analysis must finish.
@@ -332,7 +338,13 @@ def main() -> int:
             growths.append(growth)
             print(f"  {name:<10} pid {pids_start[name]:>7}  {before:7.1f} -> {after:7.1f}  ({growth:+.1f} %)")
         else:
-            print(f"  {name:<10} replaced or gone during the run (gunicorn max_requests recycles workers)")
+            print(f"  {name:<10} replaced or gone during the run (e.g. gunicorn max_requests recycling)")
+    print("RSS MiB over time (s since start):")
+    names = list(rss_start)
+    print("  " + "t s".rjust(6) + "".join(n.rjust(11) for n in names))
+    for at, sample in timeline:
+        cells = "".join((f"{sample[n]:11.1f}" if sample.get(n) else " " * 11) for n in names)
+        print(f"  {at:6.0f}{cells}")
     jobs_line = [ln for ln in metrics_text.splitlines() if ln.startswith("cds_job_duration_seconds_count")]
     print("metrics: " + "; ".join(jobs_line))
     verdicts = [

@@ -3,10 +3,13 @@
 What it measures: the real ANALYZE job (DICOM load + quick read with the shipped models + store)
 on studies made by `cds synth` (cached under --studies, re-used by later runs), run by real
 `cds worker` processes against a fresh SQLite database per mode:
-- local:   one `cds worker` (CDS_JOBS_BACKEND=local), one job thread, torch on all cores;
-- celery1: one Celery worker (one pool process, torch on all cores), Redis broker;
-- celery2: two Celery workers (one pool process each, torch threads = cores / 2), like
-           `docker compose up --scale worker=2` on one host.
+- local:   one `cds worker` (CDS_JOBS_BACKEND=local), one job thread;
+- celery1: one Celery worker (one pool process), Redis broker;
+- celery2: two Celery workers (one pool process each), like `docker compose up --scale worker=2`
+           on one host.
+Torch threads per worker process: --torch-threads, default CPU cores / workers (2, 2, 1 here);
+on a loaded machine torch's busy-waiting threads suffer most, so compare modes at equal
+--torch-threads too.
 Each mode first analyses one warm-up study per worker (process start, torch import, model load:
 reported apart), then all --n studies are requested at once (the web path: request_analysis ->
 JobQueue, published to Redis for Celery) and the clock runs until the last is stored.
@@ -87,8 +90,14 @@ def ensure_studies(folder: Path, n: int, seed: int) -> list[BenchStudy]:
 # --- servers and workers -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RedisHandle:
+    base: str  # redis://127.0.0.1:PORT (append /DB)
+    pid: int
+
+
 @contextmanager
-def redis_server() -> Iterator[str]:
+def redis_server() -> Iterator[RedisHandle]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
@@ -111,7 +120,7 @@ def redis_server() -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise SystemExit("redis-server did not start") from None
                 time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}"
+        yield RedisHandle(f"redis://127.0.0.1:{port}", proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -234,6 +243,7 @@ def run_mode(
     broker: str,
     work: Path,
     timeout_s: float,
+    torch_threads: int | None = None,
 ) -> ModeResult:
     import sqlalchemy as sa
 
@@ -255,10 +265,11 @@ def run_mode(
     queue = attach_backend(JobQueue(db), Settings(database_url=url, jobs_backend=backend, broker_url=broker))
     register(db, [*warmups[:workers], *studies])
     env = worker_env(url, folder / "data", backend, broker)
-    cores = os.cpu_count() or 1
+    threads = torch_threads or max(1, (os.cpu_count() or 1) // workers)
+    env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads, local runner included
     argv = [str(CDS), "worker", "--threads", "1"]
     if backend == "celery":
-        argv += ["--torch-threads", str(max(1, cores // workers))]
+        argv += ["--torch-threads", str(threads)]
     procs = [Process(argv, env, folder / f"worker-{i}.log") for i in range(workers)]
     try:
         t0 = time.monotonic()
@@ -298,6 +309,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7700, help="cds synth seed of the cached studies")
     parser.add_argument("--studies", type=Path, default=Path(tempfile.gettempdir()) / "cds-bench-studies")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per mode before giving up")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch threads per worker process in every mode (default: CPU cores / workers)",
+    )
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not set(modes) <= {"local", "celery1", "celery2"}:
@@ -306,10 +323,11 @@ def main() -> int:
     warmups, studies = pool[:2], pool[2 : 2 + args.n]
     print(f"{len(studies)} studies from {args.studies} (+2 warm-up); {os.cpu_count()} CPUs; {uptime()}")
     results = []
-    with tempfile.TemporaryDirectory(prefix="worker-bench-") as tmp, redis_server() as redis_base:
+    with tempfile.TemporaryDirectory(prefix="worker-bench-") as tmp, redis_server() as redis:
         for i, mode in enumerate(modes):
             print(f"\n== {mode}", flush=True)
-            result = run_mode(mode, studies, warmups, f"{redis_base}/{i}", Path(tmp), args.timeout)
+            broker = f"{redis.base}/{i}"
+            result = run_mode(mode, studies, warmups, broker, Path(tmp), args.timeout, args.torch_threads)
             results.append(result)
             print(f"   warm-up (start, torch import, models, first study): {result.warmup_s:.1f} s")
             print(f"   load before: {result.load_before}")
