@@ -41,6 +41,7 @@ from cds.hooks.runtime import HooksRuntime, runtime
 from cds.hooks.service import HookCall, ServiceDefinition
 from cds.hooks.storecatalog import StoreCatalog
 from cds.logs import ENVIRON_KEY, request_id_for
+from cds.ops.metrics import observe_hook
 from cds.store import queries
 from cds.store.records import HookCallRecord
 
@@ -129,6 +130,8 @@ class _Audit:
     status: int = 500
     cards: int = 0
     card_uuids: str | None = None
+    #: cds_hook_request_duration_seconds' endpoint label: "service" (a hook call) or "feedback".
+    endpoint: str = "service"
 
 
 def _finish(
@@ -142,6 +145,7 @@ def _finish(
     """The call's last write: audit row and (feedback) payload rows; nothing for unauthenticated
     calls (`token` is the verified and claimed token, or None)."""
     latency_ms = (time.perf_counter() - started) * 1000.0
+    observe_hook(audit.service.id, audit.endpoint, audit.status, latency_ms / 1000.0)
     if token is None:
         _count_unauthorized(rid, audit.service.id)
         return
@@ -335,7 +339,7 @@ def feedback(service_id: str) -> Response:
     except NotFound as exc:
         return _error_response(exc)
     rt = runtime(current_app._get_current_object())  # type: ignore[attr-defined]
-    audit = _Audit(service, hook_instance="feedback")
+    audit = _Audit(service, hook_instance="feedback", endpoint="feedback")
     token: VerifiedToken | None = None
     try:
         raw = _read_body(rt.settings.max_request_bytes)
