@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from hooks_support import ISSUER, Caller, SigningKey, bundle, imaging_study
-from pacs_support import Orthanc, live_app, notification, running_orthanc, spare_port
+from pacs_support import PASSWORD, USER, Orthanc, live_app, notification, running_orthanc, spare_port
 
 from cds.config import Settings
 from cds.domain import AnalysisStatus
@@ -65,8 +65,16 @@ def other_study(source: Path, out: Path, modality: str, description: str, body_p
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_stable_study_is_analysed_and_shown_in_patient_view(
-    backend: str, db: Database, app_settings: Settings, lumbar_study: Path, tmp_path: Path
+    backend: str,
+    db: Database,
+    app_settings: Settings,
+    lumbar_study: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from cds.cli import main
+
     key = SigningKey()
     clients = tmp_path / "clients.json"
     clients.write_text(json.dumps([{"iss": ISSUER, "jwks": key.jwks()}]))
@@ -119,6 +127,14 @@ def test_stable_study_is_analysed_and_shown_in_patient_view(
         assert load_cursor(db, "orthanc") == report.cursor > 0
         with db.session(readonly=True) as s:
             assert s.scalar(sa.select(sa.func.count()).select_from(JobRecord)) == 1
+
+        # The command operators run: from the stored cursor there is nothing new.
+        monkeypatch.setenv("CDS_DATABASE_URL", harness.settings.resolved_database_url)
+        monkeypatch.setenv("CDS_DICOMWEB_URL", harness.orthanc.dicomweb_url)
+        monkeypatch.setenv("CDS_DICOMWEB_USERNAME", USER)
+        monkeypatch.setenv("CDS_DICOMWEB_PASSWORD", PASSWORD)
+        assert main(["pacs", "poll", "--once"]) == 0
+        assert "stable studies 0, lumbar MRI queued 0" in capsys.readouterr().out
 
         # The card, through the real hook endpoint with a signed JWT, answers from the store.
         caller = Caller(harness.app.test_client(), key, PUBLIC)
