@@ -10,6 +10,7 @@ can never make the web process read another file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,15 @@ _STATUS_TEXT = {
 
 def status_text(status: str) -> str:
     return _STATUS_TEXT.get(status, status)
+
+
+#: A new paragraph where a level's account starts ("...; L4-L5: ...") or a sentence starts.
+_BREAK = re.compile(r"(?<=[.;])\s+(?=L[1-5]-(?:L[1-5]|S1):)|(?<=\.)\s+(?=[A-Z])")
+
+
+def rationale_paragraphs(text: str) -> tuple[str, ...]:
+    """The rationale split for reading (one paragraph per level or sentence); words unchanged."""
+    return tuple(part.strip() for part in _BREAK.split(text) if part.strip())
 
 
 def writer_text(writer: str | None) -> str | None:
@@ -67,6 +77,10 @@ class ExplanationView:
     heatmaps: tuple[HeatmapView, ...] = ()
 
     @property
+    def rationale_paragraphs(self) -> tuple[str, ...]:
+        return rationale_paragraphs(self.rationale or "")
+
+    @property
     def in_progress(self) -> bool:
         return self.status in ("pending", "running")
 
@@ -89,6 +103,10 @@ def _heatmap(
         caption = f"Where the classifier looked for its {what} call at {level.value}"
     else:
         caption = f"Heatmap {key}"
+    region = entry.get("region")
+    if isinstance(region, str) and region.strip():
+        region = region.strip()
+        caption += f" ({region})" if region.startswith("no ") else f"; strongest over the {region}"
     slice_index = entry.get("slice_index")
     slice_text = f"axial slice {int(slice_index) + 1}" if isinstance(slice_index, int) else None
     return HeatmapView(index, key, level, condition, caption, slice_text, overlay)
@@ -106,11 +124,15 @@ def build_view(record: Any | None, grades: Mapping[str, Grade], analysis_complet
             status, status_text(status), reason=record.reason if status == "failed" else None
         )
     heatmaps = []
-    for i, (key, entry) in enumerate(sorted(dict(record.heatmaps or {}).items())):
+    for i, (key, entry) in enumerate(sorted(dict(record.heatmaps or {}).items())):  # i: the URL index
         if isinstance(entry, Mapping):
             view = _heatmap(i, str(key), entry, grades)
             if view is not None:
                 heatmaps.append(view)
+    conditions = list(Condition)
+    heatmaps.sort(  # reading order: cranial to caudal, then the table's condition order
+        key=lambda h: (h.level.index if h.level else 99, conditions.index(h.condition) if h.condition else 99)
+    )
     return ExplanationView(
         status,
         status_text(status),

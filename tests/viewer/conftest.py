@@ -39,7 +39,8 @@ def analysed_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Analyse
         SEED, root / "studies", StudyOptions(sag_matrix=(256,), ax_matrix=(224,)), study_name="SYN-VIEWER"
     )
     study = load_study(folder / "dicom")
-    settings = Settings(data_dir=root / "data", secret_key=SECRET, dev_mode=True)
+    # Eager explanations off: the browser test drives the Explain button itself.
+    settings = Settings(data_dir=root / "data", secret_key=SECRET, dev_mode=True, explain_eager="off")
     settings.data_dir.mkdir(parents=True)
     upgrade(settings.resolved_database_url)
     app = create_app(settings)

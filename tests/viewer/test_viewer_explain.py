@@ -41,6 +41,7 @@ def _complete_explanation(app: Flask, analysis_id: str, overlay: str) -> None:
                     "slice_index": 3,
                     "series_uid": "1.2.3",
                     "peak_mm": [1.0, 2.0, 3.0],
+                    "region": "ligamentum flavum",
                 }
             },
         )
@@ -104,6 +105,7 @@ def test_complete_explanation_shows_rationale_writer_and_heatmaps(app: Flask, cl
     assert "template writer: fixed sentences filled in from the measured findings" in html
     assert "dural sac area 61.8 mm²" in html
     assert "Where the classifier looked for its severe central canal stenosis call at L4-L5" in html
+    assert "strongest over the ligamentum flavum" in html
     img = client.get(f"{path}/heatmap/0.png")
     assert img.status_code == 200 and img.mimetype == "image/png" and img.data == png.read_bytes()
     assert img.headers["Cache-Control"].startswith("private")
@@ -165,3 +167,19 @@ def test_explain_card_link_page_shows_heatmaps_when_complete(app: Flask, client:
     html = client.get(f"/explain/{token}").get_data(as_text=True)
     assert 'data-status="complete"' in html and "Machine-generated text" in html
     assert "/heatmap/0.png" in html and 'http-equiv="refresh"' not in html
+
+
+def test_rationale_is_split_for_reading_without_changing_a_word() -> None:
+    from cds.viewer.explanation import rationale_paragraphs
+
+    text = (
+        "L1-L2: severe central canal stenosis, flagged as uncertain; left foraminal graded normal/mild; "
+        "L2-L3: moderate central canal stenosis. The heatmaps highlight the dural sac for L2-L3."
+    )
+    parts = rationale_paragraphs(text)
+    assert parts == (
+        "L1-L2: severe central canal stenosis, flagged as uncertain; left foraminal graded normal/mild;",
+        "L2-L3: moderate central canal stenosis.",
+        "The heatmaps highlight the dural sac for L2-L3.",
+    )
+    assert " ".join(parts) == text
