@@ -1,5 +1,10 @@
 """Find a study in the EHR's FHIR server: its ImagingStudy, Patient, order and DICOMweb Endpoint.
 
+Used by the write-back (patient, study reference, order) and by the ANALYZE job for a study whose
+images are not located yet (the Endpoint's address becomes its source), both with the service's
+own credential for the configured server (CDS_FHIR_WRITEBACK_URL / CDS_FHIR_WRITEBACK_TOKEN), and
+by `cds roundtrip`.
+
 Searched by StudyInstanceUID (identifier urn:dicom:uid|urn:oid:<uid>) with
 `_include=ImagingStudy:endpoint`; an Endpoint the server did not include is read by reference.
 Every resource is validated (fhir.resources R4B) before it is used: it came from outside.
@@ -9,7 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from cds.config import Settings
 from cds.fhir.client import FhirClient, ResourceNotFound
 from cds.fhir.resources import validate_resource
 
@@ -74,3 +81,29 @@ def resolve_imaging_study(
             except ResourceNotFound:
                 continue
     return ResolvedStudy(study, tuple(endpoints.values()))
+
+
+def ehr_client(settings: Settings) -> FhirClient:
+    """A client for the configured EHR server (CDS_FHIR_WRITEBACK_URL) with the service's token."""
+    host = urlsplit(settings.fhir_writeback_url).hostname or ""
+    return FhirClient(
+        settings.fhir_writeback_url,
+        settings.fhir_writeback_token or None,
+        (host, *settings.fhir_allowed_hosts),
+        max(settings.fhir_timeout_s, 10.0),
+    )
+
+
+def imaging_source_uri(settings: Settings, study_uid: str) -> str | None:
+    """The DICOMweb study URL from the EHR's ImagingStudy Endpoint, or None (not configured, no
+    ImagingStudy). The Endpoint must pass cds.dicom.sources.endpoint's checks (dicom-wado-rs, a
+    host that is the configured PACS or in CDS_DICOMWEB_ALLOWED_HOSTS): no SSRF through the EHR."""
+    if not settings.fhir_writeback_url:
+        return None
+    from cds.dicom.sources.endpoint import source_for_imaging_study
+
+    found = resolve_imaging_study(ehr_client(settings), study_uid)
+    if found is None:
+        return None
+    source = source_for_imaging_study(found.imaging_study, found.endpoints, settings)
+    return f"{source.base_url}/studies/{study_uid}"

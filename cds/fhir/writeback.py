@@ -34,7 +34,7 @@ from cds.fhir import codes
 from cds.fhir.client import FhirAccessDenied, FhirClient
 from cds.fhir.report import ReportContext, ReportImage, build_report_bundle
 from cds.fhir.resources import validate_resource
-from cds.fhir.roundtrip_imaging import resolve_imaging_study
+from cds.fhir.roundtrip_imaging import ehr_client, resolve_imaging_study
 
 log = logging.getLogger(__name__)
 
@@ -183,17 +183,6 @@ def explanation_images(data_dir: Path, heatmaps: Mapping[str, Any]) -> tuple[Rep
     return tuple(images)
 
 
-def writeback_client(settings: Settings) -> FhirClient:
-    host = urlsplit(settings.fhir_writeback_url).hostname or ""
-    allowed = (host, *settings.fhir_allowed_hosts)
-    return FhirClient(
-        settings.fhir_writeback_url,
-        settings.fhir_writeback_token or None,
-        allowed,
-        max(settings.fhir_timeout_s, 10.0),
-    )
-
-
 def write_back_analysis(db: Any, settings: Settings, analysis_id: str) -> WritebackResult | None:
     """Write the stored analysis to CDS_FHIR_WRITEBACK_URL; None when write-back is not configured."""
     if not settings.fhir_writeback_url:
@@ -210,7 +199,7 @@ def write_back_analysis(db: Any, settings: Settings, analysis_id: str) -> Writeb
         issued = record.finished_at or record.updated_at or datetime.now(UTC)
         explanation = record.explanation
         heatmaps = dict(explanation.heatmaps) if explanation is not None and explanation.heatmaps else {}
-    client = writeback_client(settings)
+    client = ehr_client(settings)
     found = resolve_imaging_study(client, study_uid)
     if found is not None:
         patient_ref = found.patient_ref

@@ -9,6 +9,7 @@ pipeline or its models are missing the analysis FAILS with a stored reason: resu
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,13 +19,15 @@ from urllib.parse import urlsplit
 
 from cds.config import Settings
 from cds.domain import AnalysisMode, AnalysisResult, AnalysisStatus
-from cds.errors import Forbidden, IngestError, ModelError, StageError, UpstreamError
+from cds.errors import CdsError, Forbidden, IngestError, ModelError, StageError, UpstreamError
 from cds.jobs.kinds import JobKind
 from cds.jobs.queue import JobQueue
 from cds.jobs.registry import JobContext, PermanentJobError
 from cds.store import queries
 from cds.store.db import Database
 from cds.store.records import AnalysisRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,8 @@ def run_analyze(ctx: JobContext) -> None:
         _write_back(ctx, request)
         return
     if not source:
+        source = _source_from_ehr(ctx, request)
+    if not source:
         _fail(ctx, request, REASON_NO_SOURCE)
         raise PermanentJobError("study has no image source")
 
@@ -220,6 +225,24 @@ def run_analyze(ctx: JobContext) -> None:
                     analysis.reason = REASON_RETRYING
         raise
     _write_back(ctx, request)
+
+
+def _source_from_ehr(ctx: JobContext, request: AnalyzeRequest) -> str | None:
+    """Images not located yet: ask the configured EHR server (CDS_FHIR_WRITEBACK_URL, the service's
+    own credential) for the study's ImagingStudy Endpoint, and keep what it says as the source."""
+    if not ctx.settings.fhir_writeback_url:
+        return None
+    from cds.fhir.roundtrip_imaging import imaging_source_uri
+
+    try:
+        found = imaging_source_uri(ctx.settings, request.study_uid)
+    except CdsError as exc:  # EHR down, Endpoint not allowed or unusable: no source, as before
+        log.info("no image source from the EHR (%s)", type(exc).__name__)
+        return None
+    if found:
+        with ctx.db.session() as s:
+            queries.upsert_study(s, request.study_uid, source_uri=found)
+    return found
 
 
 def _write_back(ctx: JobContext, request: AnalyzeRequest) -> None:

@@ -343,3 +343,41 @@ def test_cds_roundtrip_reports_failure_with_a_nonzero_exit(capsys: pytest.Captur
     assert main(["roundtrip", "--fhir-base", dead, "--timeout", "2"]) == 1
     out = capsys.readouterr().out
     assert "capability statement     FAIL" in out and "needs: capability statement" in out
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_job_locates_images_through_the_ehr_endpoint_and_refuses_other_hosts(
+    backend: str, db: Database, app_settings: Settings, fhir_base: str, pacs: tuple[Orthanc, str]
+) -> None:
+    """A study registered without images: the ANALYZE job asks the configured EHR server for the
+    ImagingStudy's Endpoint and reads the images there; an Endpoint on a host that is neither the
+    PACS nor allow-listed is not followed (no SSRF), and the analysis says the images were not found."""
+    from cds.jobs.queue import JobQueue
+
+    orthanc, uid = pacs
+    ids = _seed(fhir_base, orthanc.dicomweb_url, uid)
+    elsewhere = f"2.25.{uuid.uuid4().int}"
+    _seed(fhir_base, "http://169.254.169.254/dicom-web", elsewhere)
+    settings = app_settings.with_overrides(
+        dicomweb_url=orthanc.dicomweb_url,
+        dicomweb_username=USER,
+        dicomweb_password=PASSWORD,
+        fhir_allowed_hosts=("127.0.0.1",),
+        fhir_writeback_url=fhir_base,
+    )
+    jobs = JobQueue(db)
+    for study_uid in (uid, elsewhere):
+        with db.session() as s:
+            queries.upsert_study(s, study_uid, patient_ref=f"Patient/{ids['patient']}")  # no source
+        analysis_job.request_analysis(db, jobs, study_uid)
+    LocalRunner(jobs, default_registry(), settings, retry_delay_s=0).run_until_idle()
+    with db.session(readonly=True) as s:
+        found = queries.study_by_uid(s, uid)
+        assert found is not None and found.source_uri == f"{orthanc.dicomweb_url}/studies/{uid}"
+        record = queries.latest_analysis(s, uid)
+        assert record is not None and record.status is not AnalysisStatus.PENDING
+        assert record.reason not in (analysis_job.REASON_NO_SOURCE, analysis_job.REASON_PACS_UNREACHABLE)
+        refused = queries.study_by_uid(s, elsewhere)
+        assert refused is not None and refused.source_uri is None
+        other = queries.latest_analysis(s, elsewhere)
+        assert other is not None and other.reason == analysis_job.REASON_NO_SOURCE
