@@ -282,8 +282,12 @@ def call_service(service_id: str) -> Response:
         )
         _finish(rt, token, audit, started, rid)
         return _json_response(outcome_for_unexpected(), 500)
+    viewer = rt.settings.public_base_url.rstrip("/") + "/viewer/"
     for card in cards:  # ids that prove we issued the card (feedback names cards by uuid only)
         card["uuid"] = rt.card_ids.issue(service.id)
+        for link in card.get("links", ()):  # the viewer ties its own feedback to the card
+            if link["url"].startswith(viewer):
+                link["url"] += "?card=" + card["uuid"]
     audit.card_uuids = " ".join(c["uuid"] for c in cards) or None
     audit.outcome, audit.status, audit.cards = ("cards" if cards else "no_cards"), 200, len(cards)
     _finish(rt, token, audit, started, rid)

@@ -22,6 +22,7 @@ from hooks_support import (
 
 from cds.config import Settings
 from cds.domain import ExplanationStatus
+from cds.explain.job import REASON_NO_SOURCE
 from cds.extensions import services
 from cds.jobs.handlers import default_registry
 from cds.jobs.kinds import JobKind
@@ -75,7 +76,8 @@ def test_both_card_links_work(caller: Caller, hooks_app: Flask) -> None:
     (job,) = _explain_jobs(hooks_app)
     assert job.payload == {"analysis_id": analysis_id}
 
-    # The explain handler is not installed yet: the job fails and says so, nothing is faked.
+    # The study's images are not there (the card came from a stored analysis only): the explain
+    # job fails with its fixed, clinician-facing reason; nothing is faked, no path or trace shown.
     runner = LocalRunner(services(hooks_app).jobs, default_registry(), Settings(), retry_delay_s=0)
     assert runner.run_until_idle() == 1
     with services(hooks_app).db.session(readonly=True) as s:
@@ -83,7 +85,7 @@ def test_both_card_links_work(caller: Caller, hooks_app: Flask) -> None:
         assert explanation.status is ExplanationStatus.FAILED and explanation.rationale is None
     html = client.get(_path(explain["url"])).get_data(as_text=True)
     assert 'data-status="failed"' in html
-    assert "explanation module unavailable on this server" in html and "No module named" not in html
+    assert REASON_NO_SOURCE in html and "Traceback" not in html and "/data/" not in html
 
 
 def test_explain_link_expired_tampered_or_viewer_purpose(caller: Caller, hooks_app: Flask) -> None:

@@ -279,8 +279,10 @@ def test_patient_view_card_from_stored_analysis(caller: Caller, hooks_app: Flask
     viewer, explain = card["links"]
     assert viewer["type"] == explain["type"] == "absolute"
     assert viewer["url"].startswith("https://cds.example.org/viewer/")
+    link, query = viewer["url"].split("?")
+    assert query == "card=" + card["uuid"]  # the viewer's own feedback names the card
     with hooks_app.app_context():
-        assert verify_viewer_token(viewer["url"].rsplit("/", 1)[1]) == analysis_id
+        assert verify_viewer_token(link.rsplit("/", 1)[1]) == analysis_id
     assert explain["url"].startswith("https://cds.example.org/explain/")
 
 
