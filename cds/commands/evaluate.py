@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--models-dir", type=Path, help="folder holding the model folders (default: models/)")
     p.add_argument("--cache", type=Path, help="record cache folder (default: OUT/cache)")
     p.add_argument(
-        "--explain-n", type=int, default=40, help="studies for the Grad-CAM faithfulness check (0: skip)"
+        "--explain-n",
+        type=int,
+        help="Grad-CAM faithfulness on the first N studies only (default: all; 0: skip)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(handler=run)
@@ -52,7 +54,9 @@ def describe(args: argparse.Namespace) -> str:
     for flag, value in (("--n", args.n), ("--models-dir", args.models_dir), ("--cache", args.cache)):
         if value is not None:
             parts += [flag, str(value)]
-    parts += ["--workers", str(args.workers), "--explain-n", str(args.explain_n)]
+    parts += ["--workers", str(args.workers)]
+    if args.explain_n is not None:
+        parts += ["--explain-n", str(args.explain_n)]
     return shlex.join(parts)
 
 
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         workers=max(1, int(args.workers)),
         models_dir=args.models_dir,
         cache_dir=args.cache,
-        explain_n=max(0, int(args.explain_n)),
+        explain_n=None if args.explain_n is None else max(0, int(args.explain_n)),
         progress=not args.no_progress,
         command=describe(args),
     )

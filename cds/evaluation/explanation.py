@@ -1,10 +1,11 @@
 """Explanation figures: Grad-CAM faithfulness and rationale verification.
 
 * Faithfulness comes from cds.explain.faithfulness (the Grad-CAM engineer's module): pointing
-  game against the synthetic cause regions and the deletion check. It runs its own traced quick
-  read per study, so it runs study by study in the evaluation's worker pool (cached like the
-  pipeline records) on the first ``n`` evaluated studies, and the per-study reports are merged;
-  when the module is not importable the section says so.
+  game against the synthetic cause regions and the deletion check. The study's single quick read
+  runs through cds.explain.gradcam_inputs.traced_quick_read with the evaluation's recording
+  stages, so Grad-CAM reuses that read (no second quick read); each study's ``StudyScores`` is
+  pickled and cached beside its record, and the module's own ``aggregate`` summarises them.
+  When the module is not importable the section says so.
 * Rationale: cds.explain.evaluation.evaluate_corpus over (a) the fixed 120-case corpus of
   cds.explain.corpus and (b) the finding sets the pipeline actually produced on the test split,
   both with the configured default writer (template) -- the figure that matters for safety is
@@ -18,71 +19,68 @@ import json
 import pickle
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cds.dicom.study import Study
+    from cds.domain import AnalysisResult
+    from cds.pipeline.quick_read import Stages
 
 
 def faithfulness_available() -> str | None:
-    """None when cds.explain.faithfulness can be used, else why not (shown in the report)."""
+    """None when the traced faithfulness path can be used, else why not (shown in the report)."""
     try:
-        from cds.explain import faithfulness
+        from cds.explain import faithfulness, gradcam_inputs
 
-        faithfulness.evaluate_faithfulness  # noqa: B018  # the entry point must exist
+        faithfulness.score_traced  # noqa: B018  # the entry points must exist
+        faithfulness.aggregate  # noqa: B018
+        gradcam_inputs.traced_quick_read  # noqa: B018
     except Exception as exc:  # ImportError, AttributeError, or a broken optional dependency
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def faithfulness_of_study(data_dir: Path, name: str, models_dir: Path | None) -> bytes:
-    """cds.explain.faithfulness on one study, pickled (it runs in a worker process and is cached
-    as is, so that the studies' reports can be merged and summarised by the module's own code)."""
-    from cds.explain.faithfulness import evaluate_faithfulness
+def traced_read_and_score(
+    study_dir: Path, study: Study, stages: Stages, models_dir: Path | None, seed: int
+) -> tuple[AnalysisResult, bytes]:
+    """quick_read through ``stages`` traced for Grad-CAM, then the study's faithfulness scores
+    (pickled; a scoring failure is pickled as its reason so that it is counted, not fatal)."""
+    from cds.explain.faithfulness import score_traced
+    from cds.explain.gradcam_inputs import traced_quick_read
 
-    return pickle.dumps(evaluate_faithfulness(data_dir, studies=[name], models_dir=models_dir))
-
-
-def merge_reports(reports: Sequence[Any]) -> Any:
-    """One report from per-study reports of the same frozen dataclass: counts add, tuples of
-    scores concatenate, count mappings add. Generic over the fields, so the Grad-CAM module can
-    add figures without this module knowing their names."""
-    first = reports[0]
-    merged: dict[str, Any] = {}
-    for f in fields(first):
-        values = [getattr(r, f.name) for r in reports]
-        v0 = values[0]
-        if is_dataclass(v0) and not isinstance(v0, type):
-            merged[f.name] = merge_reports(values)  # e.g. a Rate(hits, n)
-            continue
-        if isinstance(v0, bool) or not isinstance(v0, int | tuple | Mapping):
-            raise TypeError(f"cannot merge field {f.name!r} of type {type(v0).__name__}")
-        if isinstance(v0, int):
-            merged[f.name] = sum(values)
-        elif isinstance(v0, tuple):
-            merged[f.name] = tuple(x for v in values for x in v)
-        else:
-            counts: Counter[Any] = Counter()
-            for v in values:
-                counts.update(dict(v))
-            merged[f.name] = dict(counts)
-    return type(first)(**merged)
+    traced = traced_quick_read(study, models_dir=models_dir, stages=stages)
+    try:
+        scores: tuple[str, Any] = (
+            "ok",
+            score_traced(study_dir, study, traced, models_dir=models_dir, seed=seed),
+        )
+    except Exception as exc:  # e.g. an unanalysable study has no crops to explain
+        scores = ("failed", f"study_failed:{type(exc).__name__}")
+    return traced.result, pickle.dumps(scores)
 
 
 def faithfulness_section(blobs: Sequence[bytes], studies: Sequence[str]) -> dict[str, Any]:
-    """The merged report's own to_json, or why there is none."""
+    """cds.explain.faithfulness.aggregate over the studies' cached scores, as its to_json."""
     why = faithfulness_available()
     if why is not None:
         return {"available": False, "reason": why}
     if not blobs:
         return {"available": False, "reason": "no study was scored"}
+    from cds.explain.faithfulness import aggregate
+
+    results: list[Any] = []
+    failed: Counter[str] = Counter()
     try:
-        report = merge_reports([pickle.loads(b) for b in blobs])  # our own cache files
-        out = dict(report.to_json())
-    except Exception as exc:  # a changed report class: say so rather than fail the evaluation
-        return {
-            "available": False,
-            "reason": f"faithfulness reports not mergeable: {type(exc).__name__}: {exc}",
-        }
+        for blob in blobs:
+            status, value = pickle.loads(blob)
+            if status == "ok":
+                results.append(value)
+            else:
+                failed[str(value)] += 1
+        out = dict(aggregate(len(blobs), results, dict(failed)).to_json())
+    except Exception as exc:  # cached scores from a changed class: say so rather than fail
+        return {"available": False, "reason": f"faithfulness scores unusable: {type(exc).__name__}: {exc}"}
     out["available"] = True
     out["studies"] = list(studies)
     return out

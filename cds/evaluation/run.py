@@ -40,6 +40,7 @@ PIPELINE_CODE = (
     "cds.evaluation.truth",
 )
 GALLERY_SIZE = 3
+FAITHFULNESS = "faithfulness"  # cache file prefix of a study's pickled faithfulness scores
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class EvaluationConfig:
     workers: int = 1
     models_dir: Path | None = None
     cache_dir: Path | None = None
-    explain_n: int = 40
+    explain_n: int | None = None  # faithfulness on the first N studies (None: all, 0: none)
     progress: bool = True
     command: str = "cds evaluate"
 
@@ -149,25 +150,20 @@ def _init_worker() -> None:
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work for a worker: a study's quick_read record, or its faithfulness report."""
+    """One study for a worker: its quick_read record, traced for faithfulness when asked."""
 
-    kind: str  # STUDY or FAITHFULNESS
     name: str
     folder: str
     models_dir: str | None
     overlay_dir: str
+    faithfulness: bool
 
 
-STUDY, FAITHFULNESS = "study", "faithfulness"
-
-
-def _run_job(job: Job) -> tuple[Job, dict[str, Any] | bytes]:
-    models_dir = Path(job.models_dir) if job.models_dir else None
-    if job.kind == FAITHFULNESS:
-        return job, explanation.faithfulness_of_study(Path(job.folder).parent, job.name, models_dir)
+def _run_job(job: Job) -> tuple[Job, Any]:
     from cds.evaluation.study import evaluate_study
 
-    return job, evaluate_study(Path(job.folder), models_dir, Path(job.overlay_dir))
+    models_dir = Path(job.models_dir) if job.models_dir else None
+    return job, evaluate_study(Path(job.folder), models_dir, Path(job.overlay_dir), job.faithfulness)
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
@@ -187,37 +183,33 @@ def run_jobs(
     cache where present, else computed (in ``cfg.workers`` processes) and cached as they finish."""
     records: dict[str, dict[str, Any]] = {}
     blobs: dict[str, bytes] = {}
+    wanted = set(explain)
     jobs: list[Job] = []
     for t in truths:
         got = cache.get(t.name, t.digest)
+        blob = explain_cache.get_bytes(f"{FAITHFULNESS}_{t.name}") if t.name in wanted else None
         if got is not None:
             records[t.name] = got
-        else:
-            jobs.append(Job(STUDY, t.name, str(t.folder), _opt(cfg.models_dir), str(cache.overlays)))
-    folders = {t.name: t.folder for t in truths}
-    for name in explain:
-        blob = explain_cache.get_bytes(f"{FAITHFULNESS}_{name}")
         if blob is not None:
-            blobs[name] = blob
-        else:
+            blobs[t.name] = blob
+        if got is None or (t.name in wanted and blob is None):
             jobs.append(
-                Job(FAITHFULNESS, name, str(folders[name]), _opt(cfg.models_dir), str(cache.overlays))
+                Job(t.name, str(t.folder), _opt(cfg.models_dir), str(cache.overlays), t.name in wanted)
             )
 
-    def keep(job: Job, result: dict[str, Any] | bytes) -> None:
-        if isinstance(result, bytes):
-            explain_cache.put_bytes(f"{FAITHFULNESS}_{job.name}", result)
-            blobs[job.name] = result
-        else:
-            cache.put(job.name, result)
-            records[job.name] = result
+    def keep(job: Job, result: Any) -> None:
+        cache.put(job.name, result.record)
+        records[job.name] = result.record
+        if result.faithfulness is not None:
+            explain_cache.put_bytes(f"{FAITHFULNESS}_{job.name}", result.faithfulness)
+            blobs[job.name] = result.faithfulness
 
-    bar = _bar(len(truths) + len(explain), "evaluate (studies + faithfulness)", cfg.progress)
-    bar.update(len(records) + len(blobs))
+    bar = _bar(len(truths), "evaluate studies", cfg.progress)
+    bar.update(len(truths) - len(jobs))
     if cfg.workers <= 1:
         _init_worker()
         for job in jobs:
-            bar.set_postfix_str(f"{job.kind} {job.name}")
+            bar.set_postfix_str(job.name)
             keep(*_run_job(job))
             bar.update(1)
     else:
@@ -225,7 +217,7 @@ def run_jobs(
             for future in as_completed([pool.submit(_run_job, job) for job in jobs]):
                 job, result = future.result()
                 keep(job, result)
-                bar.set_postfix_str(f"{job.kind} {job.name}")
+                bar.set_postfix_str(job.name)
                 bar.update(1)
     bar.close()
     return [records[t.name] for t in truths], [blobs[n] for n in explain if n in blobs]
@@ -416,7 +408,7 @@ def run_evaluation(cfg: EvaluationConfig) -> dict[str, Any]:
     pipeline_cache = RecordCache(cfg.cache_root, models_key(shas, PIPELINE_MODELS, pipeline_code))
     explain_code = pipeline_code + code_digest("cds.explain")
     explain_cache = RecordCache(cfg.cache_root, models_key(shas, PIPELINE_MODELS, explain_code))
-    explain = [t.name for t in truths[: cfg.explain_n]]
+    explain = [t.name for t in (truths if cfg.explain_n is None else truths[: cfg.explain_n])]
     if explanation.faithfulness_available() is not None:
         explain = []
     records, blobs = run_jobs(truths, explain, cfg, pipeline_cache, explain_cache)
@@ -428,7 +420,7 @@ def run_evaluation(cfg: EvaluationConfig) -> dict[str, Any]:
     threshold = float(cards["classifier"]["thresholds"].get("present", 0.5))
     pairs = agg.finding_pairs(records)
     n_studies = len(records)
-    if cfg.explain_n > 0:
+    if cfg.explain_n != 0:
         faith = explanation.faithfulness_section(blobs, explain)
     else:
         faith = {"available": False, "reason": "skipped (--explain-n 0)"}

@@ -9,8 +9,10 @@ Aggregation into the report's figures happens later, over all records (cds.evalu
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -260,8 +262,17 @@ def compare_findings(truth: StudyTruth, analysis: Any, record: StageRecord) -> d
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate_study(study_dir: Path, models_dir: Path | None, overlay_dir: Path) -> dict[str, Any]:
-    """Run quick_read on one generated study and compare it with its truth (one JSON record).
+@dataclass(frozen=True)
+class StudyResult:
+    record: dict[str, Any]
+    faithfulness: bytes | None = None  # pickled cds.explain.faithfulness scores, when asked for
+
+
+def evaluate_study(
+    study_dir: Path, models_dir: Path | None, overlay_dir: Path, faithfulness: bool = False
+) -> StudyResult:
+    """Run quick_read on one generated study and compare it with its truth (one JSON record);
+    with ``faithfulness`` the same read is traced for Grad-CAM and scored against the causes.
 
     ModelError propagates (the whole evaluation is meaningless without the models); any other
     product error is recorded as this study's failure and counted in the report.
@@ -281,15 +292,23 @@ def evaluate_study(study_dir: Path, models_dir: Path | None, overlay_dir: Path) 
         study: Study = load_study(study_dir / "dicom")
     except CdsError as exc:
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc.message}")
-        return rec
+        return StudyResult(rec, pickle.dumps(("failed", "study_failed:unreadable")) if faithfulness else None)
     load_ms = (time.perf_counter() - start) * 1000.0
     stages, record = recording_stages(DEFAULT_STAGES)
+    scores: bytes | None = None
     try:
-        analysis = quick_read(study, models_dir=models_dir, stages=stages)
+        if faithfulness:
+            from cds.evaluation.explanation import traced_read_and_score
+
+            analysis, scores = traced_read_and_score(study_dir, study, stages, models_dir, truth.seed or 0)
+        else:
+            analysis = quick_read(study, models_dir=models_dir, stages=stages)
     except ModelError:
         raise
     except CdsError as exc:  # a failed stage: no findings, but the stages before it still count
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc.message}")
+        if faithfulness:
+            scores = pickle.dumps(("failed", f"study_failed:{type(exc).__name__}"))
     else:
         rec.update(
             status=analysis.status.value,
@@ -331,4 +350,4 @@ def evaluate_study(study_dir: Path, models_dir: Path | None, overlay_dir: Path) 
     rec["axial_overlap"] = _counts_json(counts_ax)
     rec["axial_volumes_without_truth"] = skipped
     rec.setdefault("overlays", {})["axial"] = _axial_overlays(truth, record, overlay_dir, truth.name)
-    return rec
+    return StudyResult(rec, scores)
