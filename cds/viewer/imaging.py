@@ -20,6 +20,7 @@ COLOUR_NAMES = {
     render.YELLOW: "yellow",
     render.VERMILLION: "red-orange",
     render.REDDISH_PURPLE: "pink",
+    render.BLUE: "dark blue",
     render.WHITE: "white",
 }
 
@@ -116,8 +117,16 @@ def _axial(info: art.AxialInfo) -> AxialPanel:
     items = []
     for m in info.measurements:
         colour = render.measurement_colour(m)
-        shape = "area inside the outline" if m.name is MeasurementName.DSCA_MM2 else "line"
-        items.append(LegendItem(_measurement_text(m), _css(colour), f"{COLOUR_NAMES[colour]} {shape}", m.row))
+        if m.name is MeasurementName.DSCA_MM2:
+            items.append(
+                LegendItem(_measurement_text(m), _css(colour), f"{COLOUR_NAMES[colour]} outline", m.row)
+            )
+        elif len(m.points) >= 2:
+            items.append(
+                LegendItem(_measurement_text(m), _css(colour), f"{COLOUR_NAMES[colour]} line", m.row)
+            )
+        else:  # an area without an outline of its own (e.g. the foramen): the value, nothing drawn
+            items.append(LegendItem(_measurement_text(m), "transparent", "not drawn", m.row))
     return AxialPanel(
         level=info.level,
         slices=tuple(k + 1 for k in info.slice_indices),

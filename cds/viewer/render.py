@@ -31,7 +31,7 @@ from cds.viewer import artifacts as art
 #: Overlays are drawn at this multiple of the base image's display size.
 OVERLAY_SCALE = 2
 #: Part of every cached file name: a drawing change must not serve PNGs rendered the old way.
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 #: Base images smaller than this (longest side, px) are upsampled for display.
 MIN_DISPLAY_PX = 320
 
@@ -79,6 +79,7 @@ BLUISH_GREEN = (0, 158, 115)
 YELLOW = (240, 228, 66)
 VERMILLION = (213, 94, 0)
 REDDISH_PURPLE = (204, 121, 167)
+BLUE = (0, 114, 178)
 WHITE = (255, 255, 255)
 FILL_ALPHA = 80
 
@@ -86,6 +87,7 @@ SAGITTAL_COLOURS = {art.SAG_DISC: SKY_BLUE, art.SAG_VERTEBRA: ORANGE, art.SAG_CA
 SAC_COLOUR = YELLOW
 AP_COLOUR = SKY_BLUE
 RECESS_COLOURS = {Side.LEFT: REDDISH_PURPLE, Side.RIGHT: VERMILLION}
+FORAMEN_COLOURS = {Side.LEFT: BLUE, Side.RIGHT: BLUISH_GREEN}
 SLICE_LINE_COLOUR = YELLOW
 
 #: Short labels drawn on the image (the page's legend spells them out).
@@ -107,6 +109,8 @@ def short_value(name: MeasurementName, value: float) -> str:
 def measurement_colour(m: art.DrawnMeasurement) -> tuple[int, int, int]:
     if m.name is MeasurementName.DSCA_MM2:
         return SAC_COLOUR
+    if m.name is MeasurementName.FORAMINAL_AREA_RATIO and m.side is not None:
+        return FORAMEN_COLOURS.get(m.side, WHITE)
     if m.side is not None:
         return RECESS_COLOURS.get(m.side, WHITE)
     return AP_COLOUR
@@ -250,33 +254,58 @@ def axial_overlay(
         return Image.fromarray(rgba, mode="RGBA")
     img = Image.new("RGBA", (size[1], size[0]), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
-    if overlay is Overlay.MEASUREMENTS:
-        for m in info.measurements:
-            if m.row != row:
-                continue
-            colour = measurement_colour(m)
-            text = f"{SHORT_NAMES.get(m.name, m.name.value)} {short_value(m.name, m.value)}"
-            if m.name is MeasurementName.DSCA_MM2:
-                rows, cols = np.nonzero(px.sac[row])
-                if rows.size:
-                    x, y = float(cols.max()) * sx + 6, float(rows.min()) * sy - font_px * 1.4
-                    _label(draw, (min(x, size[1] - font_px * 7), max(y, 2)), text, colour, font_px)
-                continue
-            if len(m.points) < 2:
-                continue
-            pts = [(c * sx, r * sy) for r, c in m.points]
-            draw.line(pts, fill=(*colour, 255), width=3)
-            for x, y in (pts[0], pts[-1]):
-                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(*colour, 255))
-            x_end, y_end = pts[-1]
-            if m.side is Side.LEFT:  # patient left is image right: label outside, to the right
-                tx = x_end + 8
-            elif m.side is Side.RIGHT:
-                tx = x_end - font_px * 6.5
-            else:
-                tx = x_end + 8
-            _label(draw, (min(max(tx, 2), size[1] - font_px * 6), y_end + 4), text, colour, font_px)
+    if overlay is not Overlay.MEASUREMENTS:
+        return img
+    labels = _Labels(draw, size, font_px)
+    for m in info.measurements:
+        if m.row != row:
+            continue
+        colour = measurement_colour(m)
+        side = {Side.LEFT: "L ", Side.RIGHT: "R "}.get(m.side, "") if m.side else ""
+        text = f"{side}{SHORT_NAMES.get(m.name, m.name.value)} {short_value(m.name, m.value)}"
+        if m.name is MeasurementName.DSCA_MM2:
+            rows, cols = np.nonzero(px.sac[row])
+            if rows.size:
+                labels.place(float(cols.max()) * sx + 6, float(rows.min()) * sy - font_px * 1.4, text, colour)
+            continue
+        if len(m.points) < 2:
+            continue
+        pts = [(c * sx, r * sy) for r, c in m.points]
+        draw.line(pts, fill=(*colour, 255), width=3)
+        for x, y in (pts[0], pts[-1]):
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(*colour, 255))
+        x_end, y_end = pts[-1]
+        width = labels.width(text)
+        # Patient left is image right: a left-sided label goes right of its line, a right-sided one left.
+        tx = x_end - width - 8 if m.side is Side.RIGHT else x_end + 8
+        labels.place(tx, y_end + 4, text, colour)
     return img
+
+
+class _Labels:
+    """Places measurement labels inside the image without overlapping each other (moves down)."""
+
+    def __init__(self, draw: ImageDraw.ImageDraw, size: tuple[int, int], font_px: int) -> None:
+        self.draw, self.size, self.font_px = draw, size, font_px
+        self.boxes: list[tuple[float, float, float, float]] = []
+
+    def width(self, text: str) -> float:
+        font, _ = _font(self.font_px)
+        left, _, right, _ = self.draw.textbbox((0, 0), text, font=font)
+        return float(right - left)
+
+    def place(self, x: float, y: float, text: str, colour: tuple[int, int, int]) -> None:
+        w, h = self.width(text), self.font_px * 1.25
+        x = min(max(x, 2.0), self.size[1] - w - 2.0)
+        y = min(max(y, 2.0), self.size[0] - h - 2.0)
+        for _ in range(40):
+            if not any(
+                x < bx1 and bx0 < x + w and y < by1 and by0 < y + h for bx0, by0, bx1, by1 in self.boxes
+            ):
+                break
+            y = y + h if y + 2 * h < self.size[0] else 2.0
+        self.boxes.append((x, y, x + w, y + h))
+        _label(self.draw, (x, y), text, colour, self.font_px)
 
 
 # --- the disk cache -------------------------------------------------------------------------------
