@@ -113,12 +113,14 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     kinds = _kinds(args.kinds)
+    if settings.jobs_backend == "celery" and args.until_idle:
+        raise SettingsError("--until-idle runs the local backend only (CDS_JOBS_BACKEND=local)")
+    threads = args.threads if args.threads is not None else max(1, settings.job_workers)
+    if threads < 1:
+        raise SettingsError("--threads must be >= 1")
     url = settings.resolved_database_url
     wait_for_schema(url, args.schema_wait_s)
-    threads = args.threads if args.threads is not None else max(1, settings.job_workers)
     if settings.jobs_backend == "celery":
-        if args.until_idle:
-            raise SettingsError("--until-idle runs the local backend only (CDS_JOBS_BACKEND=local)")
         from cds.jobs.celery_worker import run_worker
 
         if args.metrics_port is not None:

@@ -177,3 +177,19 @@ def test_execute_after_retries_exhausted_fails(leases: JobLeases) -> None:
     job = JobQueue(leases.db).enqueue(JobKind.ANALYZE, "k", {}, max_attempts=2)
     assert [_run(leases, registry, job.id) for _ in range(2)] == [Outcome.RETRY, Outcome.FAILED]
     assert len(failures) == 1 and _job(leases.db, job.id).attempts == 2
+
+
+# --- `cds worker` settings ------------------------------------------------------------------------
+
+
+def test_cds_worker_refuses_options_the_backend_cannot_honour(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cds.cli import main
+
+    monkeypatch.setenv("CDS_JOBS_BACKEND", "celery")
+    assert main(["worker", "--until-idle"]) == 2
+    assert "--until-idle runs the local backend only" in capsys.readouterr().err
+    assert main(["worker", "--kinds", "analyze,dream"]) == 2
+    assert "--kinds" in capsys.readouterr().err
+    assert main(["worker", "--threads", "0"]) == 2
