@@ -43,6 +43,7 @@ def register(subparsers: Any) -> None:
         type=int,
         help="Grad-CAM faithfulness on the first N studies only (default: all; 0: skip)",
     )
+    p.add_argument("--commit", help="git commit of the code when run from an exported snapshot (recorded)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(handler=run)
 
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         explain_n=None if args.explain_n is None else max(0, int(args.explain_n)),
         progress=not args.no_progress,
         command=describe(args),
+        commit=args.commit,
     )
     try:
         metrics = run_evaluation(cfg)

@@ -55,6 +55,7 @@ class EvaluationConfig:
     explain_n: int | None = None  # faithfulness on the first N studies (None: all, 0: none)
     progress: bool = True
     command: str = "cds evaluate"
+    commit: str | None = None  # the code's git commit when run from an exported snapshot
 
     @property
     def cache_root(self) -> Path:
@@ -375,6 +376,24 @@ def gallery(
 # ----------------------------------------------------------------------------------------------
 
 
+def _git_head() -> str | None:
+    """The commit of the checkout this code runs from, when it is a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def _load() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -433,6 +452,7 @@ def run_evaluation(cfg: EvaluationConfig) -> dict[str, Any]:
         "generated_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": cfg.command,
         "models": {k: {"version": v["version"], "sha256": v["sha256"]} for k, v in cards.items()},
+        "code": {"commit": cfg.commit or _git_head(), "pipeline_code_digest": pipeline_code},
         "data": {
             "folder": str(cfg.data),
             "n_studies": len(truths),

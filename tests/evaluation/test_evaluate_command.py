@@ -58,6 +58,7 @@ def test_evaluate_writes_metrics_and_report_then_reuses_the_cache(
     metrics = json.loads((out / "metrics.json").read_text())
     for key in (
         "models",
+        "code",
         "data",
         "coverage",
         "segmentation",
