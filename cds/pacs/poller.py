@@ -78,8 +78,10 @@ class ChangePoller:
                     queued += 1
                 else:
                     skipped += 1
+                # Saved after each handled study (not after each of the far more numerous
+                # NewInstance changes): a failure later in the page re-reads only unhandled work.
+                save_cursor(self.db, self.feed, change.seq)
             handled = change.seq
-            save_cursor(self.db, self.feed, handled)
         cursor = max(handled, page.last)
         save_cursor(self.db, self.feed, cursor)
         return PollReport(len(page.changes), stable, queued, skipped, cursor, page.done)
