@@ -93,15 +93,16 @@ class OrthancClient:
         study = self._get(f"studies/{sid}")
         tags = study.get("MainDicomTags") or {}
         patient = study.get("PatientMainDicomTags") or {}
+        series_json = [s for s in self._get(f"studies/{sid}/series") or [] if isinstance(s, dict)]
         series = [
             SeriesInfo(
                 str(t.get("Modality", "")),
                 str(t.get("SeriesDescription", "")),
                 str(t.get("BodyPartExamined", "")),
             )
-            for s in self._get(f"studies/{sid}/series") or []
-            for t in [s.get("MainDicomTags") or {}]
+            for t in (s.get("MainDicomTags") or {} for s in series_json)
         ]
+        first_instance = next((str(i) for s in series_json for i in s.get("Instances") or []), None)
         return StableStudy(
             study_uid=str(tags.get("StudyInstanceUID", "")),
             patient_id=str(patient.get("PatientID", "")),
@@ -111,16 +112,12 @@ class OrthancClient:
             if tags.get("ModalitiesInStudy")
             else (),
             series=tuple(series),
-            procedure_codes=self._procedure_codes(sid),
+            procedure_codes=self._procedure_codes(first_instance) if first_instance else (),
         )
 
-    def _procedure_codes(self, sid: str) -> tuple[ProcedureCode, ...]:
+    def _procedure_codes(self, instance_id: str) -> tuple[ProcedureCode, ...]:
         """Procedure codes live in instance headers only; one instance of the study is enough."""
-        instances = self._get(f"studies/{sid}/instances") or []
-        if not instances:
-            return ()
-        iid = quote(str(instances[0].get("ID", "")), safe="")
-        tags = self._get(f"instances/{iid}/tags", {"simplify": ""})
+        tags = self._get(f"instances/{quote(instance_id, safe='')}/tags", {"simplify": ""})
         codes: list[ProcedureCode] = []
         for name in ("ProcedureCodeSequence", "RequestedProcedureCodeSequence"):
             for item in tags.get(name) or []:

@@ -29,14 +29,13 @@ local function text(value)
   return tostring(value)
 end
 
-local function procedureCodes(studyId)
+local function procedureCodes(instanceId)
   -- Procedure codes live in the instance headers: one instance of the study is enough.
   local codes = {}
-  local instances = ParseJson(RestApiGet('/studies/' .. studyId .. '/instances'))
-  if instances[1] == nil then
+  if instanceId == nil then
     return codes
   end
-  local tags = ParseJson(RestApiGet('/instances/' .. instances[1]['ID'] .. '/tags?simplify'))
+  local tags = ParseJson(RestApiGet('/instances/' .. instanceId .. '/tags?simplify'))
   for _, name in ipairs({'ProcedureCodeSequence', 'RequestedProcedureCodeSequence'}) do
     local items = tags[name]
     if type(items) == 'table' then
@@ -60,8 +59,12 @@ function OnStableStudy(studyId, tags, metadata)
   local patient = study['PatientMainDicomTags'] or {}
   local series = {}
   local isMr = false
+  local firstInstance = nil
   for _, s in ipairs(ParseJson(RestApiGet('/studies/' .. studyId .. '/series'))) do
     local t = s['MainDicomTags'] or {}
+    if firstInstance == nil and s['Instances'] ~= nil then
+      firstInstance = s['Instances'][1]
+    end
     if text(t['Modality']) == 'MR' then
       isMr = true
     end
@@ -83,7 +86,7 @@ function OnStableStudy(studyId, tags, metadata)
     studyDescription = text(main['StudyDescription']),
     series = series,
   }
-  local codes = procedureCodes(studyId)
+  local codes = procedureCodes(firstInstance)
   if codes[1] ~= nil then
     body['procedureCodes'] = codes -- an empty Lua table would be sent as {} rather than []
   end

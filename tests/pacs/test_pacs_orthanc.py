@@ -51,9 +51,16 @@ def lumbar_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_study(71, tmp_path_factory.mktemp("pacs-synth"), options) / "dicom"
 
 
-def other_study(source: Path, out: Path, modality: str, description: str, body_part: str) -> str:
-    """One instance of the lumbar study re-labelled as a different study (new UIDs)."""
+def other_study(
+    source: Path, out: Path, modality: str, description: str, body_part: str, loinc: str | None = None
+) -> str:
+    """One instance of the lumbar study re-labelled as a different study (new UIDs, optionally a
+    LOINC procedure code as the only sign of what it is)."""
     ds = pydicom.dcmread(next(iter(sorted(source.glob("*.dcm")))))
+    if loinc is not None:
+        item = pydicom.Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = loinc, "LN", "MR spine"
+        ds.ProcedureCodeSequence = pydicom.Sequence([item])
     ds.StudyInstanceUID = pydicom.uid.generate_uid()
     ds.SeriesInstanceUID = pydicom.uid.generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
@@ -89,11 +96,13 @@ def test_stable_study_is_analysed_and_shown_in_patient_view(
     uid = str(pydicom.dcmread(next(iter(lumbar_study.glob("*.dcm")))).StudyInstanceUID)
     brain = other_study(lumbar_study, tmp_path / "brain", "MR", "MRI BRAIN", "HEAD")
     chest = other_study(lumbar_study, tmp_path / "chest", "CT", "CT CHEST", "CHEST")
+    coded = other_study(lumbar_study, tmp_path / "coded", "MR", "MRI", "", loinc="24968-0")  # LOINC only
     with PacsHarness.start(settings, tmp_path) as harness:
         t0 = time.monotonic()
         harness.orthanc.upload_folder(lumbar_study)
         harness.orthanc.upload_folder(tmp_path / "brain")
         harness.orthanc.upload_folder(tmp_path / "chest")
+        harness.orthanc.upload_folder(tmp_path / "coded")
         t_uploaded = time.monotonic()
         record = harness.wait_for_analysis(uid, timeout_s=300)
         t_analysed = time.monotonic()
@@ -115,7 +124,14 @@ def test_stable_study_is_analysed_and_shown_in_patient_view(
             assert queries.study_by_uid(s, brain) is None  # notified (MR) but not lumbar: ignored
             assert queries.study_by_uid(s, chest) is None  # not MR: the Lua script did not notify
             jobs = s.scalars(sa.select(JobRecord)).all()
-        assert [j.payload["study_uid"] for j in jobs] == [uid]
+        # The coded study (its procedure code read from the instance headers by the Lua script) is
+        # usually stable a moment after the lumbar one: wait for its job too.
+        deadline = time.monotonic() + 30
+        while len(jobs) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with db.session(readonly=True) as s:
+                jobs = s.scalars(sa.select(JobRecord)).all()
+        assert sorted(j.payload["study_uid"] for j in jobs) == sorted([uid, coded])
 
         # The poller reads the same stable study from /changes: intake is idempotent, still one job.
         poller = ChangePoller(
@@ -126,7 +142,7 @@ def test_stable_study_is_analysed_and_shown_in_patient_view(
             report = poller.poll_once()
         assert load_cursor(db, "orthanc") == report.cursor > 0
         with db.session(readonly=True) as s:
-            assert s.scalar(sa.select(sa.func.count()).select_from(JobRecord)) == 1
+            assert s.scalar(sa.select(sa.func.count()).select_from(JobRecord)) == 2
 
         # The command operators run: from the stored cursor there is nothing new.
         monkeypatch.setenv("CDS_DATABASE_URL", harness.settings.resolved_database_url)
