@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, send_file, url_for
+from werkzeug.exceptions import HTTPException
 
 from cds.signing import (
     STUDY_LIST_SUBJECT,
@@ -110,6 +111,44 @@ def _verify(token: str, purpose: LinkPurpose = LinkPurpose.VIEWER) -> str:
 @bp.errorhandler(_LinkRejected)
 def _rejected(exc: _LinkRejected) -> tuple[str, int]:
     return exc.page
+
+
+def _machine_reader() -> bool:
+    """Images and JSON endpoints keep the app's OperationOutcome errors; pages get an HTML page."""
+    return request.path.endswith(".png") or request.path.endswith("/status") or _wants_json()
+
+
+#: Routing errors (unknown path, wrong method) never reach a blueprint's handlers; these are the
+#: statuses a viewer route itself raises.
+_HTTP_TEXT = {
+    403: "This request was refused. Open the card in the EHR again.",
+    404: "There is nothing at this address. Open the card in the EHR again.",
+}
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Any:
+    from cds.weberrors import handle_http_error
+
+    if _machine_reader() or (exc.code or 500) == 413:
+        return handle_http_error(exc)
+    status = exc.code or 500
+    return _error_page(status, exc.name, _HTTP_TEXT.get(status, "The request could not be completed."))
+
+
+@bp.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Any:
+    """A clear page instead of JSON or a stack trace; logged the app's way (where, never what)."""
+    from cds.weberrors import handle_unexpected
+
+    logged = handle_unexpected(exc)
+    if _machine_reader():
+        return logged
+    return _error_page(
+        500,
+        "Something went wrong",
+        "The page could not be shown; the error has been logged. Please try again, or reopen the card.",
+    )
 
 
 def _same_origin_post() -> None:
