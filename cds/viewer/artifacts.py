@@ -99,7 +99,7 @@ class DrawnMeasurement:
         return {
             "name": self.name.value,
             "side": self.side.value if self.side else None,
-            "value": round(float(self.value), 4),
+            "value": float(self.value),  # unrounded: the label must print exactly as the table does
             "row": int(self.row),
             "points": [[round(float(r), 2), round(float(c), 2)] for r, c in self.points],
         }

@@ -31,7 +31,7 @@ from cds.viewer import artifacts as art
 #: Overlays are drawn at this multiple of the base image's display size.
 OVERLAY_SCALE = 2
 #: Part of every cached file name: a drawing change must not serve PNGs rendered the old way.
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 #: Base images smaller than this (longest side, px) are upsampled for display.
 MIN_DISPLAY_PX = 320
 
@@ -101,9 +101,10 @@ SHORT_NAMES = {
 
 
 def short_value(name: MeasurementName, value: float) -> str:
-    if name.unit == "1":
-        return f"{value * 100:.0f} %"
-    return f"{value:.1f} {name.unit.replace('mm2', 'mm²')}"
+    """Printed exactly as the report's tables print it (one formatter for both)."""
+    from cds.viewer.page import format_measurement
+
+    return format_measurement(name, value)
 
 
 def measurement_colour(m: art.DrawnMeasurement) -> tuple[int, int, int]:

@@ -9,6 +9,7 @@ from cds.domain import AnalysisResult, AnalysisStatus, MeasurementName
 from cds.store import queries
 from cds.viewer import artifacts as art
 from cds.viewer.capture import recorder_for
+from cds.viewer.page import format_measurement
 
 
 def _result(study: AnalysedStudy) -> AnalysisResult:
@@ -56,6 +57,8 @@ def test_drawn_measurements_are_the_stored_values(analysed_study: AnalysedStudy)
                 if f.level is level and m.name in f.measurements and f.condition.side == m.side
             ]
             assert any(abs(v - m.value) < 1e-3 for v in values)
+            # Printed the same way in the picture's label and in the table (no rounding drift).
+            assert any(format_measurement(m.name, v) == format_measurement(m.name, m.value) for v in values)
             h, w = px.sac.shape[1:]
             for r, c in m.points:
                 assert -1 <= r <= h and -1 <= c <= w
