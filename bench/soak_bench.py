@@ -10,10 +10,11 @@ database (or --database-url). For --duration seconds (default 600) the bench dri
   duplicate, as Orthanc and the poller both do); the study's images are registered beforehand with
   their local folder as source, so this soak exercises the trigger and the queue, not DICOMweb
   retrieval (bench/pacs_trigger_bench.py measures that against Orthanc);
-- a feedback client: one CDS Hooks feedback POST every --feedback-every s (unique card uuids).
+- a feedback client: one CDS Hooks feedback POST every --feedback-every s, each on a different
+  card the service returned (the service accepts feedback only on cards it issued).
 Then it waits for the queue to drain and checks that nothing was lost or doubled: every notified
-study has exactly one analysis, finished, made by exactly one job run once; every acknowledged
-feedback is stored once. RSS of every server process (gunicorn master and workers, Celery main
+study has exactly one analysis, finished, made by exactly one job run once; every feedback post
+is accepted (200) and stored once. RSS of every server process (gunicorn master and workers, Celery main
 and pool child, Redis) is sampled after the warm-up (--warmup s, default 60) and at the end;
 target: growth < 10 %. Hook latency p50/p95/p99 and errors, and `uptime` before and after.
 
@@ -70,6 +71,7 @@ class Tally:
     feedback_status: Counter[int] = field(default_factory=Counter)
     feedback_sent: list[str] = field(default_factory=list)
     notified: list[BenchStudy] = field(default_factory=list)
+    cards: list[str] = field(default_factory=list)  # uuids of cards the service returned
     duplicates: int = 0
 
 
@@ -173,14 +175,20 @@ def main() -> int:
                     }  # fmt: skip
                     headers = {"Authorization": "Bearer " + key.token(base + path)}
                     t0 = time.perf_counter()
+                    cards: list[str] = []
                     try:
-                        status = session.post(base + path, json=body, headers=headers, timeout=30).status_code
-                    except requests.RequestException:
+                        response = session.post(base + path, json=body, headers=headers, timeout=30)
+                        status = response.status_code
+                        if status == 200:
+                            cards = [c["uuid"] for c in response.json().get("cards", []) if "uuid" in c]
+                    except (requests.RequestException, ValueError):
                         status = 0
                     ms = (time.perf_counter() - t0) * 1000
                     with tally.lock:
                         tally.hook_ms.append(ms)
                         tally.hook_status[status] += 1
+                        tally.cards.extend(cards[:1])
+                        del tally.cards[:-1000]  # keep the newest
                     time.sleep(args.hook_pause)
 
             def notifier() -> None:
@@ -219,7 +227,11 @@ def main() -> int:
                 session = requests.Session()
                 path = f"/cds-services/{SERVICE}/feedback"
                 while not stop.is_set():
-                    card = str(uuid.uuid4())
+                    with tally.lock:  # feedback only on a card the service issued, each card once
+                        card = tally.cards.pop() if tally.cards else None
+                    if card is None:
+                        stop.wait(0.1)
+                        continue
                     body = {"feedback": [{"card": card, "outcome": "overridden",
                                           "outcomeTimestamp": datetime.now(UTC).isoformat()}]}  # fmt: skip
                     headers = {"Authorization": "Bearer " + key.token(base + path)}
@@ -351,7 +363,10 @@ def main() -> int:
         ("no hook errors", set(tally.hook_status) <= {200}),
         ("every notification accepted", set(tally.notify_status) <= {202}),
         ("every notified study analysed exactly once", not problems),
-        ("every feedback stored once", not lost),
+        (
+            "every feedback accepted and stored once",
+            bool(tally.feedback_sent) and set(tally.feedback_status) <= {200} and not lost,
+        ),
         ("RSS growth < 10 % per process", all(g < 10 for g in growths)),
     ]
     print()

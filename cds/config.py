@@ -74,6 +74,7 @@ class Settings:
     job_lease_s: float = 120.0  # a running job whose heartbeat is older than this is taken over
     job_retry_delay_s: float = 5.0  # back-off after the n-th failed attempt: n * this
     broker_visibility_timeout_s: float = 3600.0  # Redis redelivers an unacknowledged message after this
+    job_max_memory_mb: int = 0  # Celery: replace a pool process after a job leaves it above this RSS; 0 = off
     dicom_dir: Path | None = None  # default: data_dir / "dicom"
     dicomweb_url: str = ""
     dicomweb_username: str = ""
@@ -166,6 +167,8 @@ class Settings:
         ):
             if v := env.get(name):
                 kw[attr] = _positive(v, name)
+        if v := env.get("CDS_JOB_MAX_MEMORY_MB"):
+            kw["job_max_memory_mb"] = _int(v, "CDS_JOB_MAX_MEMORY_MB")
         if v := env.get("CDS_DICOM_DIR"):
             kw["dicom_dir"] = Path(v)
         if v := env.get("CDS_DICOMWEB_URL"):

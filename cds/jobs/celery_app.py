@@ -69,10 +69,18 @@ def celery_config(settings: Settings) -> dict[str, object]:
     }
 
 
+def memory_limit(settings: Settings) -> dict[str, object]:
+    """worker_max_memory_per_child (KiB) when CDS_JOB_MAX_MEMORY_MB is set: a pool process whose
+    resident memory is above it after a job is replaced by a fresh one (bounds allocator growth)."""
+    if settings.job_max_memory_mb > 0:
+        return {"worker_max_memory_per_child": settings.job_max_memory_mb * 1024}
+    return {}
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured for `settings` (no tasks registered: the worker adds its task)."""
     from celery import Celery
 
     app = Celery("cds", set_as_current=False)
-    app.conf.update(celery_config(settings))
+    app.conf.update(celery_config(settings), **memory_limit(settings))
     return app

@@ -193,3 +193,25 @@ def test_cds_worker_refuses_options_the_backend_cannot_honour(
     assert main(["worker", "--kinds", "analyze,dream"]) == 2
     assert "--kinds" in capsys.readouterr().err
     assert main(["worker", "--threads", "0"]) == 2
+
+
+def test_celery_settings_follow_cds_settings() -> None:
+    from cds.jobs.celery_app import make_celery
+
+    settings = Settings.from_env(
+        {
+            "CDS_BROKER_URL": "redis://broker:6379/3",
+            "CDS_JOB_SOFT_TIME_LIMIT_S": "30",
+            "CDS_JOB_TIME_LIMIT_S": "40",
+            "CDS_BROKER_VISIBILITY_TIMEOUT_S": "900",
+            "CDS_JOB_MAX_MEMORY_MB": "1500",
+        }
+    )
+    conf = make_celery(settings).conf
+    assert conf.broker_url == "redis://broker:6379/3"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert (conf.task_soft_time_limit, conf.task_time_limit) == (30.0, 40.0)
+    assert conf.broker_transport_options["visibility_timeout"] == 900.0
+    assert conf.worker_max_memory_per_child == 1500 * 1024
+    assert conf.task_ignore_result is True  # results live in the database
