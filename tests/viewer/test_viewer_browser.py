@@ -113,6 +113,8 @@ def page(browser_context: Any, live: Live) -> Iterator[Any]:
 
 def _shot(page: Any, name: str, full_page: bool = True) -> Path:
     path = SCREENSHOTS / f"{name}.png"
+    if full_page:
+        _load_all_images(page)
     page.screenshot(path=str(path), full_page=full_page)
     return path
 
@@ -175,6 +177,16 @@ def _until(page: Any, selector: str, predicate: str, timeout_s: float = 30.0) ->
         time.sleep(0.25)
 
 
+def _load_all_images(page: Any, timeout_s: float = 60.0) -> None:
+    """Make lazy images load now (full-page screenshots and PDFs do not scroll) and wait for them."""
+    page.evaluate("document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
+    deadline = time.monotonic() + timeout_s
+    check = "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+    while not page.evaluate(check):
+        assert time.monotonic() < deadline, "images did not load"
+        time.sleep(0.25)
+
+
 def _rendered(page: Any, selector: str) -> bool:
     return bool(page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0"))
 
@@ -201,6 +213,8 @@ def test_report_table_images_and_overlay_toggles(page: Any, live: Live) -> None:
     assert _rendered(page, ".sagittal img.base")
     for img in page.locator(".sagittal img.overlay").all():
         assert img.evaluate("i => i.complete && i.naturalWidth > 0")
+    assert page.locator(".axial-panel img.base[loading=lazy]").count() > 0  # below the fold: on demand
+    _load_all_images(page)
     _shot(page, "report")
     _shot(page, "report-top", full_page=False)
     _readme_shot(page)
@@ -235,6 +249,7 @@ def test_report_table_images_and_overlay_toggles(page: Any, live: Live) -> None:
         before = panel.locator("img.base").get_attribute("src")
         button = panel.locator(".slice-next") if not panel.locator(".slice-next").is_disabled() else None
         button = button or panel.locator(".slice-prev")
+        panel.scroll_into_view_if_needed()
         button.click()
         assert panel.locator("img.base").get_attribute("src") != before
         _until(page, ".axial-panel img.base", "i => i.complete && i.naturalWidth > 0")
@@ -351,6 +366,7 @@ def test_print_layout_keeps_images_and_drops_controls(page: Any, live: Live) -> 
         assert page.locator(".toolbar").is_hidden()
         assert page.locator(".overlay-toggle").first.is_hidden()
         assert page.locator(".feedback details").first.is_hidden()
+        _load_all_images(page)
         _shot(page, "report-print")
         pdf = SCREENSHOTS / "report-print.pdf"
         page.pdf(path=str(pdf), print_background=True)

@@ -166,6 +166,11 @@
     if (field) { field.focus({ preventScroll: true }); }
   }
 
+  // Lazy images (levels below the fold) must all be there on paper.
+  window.addEventListener("beforeprint", function () {
+    each("img[loading=lazy]", function (img) { img.loading = "eager"; });
+  });
+
   each(".print-link", function (link) {
     link.addEventListener("click", function (event) { event.preventDefault(); window.print(); });
   });
