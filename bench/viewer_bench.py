@@ -114,7 +114,7 @@ def main() -> int:
         )
         cached = len(list(render_dir.glob("*.png")))
         print(
-            f"every layer of one page (axial ones load lazily): {total / 1024:.0f} KiB ({cached} PNGs cached); "
+            f"every layer of a page (axial ones load lazily): {total / 1024:.0f} KiB, {cached} PNGs cached; "
             f"reload with 304s: {revalidate} bytes of images"
         )
     finally:
