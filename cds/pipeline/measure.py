@@ -549,6 +549,13 @@ UNNARROWED_AXIAL_FORAMEN_MM2: dict[str, float] = {
 #: quarters of its widest axial cross-section.
 FORAMEN_RATIO_INTERCEPT = -0.669
 FORAMEN_RATIO_SLOPE = 1.325
+#: Whether the estimate may be reported. False for axial_seg 1.0.0: on the generator's truth labels
+#: the widest axial cross-section tracks the ratio (corr 0.72, MAE 0.14 after the linear map, 400
+#: foramina), but the network's foramen class does not (it segments 80-200 mm2 where the truth has
+#: 30-100 mm2; corr 0.00, MAE 0.43 on 200 foramina, bench/foramen_calibration.py). A number known
+#: not to track the anatomy must not decide a grade or be shown, so foraminal findings stay graded
+#: by the learned model (flagged uncertain) until a retrained axial model passes the calibration.
+FORAMEN_RATIO_VALIDATED = False
 
 
 def axial_foramen_areas(

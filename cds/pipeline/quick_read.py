@@ -204,8 +204,8 @@ def measure_level(
 ) -> LevelMeasurements:
     """DSCA and AP diameter on the narrowest slice, lateral recess depth per side (narrowest
     slice through the disc), foraminal area ratio per side (widest axial foramen cross-section
-    against the level's unnarrowed reference, see :func:`cds.pipeline.measure.foramen_ratio_from_axial`),
-    disc height from the sagittal stage."""
+    against the level's unnarrowed reference, see :func:`cds.pipeline.measure.foramen_ratio_from_axial`;
+    only while ``measure.FORAMEN_RATIO_VALIDATED``), disc height from the sagittal stage."""
     spacing = seg.label_spacing_mm
     sac = seg.mask(ax.SAC)
     disc = seg.mask(ax.DISC)
@@ -240,6 +240,9 @@ def measure_level(
         )
     foramen = seg.mask(ax.FORAMEN)
     for side, condition in ((Side.LEFT, Condition.LEFT_FORAMINAL), (Side.RIGHT, Condition.RIGHT_FORAMINAL)):
+        if not ms.FORAMEN_RATIO_VALIDATED:  # see the constant: not reported until it tracks the truth
+            groups[condition] = ()
+            continue
         ratio = ms.foramen_ratio_from_axial(foramen, sac, spacing, side, level.value if level else None)
         groups[condition] = (_with_native_slice(ratio, seg),)
     return LevelMeasurements(groups)

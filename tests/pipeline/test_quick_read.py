@@ -227,3 +227,23 @@ def test_central_block_is_clamped_to_the_stack() -> None:
     assert list(qr.central_block(2, half_width=3)) == [0, 1]
     assert list(qr.central_block(3)) == [0, 1, 2]
     assert list(qr.central_block(1)) == [0]
+
+
+def test_foraminal_ratio_is_reported_only_once_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cds.pipeline import measure as ms
+
+    volume = axial_volume(0.0)
+    seg = fake_axial_seg(volume, (1, 2, 3), (6.0, 9.0))
+    labels = seg.labels.copy()
+    labels[:, 150:170, 250:270] = ax.FORAMEN  # patient left: high columns of the canonical grid
+    seg = ax.AxialSegmentation(seg.images, seg.probs, labels, seg.slice_indices, seg.frames)
+    monkeypatch.setattr(ms, "FORAMEN_RATIO_VALIDATED", False)
+    hidden = qr.measure_level(seg, None, Level.L4_L5).by_condition
+    assert hidden[Condition.LEFT_FORAMINAL] == () and hidden[Condition.RIGHT_FORAMINAL] == ()
+    monkeypatch.setattr(ms, "FORAMEN_RATIO_VALIDATED", True)
+    shown = qr.measure_level(seg, None, Level.L4_L5).by_condition
+    (left,) = shown[Condition.LEFT_FORAMINAL]
+    (right,) = shown[Condition.RIGHT_FORAMINAL]
+    assert left.name is MeasurementName.FORAMINAL_AREA_RATIO and left.reliable and left.value > 0
+    assert left.provenance.slice_index in (1, 2, 3)  # native slice index, not the row
+    assert not right.reliable  # no foramen drawn on the right
