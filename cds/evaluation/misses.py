@@ -65,14 +65,16 @@ def _classification_note(c: Condition, metrics: Mapping[str, Any]) -> str:
         f"{at.get('threshold')}: sensitivity {_pct(at.get('sensitivity'))}, specificity "
         f"{_pct(at.get('specificity'))}; ECE {_f(cl.get('ece'))}."
     )
-    if at.get("specificity") is not None and at["specificity"] < 0.2:
-        text += " The classifier calls nearly every level positive: its scores barely separate the classes."
-    if (
-        correct.get("auroc") is not None
-        and cl.get("auroc") is not None
-        and correct["auroc"] - cl["auroc"] > 0.03
-    ):
-        text += " Mislabelled levels cost a visible part of the AUROC."
+    auc, auc_ok = cl.get("auroc"), correct.get("auroc")
+    if auc is not None and auc < 0.6:
+        text += " That is close to chance (0.5): the classifier's P(present) does not rank the levels."
+    elif at.get("specificity") is not None and at["specificity"] < 0.2:
+        text += " At the threshold nearly every level is called positive."
+    if auc is not None and auc_ok is not None:
+        if auc_ok - auc > 0.03:
+            text += " Mislabelled levels cost a visible part of the AUROC."
+        else:
+            text += " Level labelling errors do not explain the miss (same figure on correct levels)."
     return text
 
 
@@ -100,12 +102,25 @@ def _measurement_note(name: str, metrics: Mapping[str, Any]) -> str:
     correct = ms.get("correct_levels_only") or {}
     bias = ms.get("bias")
     direction = "" if bias is None else (" (over-estimates)" if bias > 0 else " (under-estimates)")
-    return (
+    text = (
         f"{name}: MAE {_f(ms.get('mae'), 2)}, median {_f(ms.get('median_ae'), 2)}, 90th percentile "
         f"{_f(ms.get('p90_ae'), 2)}, bias {_f(bias, 2)}{direction}, n={ms.get('n')}; on correctly "
-        f"identified levels MAE {_f(correct.get('mae'), 2)} (n={correct.get('n')}). A level read at the "
-        "wrong disc compares a different anatomy, which inflates the tail."
+        f"identified levels MAE {_f(correct.get('mae'), 2)} (n={correct.get('n')})."
     )
+    mae, mae_ok = ms.get("mae"), correct.get("mae")
+    if mae is not None and mae_ok is not None:
+        if mae_ok < 0.8 * mae:
+            text += " Levels read at the wrong disc (a different anatomy) inflate the error."
+        else:
+            text += " The error remains on correctly identified levels: it comes from the axial masks."
+    sac = (((metrics.get("segmentation") or {}).get("synthetic_axial") or {}).get("dural_sac") or {}).get(
+        "mean"
+    )
+    if sac is not None:
+        text += f" Axial dural sac Dice: {_f(sac)}."
+    if (ms.get("p90_ae") or 0) > 2 * (ms.get("median_ae") or 0) > 0:
+        text += " A minority of gross errors (90th percentile > twice the median) dominates the mean."
+    return text
 
 
 def explain_misses(metrics: Mapping[str, Any], verdicts: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -142,13 +157,21 @@ def explain_misses(metrics: Mapping[str, Any], verdicts: list[dict[str, Any]]) -
                 f"{k} {_pct((r or {}).get('rate'))}"
                 for k, r in dict(fa.get("pointing_game_by_condition") or {}).items()
             )
+            dl = fa.get("deletion") or {}
+            e2e = (fa.get("pointing_game_end_to_end") or {}).get("rate")
             why = (
-                f"By condition: {by}. Skipped findings: {fa.get('skipped')}. "
-                "Labelling errors move the heatmap to the wrong level."
+                f"Heatmaps of truth-positive findings on the crop of the true level; by condition: {by}. "
+                f"At the level the pipeline named (end to end): {_pct(e2e)}. Deletion check holds for "
+                f"{_pct((dl.get('holds') or {}).get('rate'))} (mean drop of P(present) when the top region "
+                f"is removed {_f(dl.get('mean_drop_top'))} vs a random region "
+                f"{_f(dl.get('mean_drop_random'))}). "
+                f"Skipped findings: {fa.get('skipped')}."
             )
+            if ((dl.get("holds") or {}).get("rate") or 1.0) < 0.5:
+                why += " The maps do not mark what drives the score, so they cannot point at the cause."
         else:
             why = "See the section of this figure."
-        out.append({"target": v["target"], "measured": str(v["measured"]), "wanted": v["wanted"], "why": why})
+        out.append({"target": v["target"], "measured": _f(v["measured"]), "wanted": v["wanted"], "why": why})
     if lookup(metrics, ("measurements", "foraminal_area_ratio", "n")) in (None, 0.0):
         out.append(
             {
