@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 RGB = tuple[int, int, int]
 
@@ -74,7 +74,7 @@ def triptych(
     colours: Mapping[int, RGB],
     marks: Sequence[Mark] = (),
     title: str = "",
-    height: int = 220,
+    height: int = 260,
 ) -> Image.Image:
     """[image | prediction | truth], scaled to ``height`` pixels; marks go on the prediction panel."""
     shape = image.shape[:2]
@@ -93,10 +93,13 @@ def triptych(
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((2, 1), title, fill=(0, 0, 0))
+    font = ImageFont.load_default(size=11)
     for m in marks:
-        x = width + GAP_PX + m.col * scale
-        y = top + m.row * scale
-        draw.text((x + 4, y - 5), m.text, fill=(0, 255, 0) if m.correct else (255, 40, 40))
+        x = width + GAP_PX + m.col * scale + 4
+        y = top + m.row * scale - 6
+        box = draw.textbbox((x, y), m.text, font=font)
+        draw.rectangle(box, fill=(0, 0, 0))  # dark backing: the name stays legible on any tissue
+        draw.text((x, y), m.text, fill=(0, 255, 0) if m.correct else (255, 60, 60), font=font)
     for i, name in enumerate(("image", "pipeline", "truth")):
         draw.text((i * (width + GAP_PX) + 3, top + height - 12), name, fill=(255, 255, 0))
     return canvas
