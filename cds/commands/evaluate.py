@@ -43,6 +43,11 @@ def register(subparsers: Any) -> None:
         type=int,
         help="Grad-CAM faithfulness on the first N studies only (default: all; 0: skip)",
     )
+    p.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="recompute the segmentations even when the U-Nets did not change",
+    )
     p.add_argument("--commit", help="git commit of the code when run from an exported snapshot (recorded)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(handler=run)
@@ -56,6 +61,8 @@ def describe(args: argparse.Namespace) -> str:
         if value is not None:
             parts += [flag, str(value)]
     parts += ["--workers", str(args.workers)]
+    if args.no_replay:
+        parts.append("--no-replay")
     if args.explain_n is not None:
         parts += ["--explain-n", str(args.explain_n)]
     return shlex.join(parts)
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command=describe(args),
         commit=args.commit,
+        replay=not args.no_replay,
     )
     try:
         metrics = run_evaluation(cfg)

@@ -56,6 +56,7 @@ class EvaluationConfig:
     progress: bool = True
     command: str = "cds evaluate"
     commit: str | None = None  # the code's git commit when run from an exported snapshot
+    replay: bool = True  # reuse segmentation outputs of earlier runs (cds.evaluation.replay)
 
     @property
     def cache_root(self) -> Path:
@@ -158,13 +159,17 @@ class Job:
     models_dir: str | None
     overlay_dir: str
     faithfulness: bool
+    replay_dir: str | None
 
 
 def _run_job(job: Job) -> tuple[Job, Any]:
     from cds.evaluation.study import evaluate_study
 
     models_dir = Path(job.models_dir) if job.models_dir else None
-    return job, evaluate_study(Path(job.folder), models_dir, Path(job.overlay_dir), job.faithfulness)
+    replay_dir = Path(job.replay_dir) if job.replay_dir else None
+    return job, evaluate_study(
+        Path(job.folder), models_dir, Path(job.overlay_dir), job.faithfulness, replay_dir
+    )
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
@@ -179,6 +184,7 @@ def run_jobs(
     cfg: EvaluationConfig,
     cache: RecordCache,
     explain_cache: RecordCache,
+    replay: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
     """Every study's record and the faithfulness report of the ``explain`` studies, from the
     cache where present, else computed (in ``cfg.workers`` processes) and cached as they finish."""
@@ -195,7 +201,9 @@ def run_jobs(
             blobs[t.name] = blob
         if got is None or (t.name in wanted and blob is None):
             jobs.append(
-                Job(t.name, str(t.folder), _opt(cfg.models_dir), str(cache.overlays), t.name in wanted)
+                Job(
+                    t.name, str(t.folder), _opt(cfg.models_dir), str(cache.overlays), t.name in wanted, replay
+                )
             )
 
     def keep(job: Job, result: Any) -> None:
@@ -376,6 +384,15 @@ def gallery(
 # ----------------------------------------------------------------------------------------------
 
 
+def _replay_note(records: Sequence[Mapping[str, Any]]) -> str:
+    hits = sum(int((r.get("replay") or {}).get("hits", 0)) for r in records)
+    computed = sum(int((r.get("replay") or {}).get("computed", 0)) for r in records)
+    return (
+        f"{hits} segmentation calls replayed from an earlier run with the same U-Net weights, {computed} "
+        "computed (cds.evaluation.replay; all later stages ran live)"
+    )
+
+
 def _git_head() -> str | None:
     """The commit of the checkout this code runs from, when it is a git checkout."""
     import subprocess
@@ -430,7 +447,12 @@ def run_evaluation(cfg: EvaluationConfig) -> dict[str, Any]:
     explain = [t.name for t in (truths if cfg.explain_n is None else truths[: cfg.explain_n])]
     if explanation.faithfulness_available() is not None:
         explain = []
-    records, blobs = run_jobs(truths, explain, cfg, pipeline_cache, explain_cache)
+    replay_dir = None
+    if cfg.replay:
+        from cds.evaluation.replay import replay_key
+
+        replay_dir = str(cfg.cache_root / "replay" / replay_key(shas))
+    records, blobs = run_jobs(truths, explain, cfg, pipeline_cache, explain_cache, replay_dir)
 
     spider_code = code_digest("cds.pipeline.segment", "cds.ml", "cds.evaluation.spider")
     spider_cache = RecordCache(cfg.cache_root, models_key(shas, ("sagittal_seg",), spider_code))
@@ -452,7 +474,11 @@ def run_evaluation(cfg: EvaluationConfig) -> dict[str, Any]:
         "generated_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": cfg.command,
         "models": {k: {"version": v["version"], "sha256": v["sha256"]} for k, v in cards.items()},
-        "code": {"commit": cfg.commit or _git_head(), "pipeline_code_digest": pipeline_code},
+        "code": {
+            "commit": cfg.commit or _git_head(),
+            "pipeline_code_digest": pipeline_code,
+            "segmentation_replay": _replay_note(records) if cfg.replay else "off",
+        },
         "data": {
             "folder": str(cfg.data),
             "n_studies": len(truths),

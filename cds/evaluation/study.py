@@ -24,6 +24,7 @@ from cds.errors import CdsError, ModelError
 from cds.evaluation import overlays
 from cds.evaluation.metrics import OverlapCounts
 from cds.evaluation.recorder import StageRecord, recording_stages
+from cds.evaluation.replay import StageStore, replaying_stages
 from cds.evaluation.truth import StudyTruth, read_truth
 
 if TYPE_CHECKING:
@@ -269,7 +270,11 @@ class StudyResult:
 
 
 def evaluate_study(
-    study_dir: Path, models_dir: Path | None, overlay_dir: Path, faithfulness: bool = False
+    study_dir: Path,
+    models_dir: Path | None,
+    overlay_dir: Path,
+    faithfulness: bool = False,
+    replay_dir: Path | None = None,
 ) -> StudyResult:
     """Run quick_read on one generated study and compare it with its truth (one JSON record);
     with ``faithfulness`` the same read is traced for Grad-CAM and scored against the causes.
@@ -294,7 +299,9 @@ def evaluate_study(
         rec.update(status="failed", error=f"{type(exc).__name__}: {exc.message}")
         return StudyResult(rec, pickle.dumps(("failed", "study_failed:unreadable")) if faithfulness else None)
     load_ms = (time.perf_counter() - start) * 1000.0
-    stages, record = recording_stages(DEFAULT_STAGES)
+    store = StageStore.load(replay_dir / f"{truth.name}.pkl") if replay_dir is not None else None
+    base = replaying_stages(DEFAULT_STAGES, store) if store is not None else DEFAULT_STAGES
+    stages, record = recording_stages(base)
     scores: bytes | None = None
     try:
         if faithfulness:
@@ -323,6 +330,9 @@ def evaluate_study(
             analysis=analysis.to_json(),
             levels=compare_findings(truth, analysis, record),
         )
+    if store is not None:
+        store.save()
+        rec["replay"] = {"hits": store.hits, "computed": store.added}
     original = study.sagittal_t2 if record.sagittal() is not None else None
     oriented = _oriented_truth(truth, original) if original is not None else None
     if oriented is not None:

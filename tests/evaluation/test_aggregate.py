@@ -124,7 +124,7 @@ def metrics_for(recs: list[dict[str, Any]]) -> dict[str, Any]:
         "runtime_s": 1.0,
         "machine": {"cpus": 2, "load_start": "1", "load_end": "1"},
         "models": {"classifier": {"version": "1.0.0", "sha256": "ab" * 32}},
-        "code": {"commit": "abc", "pipeline_code_digest": "def"},
+        "code": {"commit": "abc", "pipeline_code_digest": "def", "segmentation_replay": "off"},
         "data": {
             "folder": "/data",
             "n_studies": 2,

@@ -103,6 +103,17 @@ def test_evaluate_writes_metrics_and_report_then_reuses_the_cache(
     assert [p.stat().st_mtime_ns for p in cached] == stamps  # served from the cache, not recomputed
     assert json.loads((out / "metrics.json").read_text())["data"]["n_studies"] == 1
 
+    # Without the records (e.g. a new classifier), the segmentations are replayed, the rest is live
+    first = json.loads(cached[0].read_text())
+    assert first["replay"]["computed"] >= 2 and first["replay"]["hits"] == 0
+    for p in cached:
+        p.unlink()
+    assert main([*argv, "--n", "1"]) == 0
+    again = json.loads(cached[0].read_text())
+    assert again["replay"]["hits"] == first["replay"]["computed"] and again["replay"]["computed"] == 0
+    assert again["analysis"]["levels"] == first["analysis"]["levels"]
+    assert again["sagittal_overlap"] == first["sagittal_overlap"]
+
 
 def test_missing_data_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["evaluate", "--out", str(tmp_path / "o"), "--data", str(tmp_path / "nope"), "--no-spider"])
