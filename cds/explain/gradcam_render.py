@@ -26,6 +26,8 @@ MAX_ALPHA = 0.55
 MIN_IMAGE_PX = 384
 HEADER_PX = 44
 LEGEND_PX = 70
+#: zlib level for the PNG: 1 is ~10x faster to encode than the default 6 for ~15 % larger files.
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -119,5 +121,5 @@ def render_overlay(
     draw.text((bar_x1 + 3, (bar_top + bar_bottom) / 2 - 6), "rel.", fill=(190, 190, 190), font=small)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path, format="PNG", optimize=False)
+    canvas.save(out_path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return out_path
