@@ -14,9 +14,8 @@ through the Referer header) and a Content-Security-Policy allowing only this ori
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, send_file, url_for
@@ -30,7 +29,9 @@ from cds.signing import (
     LinkSigner,
     sign_viewer_token,
 )
-from cds.viewer.page import ReportPage, build_report_page
+
+if TYPE_CHECKING:
+    from cds.viewer.report_view import ReportView
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
@@ -171,77 +172,15 @@ def _wants_json() -> bool:
 # --- the report -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ReportContext:
-    page: ReportPage
-    images: Any
-    explanation: Any
-    feedback: dict[str, Any] = field(default_factory=dict)
-    card_feedback: tuple[Any, ...] = ()
-    targets: frozenset[str] = frozenset()
+def load_context(analysis_id: str, card_uuid: str | None) -> ReportView | None:
+    from cds.viewer.report_view import load_report_view
 
-
-def load_page(analysis_id: str) -> ReportPage | None:
-    """The report page of a stored analysis, or None when there is no such analysis."""
-    from cds.store import queries
-
-    with _services().db.session(readonly=True) as session:
-        record = queries.get_analysis(session, analysis_id)
-        if record is None:
-            return None
-        return _page_of(record)
-
-
-def _page_of(record: Any) -> ReportPage:
-    study = record.study
-    return build_report_page(
-        record.to_result(),
-        analysis_id=record.id,
-        mode=record.mode,
-        patient_ref=study.patient_ref,
-        study_date=study.study_date,
-        study_description=study.description,
-        analysed_at=record.finished_at,
-    )
-
-
-def _images(analysis_id: str, complete: bool) -> Any:
-    from cds.viewer import artifacts as art
-    from cds.viewer.imaging import build_images
-
-    if not complete:
-        return build_images(None, "Images are shown once the analysis is complete.")
-    try:
-        manifest = art.read_manifest(art.viewer_dir(_services().settings.data_dir, analysis_id))
-    except art.ArtifactsMissing:
-        return build_images(
-            None, "No images were stored with this analysis (analysed before the viewer kept them)."
-        )
-    return build_images(manifest)
-
-
-def load_context(analysis_id: str, card_uuid: str | None) -> ReportContext | None:
-    from cds.domain import AnalysisStatus
-    from cds.store import queries
-    from cds.viewer import feedback as fb
-    from cds.viewer.explanation import build_view
-
-    with _services().db.session(readonly=True) as session:
-        record = queries.get_analysis(session, analysis_id)
-        if record is None:
-            return None
-        page = _page_of(record)
-        complete = record.status is AnalysisStatus.COMPLETE
-        grades = {f"{r.level.value}/{r.condition.value}": r.grade for r in record.findings}
-        explanation = build_view(record.explanation, grades, complete)
-        shown = fb.latest(session, analysis_id)
-        card_fb = fb.card_feedback(session, card_uuid)
-    targets = frozenset({fb.CARD_TARGET, *(f"{r.level.value}/{r.condition.value}" for r in page.rows)})
-    return ReportContext(page, _images(analysis_id, complete), explanation, shown, card_fb, targets)
+    svc = _services()
+    return load_report_view(svc.db, svc.settings.data_dir, analysis_id, card_uuid)
 
 
 def _render_report(
-    token: str, ctx: ReportContext, card: str | None, errors: dict[str, str] | None = None, form: Any = None
+    token: str, ctx: ReportView, card: str | None, errors: dict[str, str] | None = None, form: Any = None
 ) -> str:
     from cds.viewer.feedback import DisagreeReason
     from cds.viewer.imaging import PRESETS
@@ -369,6 +308,7 @@ def explain(token: str) -> Any:
     from cds.jobs.explanation import request_explanation
     from cds.store import queries
     from cds.viewer.explanation import build_view
+    from cds.viewer.report_view import grades_of
 
     analysis_id = _verify(token, LinkPurpose.EXPLAIN)
     svc = _services()
@@ -383,8 +323,8 @@ def explain(token: str) -> Any:
     with svc.db.session(readonly=True) as session:
         record = queries.get_analysis(session, analysis_id)
         assert record is not None
-        grades = {f"{r.level.value}/{r.condition.value}": r.grade for r in record.findings}
-        view = build_view(record.explanation, grades, analysis_status is AnalysisStatus.COMPLETE)
+        complete = analysis_status is AnalysisStatus.COMPLETE
+        view = build_view(record.explanation, grades_of(record), complete)
     return render_template(
         "explain.html",
         explanation=view,
@@ -405,15 +345,6 @@ def _png(path: Path) -> Response:
     return response
 
 
-def _preset(value: str | None) -> Any:
-    from cds.viewer.render import WindowPreset
-
-    try:
-        return WindowPreset(value or WindowPreset.STANDARD.value)
-    except ValueError:
-        abort(404)
-
-
 def _artifact_dir(analysis_id: str) -> Path:
     from cds.viewer.artifacts import viewer_dir
 
@@ -422,77 +353,23 @@ def _artifact_dir(analysis_id: str) -> Path:
 
 @bp.get("/viewer/<token>/img/sagittal/<layer>.png")
 def sagittal_png(token: str, layer: str) -> Any:
-    from cds.viewer import artifacts as art
-    from cds.viewer import render
+    from cds.viewer.layers import LayerNotFound, sagittal_layer
 
     directory = _artifact_dir(_verify(token))
     try:
-        manifest = art.read_manifest(directory)
-        if manifest.sagittal is None:
-            abort(404)
-        info = manifest.sagittal
-        cache = render.PngCache(directory / "render")
-        if layer == "base":
-            preset = _preset(request.args.get("wl"))
-            size = render.display_size(info.shape)
-            path = cache.get(
-                f"sag-base-{preset.value}",
-                lambda: render.base_png(art.read_sagittal(directory).image, preset, size),
-            )
-            return _png(path)
-        try:
-            overlay = render.Overlay(layer)
-        except ValueError:
-            abort(404)
-        if overlay not in render.SAGITTAL_OVERLAYS:
-            abort(404)
-        size = render.overlay_size(info.shape)
-        path = cache.get(
-            f"sag-{overlay.value}",
-            lambda: render.sagittal_overlay(overlay, art.read_sagittal(directory), info, size),
-        )
-        return _png(path)
-    except art.ArtifactsMissing:
+        return _png(sagittal_layer(directory, layer, request.args.get("wl")))
+    except LayerNotFound:
         abort(404)
 
 
 @bp.get("/viewer/<token>/img/axial/<level>/<int:row>/<layer>.png")
 def axial_png(token: str, level: str, row: int, layer: str) -> Any:
-    from cds.domain import Level
-    from cds.viewer import artifacts as art
-    from cds.viewer import render
+    from cds.viewer.layers import LayerNotFound, axial_layer
 
     directory = _artifact_dir(_verify(token))
     try:
-        lv = Level(level)
-    except ValueError:
-        abort(404)
-    try:
-        info = art.read_manifest(directory).axial.get(lv)
-        if info is None or not 0 <= row < len(info.slice_indices):
-            abort(404)
-        cache = render.PngCache(directory / "render")
-        if layer == "base":
-            preset = _preset(request.args.get("wl"))
-            size = render.display_size(info.image_shape)
-            path = cache.get(
-                f"ax-{lv.value}-{row}-base-{preset.value}",
-                lambda: render.base_png(art.read_axial(directory, lv).images[row], preset, size),
-            )
-            return _png(path)
-        try:
-            overlay = render.Overlay(layer)
-        except ValueError:
-            abort(404)
-        if overlay not in render.AXIAL_OVERLAYS:
-            abort(404)
-        size = render.overlay_size(info.image_shape)
-        path = cache.get(
-            f"ax-{lv.value}-{row}-{overlay.value}",
-            lambda: render.axial_overlay(overlay, art.read_axial(directory, lv), info, row, size),
-        )
-        return _png(path)
-    except art.ArtifactsMissing:
+        return _png(axial_layer(directory, level, row, layer, request.args.get("wl")))
+    except LayerNotFound:
         abort(404)
 
 

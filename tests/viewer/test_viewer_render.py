@@ -110,3 +110,24 @@ def test_png_cache_renders_once_and_refuses_bad_keys(tmp_path: Path) -> None:
     assert not list((tmp_path / "render").glob(".tmp-*"))
     with pytest.raises(ValueError):
         cache.get("../escape", draw)
+
+
+def test_layers_validate_and_render_once(tmp_path: Path) -> None:
+    from cds.viewer.layers import LayerNotFound, axial_layer, sagittal_layer
+
+    synthetic_artifacts(tmp_path, "a-1")
+    directory = art.viewer_dir(tmp_path, "a-1")
+    first = sagittal_layer(directory, "base", "contrast")
+    assert first.name == f"v{render.RENDER_VERSION}-sag-base-contrast.png"
+    assert sagittal_layer(directory, "base", "contrast") == first
+    assert axial_layer(directory, "L4-L5", 1, "measurements", None).is_file()
+    for bad in (
+        lambda: sagittal_layer(directory, "base", "lung"),
+        lambda: sagittal_layer(directory, "contour", None),  # an axial-only layer
+        lambda: axial_layer(directory, "L9-L9", 0, "base", None),
+        lambda: axial_layer(directory, "L4-L5", 2, "base", None),  # two slices only
+        lambda: axial_layer(directory, "L3-L4", 0, "base", None),  # no such level stored
+        lambda: sagittal_layer(art.viewer_dir(tmp_path, "a-2"), "base", None),  # no artifacts
+    ):
+        with pytest.raises(LayerNotFound):
+            bad()
