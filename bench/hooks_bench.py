@@ -363,7 +363,8 @@ def _inprocess_child(work: str, alg: str) -> None:
             data=body,
             headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/json"},
         )
-        if resp.status_code != 200 or not resp.get_json().get("cards"):
+        # A byte check, not get_json(): parsing the 80 kB answer would be counted as server CPU.
+        if resp.status_code != 200 or b'"cards":[{' not in resp.data:
             raise SystemExit(f"in-process reference failed: HTTP {resp.status_code}")
     print(1000 * (time.process_time() - cpu0) / (len(tokens) - INPROC_WARM))
 
