@@ -8,6 +8,10 @@ a level the pipeline did not find counts as wrong. Uncertain labellings are coun
 (the figure is over all levels; the flagged ones are listed with their reasons).
 
 Run:  .venv/bin/python bench/level_accuracy.py --data /tmp/pipe40 [--n 40] [--verbose]
+
+``--spider DIR`` (e.g. ../shared/data/spider-t2-sagittal) adds a check of the labelling logic alone
+on real anatomy: SPIDER's own masks (no network) have no per-level labels, so it counts the patients
+whose disc labelled L5-S1 is the lowest disc of the mask, and how many of the others are flagged.
 """
 
 from __future__ import annotations
@@ -38,13 +42,47 @@ def true_disc_name(truth: np.ndarray, names: dict[int, str], centroid: tuple[flo
     return Counter(discs).most_common(1)[0][0].removeprefix("disc_")
 
 
+def spider_check(root: Path) -> None:
+    """Labelling on SPIDER truth masks: is L5-S1 the lowest masked disc, and are misses flagged?"""
+    from PIL import Image
+    from scipy import ndimage
+
+    from cds.domain import Level
+    from cds.pipeline.levels import label_levels
+    from cds.pipeline.segment import SagittalMasks
+
+    spacing = (0.46875, 0.46875)  # SPIDER's nominal pixel spacing (series.csv)
+    right = flagged_misses = silent = 0
+    patients = sorted(p for p in root.iterdir() if p.is_dir())
+    for folder in patients:
+        m = np.stack([np.array(Image.open(f)) for f in sorted(folder.glob("slice*_mask.png"))])
+        labelling = label_levels(SagittalMasks(disc=m == 29, vertebra=m == 76, canal=m == 150), spacing)
+        comps, n = ndimage.label(m[m.shape[0] // 2] == 29)
+        rows = [np.nonzero(comps == i)[0].mean() for i in range(1, n + 1) if (comps == i).sum() > 100]
+        l5 = labelling.by_level().get(Level.L5_S1)
+        if l5 is not None and rows and abs(l5.centroid_voxel[1] - max(rows)) < 25:
+            right += 1
+        elif labelling.uncertain:
+            flagged_misses += 1
+        else:
+            silent += 1
+            print(f"SPIDER {folder.name}: L5-S1 not the lowest masked disc, not flagged")
+    print(
+        f"SPIDER truth masks: {len(patients)} patients, L5-S1 = lowest masked disc in {right}; "
+        f"otherwise flagged {flagged_misses}, silent {silent}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--n", type=int, default=0, help="studies to use (0: all)")
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--spider", type=Path, help="also check the labelling on SPIDER truth masks")
     args = parser.parse_args()
+    if args.spider:
+        spider_check(args.spider)
 
     from cds.dicom import load_study
     from cds.domain import Level
