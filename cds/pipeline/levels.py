@@ -52,6 +52,8 @@ BONE_REACH_MM = 6.0
 CHAIN_TOLERANCE_MM = 10.0
 #: ... times this for the cranial- and caudal-most discs (see _chain_inliers).
 END_TOLERANCE_FACTOR = 2.0
+#: A lowest disc longer than this multiple of the discs above is suspect (flagged, still counted).
+LONG_LOWEST_RATIO = 1.5
 #: A component shorter than this fraction of the median disc length is a fragment, not a disc.
 MIN_LENGTH_FRACTION = 0.5
 
@@ -319,6 +321,14 @@ def label_levels(masks: SagittalMasks, spacing_mm: tuple[float, float]) -> Level
         lumbar_median = float(np.median(heights[-5:-1]))
         if heights[-6] >= LUMBAR_HEIGHT_RATIO * lumbar_median:
             reasons.append("a lumbar-type disc above L1-L2: possible sixth lumbar vertebra")
+    if len(found) >= 4:
+        lengths = np.array([geometry_length(g) for g in found])
+        typical = float(np.median(lengths[-5:-1]))
+        if lengths[-1] > LONG_LOWEST_RATIO * typical:
+            reasons.append(
+                f"the lowest disc is {lengths[-1] / typical:.1f} times as long as the discs above: "
+                "it may be a merged or false region, check L5-S1"
+            )
     if len(discs) >= 3:
         rows = np.array([d.centroid_voxel[1] for d in discs]) * spacing[0]
         gaps = np.diff(rows)
