@@ -14,6 +14,7 @@ through the Referer header) and a Content-Security-Policy allowing only this ori
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -173,10 +174,12 @@ def _wants_json() -> bool:
 
 
 def load_context(analysis_id: str, card_uuid: str | None) -> ReportView | None:
+    from cds.signing import CardIdSigner
     from cds.viewer.report_view import load_report_view
 
     svc = _services()
-    return load_report_view(svc.db, svc.settings.data_dir, analysis_id, card_uuid)
+    card_ids = CardIdSigner(svc.settings.secret_key)
+    return load_report_view(svc.db, svc.settings.data_dir, analysis_id, card_uuid, card_ids)
 
 
 def _render_report(
@@ -207,11 +210,10 @@ def report(token: str) -> Any:
     from cds.viewer.feedback import valid_card_uuid
 
     analysis_id = _verify(token)
-    card = valid_card_uuid(request.args.get("card"))
-    ctx = load_context(analysis_id, card)
+    ctx = load_context(analysis_id, valid_card_uuid(request.args.get("card")))
     if ctx is None:
         return _not_found()
-    return _render_report(token, ctx, card)
+    return _render_report(token, ctx, ctx.card_uuid)
 
 
 @bp.post("/viewer/<token>/feedback")
@@ -220,10 +222,10 @@ def give_feedback(token: str) -> Any:
 
     _same_origin_post()
     analysis_id = _verify(token)
-    card = fb.valid_card_uuid(request.form.get("card"))
-    ctx = load_context(analysis_id, card)
+    ctx = load_context(analysis_id, fb.valid_card_uuid(request.form.get("card")))
     if ctx is None:
         return _not_found()
+    card = ctx.card_uuid  # None unless a card shown for this patient (never a typed-in foreign one)
     try:
         item = fb.parse_form(request.form, set(ctx.targets))
     except fb.FeedbackInvalid as exc:
@@ -231,6 +233,8 @@ def give_feedback(token: str) -> Any:
         key = target if target in ctx.targets else fb.CARD_TARGET
         html = _render_report(token, ctx, card, errors={key: exc.message}, form=request.form)
         return html, 400
+    if item.card_uuid != card:
+        item = replace(item, card_uuid=None)  # still saved, just not linked to the EHR's card
     with _services().db.session() as session:
         fb.save(session, analysis_id, item)
     location = url_for("viewer.report", token=token, card=card) + "#" + item.target.anchor

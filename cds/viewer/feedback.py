@@ -6,6 +6,12 @@ collects a finer verdict per finding, with a reason from a fixed list (so it can
 a free comment. A card-level verdict made from a link that named its card carries that card's
 uuid, which joins it to the EHR's feedback on the same card.
 
+The ``?card=`` uuid in a link is only a claim: anyone holding one viewer link could type in the uuid
+of another patient's card and so attach a verdict to (and read the EHR feedback of) that card. So the
+uuid is trusted only when this deployment issued it (cds.signing.CardIdSigner) AND a recorded hook
+call about this analysis's patient returned it (hook_calls.card_uuids); otherwise the verdict is
+still stored, just not linked to any card (linked_card_uuid).
+
 Input is validated here (boundary): unknown targets, verdicts or reasons, a disagreement without
 a reason, over-long comments and malformed card uuids are FeedbackInvalid with a message a
 clinician can act on.
@@ -25,7 +31,8 @@ from sqlalchemy.orm import Session
 
 from cds.domain import Condition, FeedbackVerdict, Level
 from cds.errors import BadRequest
-from cds.store.records import FeedbackRecord, ViewerFeedbackRecord
+from cds.signing import CardIdSigner
+from cds.store.records import FeedbackRecord, HookCallRecord, ViewerFeedbackRecord
 
 CARD_TARGET = "card"
 MAX_COMMENT_CHARS = 1000
@@ -229,4 +236,26 @@ def valid_card_uuid(value: str | None) -> str | None:
     """The ``?card=`` query value when it is a well-formed uuid, else None (ignored, not an error)."""
     if value and _UUID.match(value):
         return value.lower()
+    return None
+
+
+def linked_card_uuid(
+    session: Session, card_uuid: str | None, patient_ref: str | None, card_ids: CardIdSigner
+) -> str | None:
+    """``card_uuid`` if it may join this analysis's feedback to the EHR's, else None.
+
+    It may when a hook call about the same patient returned it and its tag proves this deployment
+    issued it for that call's service; a foreign, forged or other patient's uuid is not linked.
+    """
+    if not card_uuid or not patient_ref:
+        return None
+    rows = session.execute(
+        sa.select(HookCallRecord.service_id, HookCallRecord.card_uuids).where(
+            HookCallRecord.patient_ref == patient_ref,
+            HookCallRecord.card_uuids.contains(card_uuid, autoescape=True),
+        )
+    ).all()
+    for service_id, uuids in rows:
+        if card_uuid in (uuids or "").split() and card_ids.issued(card_uuid, service_id):
+            return card_uuid
     return None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cds.domain import AnalysisStatus, Grade
+from cds.signing import CardIdSigner
 from cds.store.db import Database
 from cds.viewer import artifacts as art
 from cds.viewer import feedback as fb
@@ -28,6 +29,9 @@ class ReportView:
     card_feedback: tuple[fb.CardFeedback, ...] = ()
     #: The feedback targets of this analysis: "card" and "<level>/<condition>" of each finding.
     targets: frozenset[str] = frozenset()
+    #: The ``?card=`` uuid when it is a card this deployment showed for this patient, else None
+    #: (feedback.linked_card_uuid): only this one is shown, carried in forms and stored.
+    card_uuid: str | None = None
 
 
 def grades_of(record: Any) -> dict[str, Grade]:
@@ -61,9 +65,12 @@ def images_of(data_dir: Path, analysis_id: str, complete: bool) -> ImagesView:
 
 
 def load_report_view(
-    db: Database, data_dir: Path, analysis_id: str, card_uuid: str | None
+    db: Database, data_dir: Path, analysis_id: str, card_uuid: str | None, card_ids: CardIdSigner
 ) -> ReportView | None:
-    """The report of one analysis, or None when there is no such analysis."""
+    """The report of one analysis, or None when there is no such analysis.
+
+    ``card_uuid`` (from the link) is checked against the hook calls about this analysis's patient
+    (feedback.linked_card_uuid) before any EHR feedback is read with it."""
     from cds.store import queries
 
     with db.session(readonly=True) as session:
@@ -74,6 +81,8 @@ def load_report_view(
         complete = record.status is AnalysisStatus.COMPLETE
         explanation = build_view(record.explanation, grades_of(record), complete)
         shown = fb.latest(session, analysis_id)
-        card_fb = fb.card_feedback(session, card_uuid)
+        linked = fb.linked_card_uuid(session, card_uuid, record.study.patient_ref, card_ids)
+        card_fb = fb.card_feedback(session, linked)
     targets = frozenset({fb.CARD_TARGET, *(f"{r.level.value}/{r.condition.value}" for r in page.rows)})
-    return ReportView(page, images_of(data_dir, analysis_id, complete), explanation, shown, card_fb, targets)
+    images = images_of(data_dir, analysis_id, complete)
+    return ReportView(page, images, explanation, shown, card_fb, targets, linked)

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from viewer_support import store_analysis, viewer_path
+from viewer_support import PATIENT_REF, store_analysis, viewer_path
 
 from cds.domain import FeedbackOutcome, FeedbackVerdict
 from cds.extensions import services
-from cds.store.records import FeedbackRecord, ViewerFeedbackRecord
+from cds.signing import CardIdSigner
+from cds.store.records import FeedbackRecord, HookCallRecord, ViewerFeedbackRecord
 from cds.viewer import feedback as fb
 
 TARGETS = {"card", "L4-L5/spinal_canal"}
@@ -106,21 +107,48 @@ def test_invalid_feedback_is_400_with_the_message_and_nothing_stored(app: Flask,
     assert _rows(app) == []
 
 
-def test_card_feedback_joins_the_cds_feedback_of_its_card(app: Flask, client: FlaskClient) -> None:
-    analysis_id = store_analysis(app)
-    path = viewer_path(app, analysis_id)
-    card = str(uuid.uuid4())
+SERVICE = "lumbar-mri-patient-view"
+
+
+def _issued_card(app: Flask, patient_ref: str = PATIENT_REF) -> str:
+    """A card uuid this deployment issued, returned by a recorded hook call about `patient_ref`."""
+    card = CardIdSigner(services(app).settings.secret_key).issue(SERVICE)
+    with services(app).db.session() as s:
+        s.add(
+            HookCallRecord(
+                hook_instance="hi-1",
+                service_id=SERVICE,
+                hook="patient-view",
+                patient_ref=patient_ref,
+                latency_ms=1.0,
+                outcome="cards",
+                status_code=200,
+                card_count=2,
+                card_uuids=f"{uuid.uuid4()} {card}",
+            )
+        )
+    return card
+
+
+def _ehr_feedback(app: Flask, card: str) -> None:
     with services(app).db.session() as s:
         s.add(
             FeedbackRecord(
                 card_uuid=card,
-                service_id="lumbar-mri-patient-view",
+                service_id=SERVICE,
                 outcome=FeedbackOutcome.OVERRIDDEN,
                 accepted_suggestions=[],
                 override_reason_display="Findings already known",
                 outcome_timestamp=datetime(2025, 3, 4, tzinfo=UTC),
             )
         )
+
+
+def test_card_feedback_joins_the_cds_feedback_of_its_card(app: Flask, client: FlaskClient) -> None:
+    analysis_id = store_analysis(app)
+    path = viewer_path(app, analysis_id)
+    card = _issued_card(app)
+    _ehr_feedback(app, card)
     html = client.get(f"{path}?card={card}").get_data(as_text=True)
     assert "In the EHR this card was:" in html and "overridden" in html and "Findings already known" in html
     assert f'name="card" value="{card}"' in html
@@ -129,6 +157,39 @@ def test_card_feedback_joins_the_cds_feedback_of_its_card(app: Flask, client: Fl
     (row,) = _rows(app)
     assert row.target == "card" and row.card_uuid == card and row.level is None
     assert "In the EHR this card was" not in client.get(f"{path}?card=junk").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("kind", ["unissued", "other_patient", "not_returned", "other_service"])
+def test_a_card_not_shown_for_this_patient_is_not_linked(app: Flask, client: FlaskClient, kind: str) -> None:
+    """A typed-in uuid (another patient's card, or one we never issued) neither shows that card's EHR
+    feedback nor joins the verdict to it; the verdict itself is still stored."""
+    analysis_id = store_analysis(app)
+    path = viewer_path(app, analysis_id)
+    signer = CardIdSigner(services(app).settings.secret_key)
+    if kind == "unissued":  # well-formed, listed on this patient's hook call, but not ours
+        card = str(uuid.uuid4())
+        _issued_card(app)
+        with services(app).db.session() as s:
+            row = s.query(HookCallRecord).one()
+            row.card_uuids = f"{row.card_uuids} {card}"
+    elif kind == "other_patient":
+        card = _issued_card(app, patient_ref="Patient/someone-else")
+    elif kind == "not_returned":  # genuinely ours, but no recorded call returned it
+        card = signer.issue(SERVICE)
+    else:  # listed on this patient's call but tagged for another service
+        card = signer.issue("another-service")
+        _issued_card(app)
+        with services(app).db.session() as s:
+            row = s.query(HookCallRecord).one()
+            row.card_uuids = f"{row.card_uuids} {card}"
+    _ehr_feedback(app, card)
+    html = client.get(f"{path}?card={card}").get_data(as_text=True)
+    assert "In the EHR this card was" not in html and "Findings already known" not in html
+    assert card not in html
+    resp = client.post(f"{path}/feedback", data={"target": "card", "verdict": "agree", "card": card})
+    assert resp.status_code == 303 and card not in resp.headers["Location"]
+    (stored,) = _rows(app)
+    assert stored.target == "card" and stored.verdict is FeedbackVerdict.AGREE and stored.card_uuid is None
 
 
 def test_cross_site_and_bad_link_posts_are_refused(app: Flask, client: FlaskClient) -> None:
