@@ -14,6 +14,7 @@ a database-backed guard.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,12 +37,26 @@ _REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
 _SUPPORTED_CRIT = frozenset({"b64"})
 
 
-def _as_int(value: Any) -> int | None:
-    """A NumericDate as PyJWT reads it (int(value)), None where that fails."""
-    try:
-        return int(value)
-    except (ValueError, TypeError, OverflowError):
+#: Latest NumericDate accepted (3000-01-01T00:00:00Z): far beyond any real token, far below
+#: datetime's year-9999 limit, so a checked value can always become a datetime.
+_MAX_NUMERIC_DATE = 32_503_680_000
+
+
+def _numeric_date(value: Any) -> float | None:
+    """A NumericDate (RFC 7519: a JSON number of seconds), None where `value` is not a sane one.
+
+    json.loads accepts NaN and Infinity, and every comparison with NaN is False, so a NaN iat
+    would slip through "iat in the future" and "lifetime too long"; a huge exp would make
+    datetime.fromtimestamp raise (a 500, not a 401). bool is an int in Python but not a number
+    in JSON; numeric strings are not numbers either. Checked before any comparison.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if not 0 <= value <= _MAX_NUMERIC_DATE:
+        return None
+    return float(value)
 
 
 def _crit_ok(header: Mapping[str, Any]) -> bool:
@@ -182,12 +197,14 @@ class Authenticator:
             if claims.get(name) is None:
                 raise self._reject(f"invalid token (missing {name})")
         now = self._clock()
+        iat, exp = _numeric_date(claims["iat"]), _numeric_date(claims["exp"])
+        if iat is None or exp is None:
+            raise self._reject("invalid token (iat/exp not a NumericDate)")
         if "nbf" in claims:
-            nbf = _as_int(claims["nbf"])
+            nbf = _numeric_date(claims["nbf"])
             if nbf is None or nbf > now + self._leeway_s:
                 raise self._reject("invalid token (nbf)")
-        exp_int = _as_int(claims["exp"])
-        if exp_int is None or exp_int <= now - self._leeway_s:
+        if exp <= now - self._leeway_s:
             raise self._reject("invalid token (expired)")
         if claims["iss"] != client.iss:
             raise self._reject("invalid token (issuer)")
@@ -196,10 +213,10 @@ class Authenticator:
         sub, tenant = claims.get("sub"), claims.get("tenant")
         if "sub" in claims and not isinstance(sub, str):
             raise self._reject("invalid token (sub)")
-        iat, exp, jti = claims["iat"], claims["exp"], claims["jti"]
-        if not isinstance(iat, int | float) or iat > now + self._leeway_s:
+        jti = claims["jti"]
+        if iat > now + self._leeway_s:
             raise self._reject("iat in the future")
-        if not isinstance(exp, int | float) or exp - iat > MAX_LIFETIME_S:
+        if exp - iat > MAX_LIFETIME_S:
             raise self._reject("token lifetime too long")
         if not isinstance(jti, str) or not 0 < len(jti) <= 255:
             raise self._reject("bad jti")

@@ -248,3 +248,39 @@ def test_clients_file_loaded_from_disk(tmp_path: Path, key: SigningKey) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(SettingsError):
         load_clients(tmp_path / "bad.json")
+
+
+_NOT_NUMERIC_DATES = {
+    "iat NaN, exp in 10 years": {"iat": float("nan"), "exp": int(time.time()) + 10 * 365 * 86400},
+    "iat NaN, exp 1e12": {"iat": float("nan"), "exp": 1e12},
+    "iat Infinity": {"iat": float("inf")},
+    "iat -Infinity": {"iat": float("-inf")},
+    "exp NaN": {"exp": float("nan")},
+    "exp Infinity": {"exp": float("inf")},
+    "exp 1e12 (year out of range)": {"iat": 1e12 - 60, "exp": 1e12},
+    "exp 1e300": {"exp": 1e300},
+    "iat bool": {"iat": True},
+    "exp bool": {"exp": True},
+    "nbf bool": {"nbf": True},
+    "nbf NaN": {"nbf": float("nan")},
+    "iat string": {"iat": str(int(time.time()))},
+    "exp string": {"exp": str(int(time.time()) + 300)},
+    "nbf numeric string": {"nbf": str(int(time.time()))},
+    "iat negative": {"iat": -1.0},
+}
+
+
+@pytest.mark.parametrize("claims", list(_NOT_NUMERIC_DATES.values()), ids=list(_NOT_NUMERIC_DATES))
+def test_time_claims_must_be_finite_sane_numbers(key: SigningKey, claims: dict[str, Any]) -> None:
+    """NaN compares False with everything: a NaN iat used to pass both the future and lifetime checks."""
+    token = key.token(AUD, **claims)
+    with pytest.raises(Unauthorized):
+        _auth(key).verify("Bearer " + token, AUD)
+
+
+def test_float_time_claims_still_accepted(key: SigningKey) -> None:
+    now = time.time()
+    verified = _auth(key).verify(
+        "Bearer " + key.token(AUD, iat=now - 0.5, exp=now + 299.5, nbf=now - 1.5), AUD
+    )
+    assert verified.expires_at.timestamp() == pytest.approx(now + 299.5 + 30)

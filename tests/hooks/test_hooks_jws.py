@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -143,10 +144,22 @@ def _old_verdict(token: str, alg: str) -> bool:
             audience=AUD,
             issuer=ISS,
             leeway=LEEWAY,
-            options={"require": ["iss", "aud", "exp", "iat", "jti"], "verify_iat": False},
+            # verify_iat=True: PyJWT then rejects a NaN/Infinity iat (the old path did not; fixed).
+            options={"require": ["iss", "aud", "exp", "iat", "jti"], "verify_iat": True},
         )
     except jwt.PyJWTError:
         return False
+    # Deliberately stricter than PyJWT: a NumericDate is a finite JSON number (RFC 7519 section 2),
+    # so no bool (int(True) == 1 for PyJWT) and no numeric string, and it must fit a datetime.
+    for name in ("iat", "exp", "nbf"):
+        value = claims.get(name)
+        if name in claims and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not 0 <= value <= 32_503_680_000
+        ):
+            return False
     header = jwt.get_unverified_header(token)
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
@@ -195,6 +208,21 @@ CASES: list[tuple[str, Callable[[], str]]] = [
     ("nbf future", lambda: _token(nbf=NOW + 120)),
     ("nbf within leeway", lambda: _token(nbf=NOW + 20)),
     ("nbf garbage", lambda: _token(nbf="x")),
+    ("nbf numeric string", lambda: _token(nbf=str(NOW))),
+    ("nbf bool", lambda: _token(nbf=True)),
+    ("nbf NaN", lambda: _token(nbf=math.nan)),
+    ("nbf Infinity", lambda: _token(nbf=math.inf)),
+    ("iat NaN, exp in 10 years", lambda: _token(iat=math.nan, exp=NOW + 10 * 365 * 86400)),
+    ("iat NaN, exp 1e12", lambda: _token(iat=math.nan, exp=1e12)),
+    ("iat Infinity", lambda: _token(iat=math.inf)),
+    ("iat -Infinity", lambda: _token(iat=-math.inf)),
+    ("iat bool", lambda: _token(iat=True)),
+    ("iat negative", lambda: _token(iat=-1)),
+    ("exp NaN", lambda: _token(exp=math.nan)),
+    ("exp Infinity", lambda: _token(exp=math.inf)),
+    ("exp bool", lambda: _token(exp=True)),
+    ("exp 1e12 (year out of range)", lambda: _token(iat=1e12 - 60, exp=1e12)),
+    ("exp huge int", lambda: _token(exp=10**30)),
     ("sub number", lambda: _token(sub=5)),
     ("sub missing", lambda: _token(sub=...)),
     ("jti number", lambda: _token(jti=5)),
