@@ -244,18 +244,38 @@ def linked_card_uuid(
 ) -> str | None:
     """``card_uuid`` if it may join this analysis's feedback to the EHR's, else None.
 
-    It may when a hook call about the same patient returned it and its tag proves this deployment
-    issued it for that call's service; a foreign, forged or other patient's uuid is not linked.
+    It may when a hook call about the study's patient (``patient_ref``, see _same_patient) returned
+    it and its tag proves this deployment issued it for that call's service; a foreign, forged or
+    other patient's uuid is not linked.
     """
     if not card_uuid or not patient_ref:
         return None
     rows = session.execute(
-        sa.select(HookCallRecord.service_id, HookCallRecord.card_uuids).where(
-            HookCallRecord.patient_ref == patient_ref,
-            HookCallRecord.card_uuids.contains(card_uuid, autoescape=True),
+        sa.select(HookCallRecord.service_id, HookCallRecord.patient_ref, HookCallRecord.card_uuids).where(
+            HookCallRecord.card_uuids.contains(card_uuid, autoescape=True)
         )
     ).all()
-    for service_id, uuids in rows:
-        if card_uuid in (uuids or "").split() and card_ids.issued(card_uuid, service_id):
+    for service_id, call_patient, uuids in rows:
+        if (
+            card_uuid in (uuids or "").split()
+            and _same_patient(patient_ref, call_patient)
+            and card_ids.issued(card_uuid, service_id)
+        ):
             return card_uuid
     return None
+
+
+def _same_patient(study_patient: str, call_patient: str | None) -> bool:
+    """Whether a hook call's patient ("Patient/<id>") is the study's stored patient.
+
+    The study holds either a FHIR reference (relative or absolute) from an EHR registration or the
+    DICOM PatientID from PACS intake; the latter matches only when it equals the FHIR id. When in
+    doubt the answer is no: the verdict is then stored unlinked, never linked to a stranger's card.
+    """
+    if not call_patient:
+        return False
+    return (
+        study_patient == call_patient
+        or study_patient.endswith("/" + call_patient)
+        or ("/" not in study_patient and call_patient == f"Patient/{study_patient}")
+    )

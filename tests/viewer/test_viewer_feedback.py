@@ -159,6 +159,22 @@ def test_card_feedback_joins_the_cds_feedback_of_its_card(app: Flask, client: Fl
     assert "In the EHR this card was" not in client.get(f"{path}?card=junk").get_data(as_text=True)
 
 
+@pytest.mark.parametrize(
+    ("study_patient", "linked"),
+    [
+        ("Patient/p-1", True),
+        ("https://ehr.example/fhir/Patient/p-1", True),
+        ("p-1", True),  # DICOM PatientID equal to the FHIR id (PACS intake)
+        ("Patient/p-10", False),
+        ("https://ehr.example/fhir/Patient/xp-1", False),
+        ("other-id", False),
+    ],
+)
+def test_same_patient(study_patient: str, linked: bool) -> None:
+    assert fb._same_patient(study_patient, "Patient/p-1") is linked
+    assert fb._same_patient(study_patient, None) is False
+
+
 @pytest.mark.parametrize("kind", ["unissued", "other_patient", "not_returned", "other_service"])
 def test_a_card_not_shown_for_this_patient_is_not_linked(app: Flask, client: FlaskClient, kind: str) -> None:
     """A typed-in uuid (another patient's card, or one we never issued) neither shows that card's EHR
