@@ -96,7 +96,10 @@ def _read_body(limit: int) -> bytes:
     stream wrapper would do, minus its objects); otherwise (chunked) through request.stream.
     """
     declared = request.environ.get("CONTENT_LENGTH")
-    if declared and declared.isdigit():
+    # isdigit() alone is True for "²" (int() then raises: a 500 under the werkzeug server).
+    if declared and not (declared.isascii() and declared.isdigit()):
+        raise BadRequest("Content-Length is not a non-negative decimal integer")
+    if declared:
         length = int(declared)
         if length > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")

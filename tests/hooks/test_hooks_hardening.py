@@ -43,3 +43,18 @@ _BAD_TIMES = {
 @pytest.mark.parametrize("claims", list(_BAD_TIMES.values()), ids=list(_BAD_TIMES))
 def test_non_numeric_time_claims_are_401_without_detail(caller: Caller, claims: dict[str, Any]) -> None:
     _assert_401_without_detail(caller.post(PV, _pv_body(), token=caller.token(PV, **claims)))
+
+
+@pytest.mark.parametrize("declared", ["²", "١٢", "-1", "12a"])
+def test_malformed_content_length_is_400_outcome(caller: Caller, declared: str) -> None:
+    """ "²".isdigit() is True but int("²") raises: the body reader must not turn that into a 500."""
+    token = caller.token(PV)
+    resp = caller.client.post(
+        PV,
+        data=b"{}",
+        headers={"Authorization": "Bearer " + token},
+        content_type="application/json",
+        environ_overrides={"CONTENT_LENGTH": declared},
+    )
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert resp.get_json()["resourceType"] == "OperationOutcome"
