@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
 
 from cds.domain import FeedbackOutcome
@@ -308,10 +309,29 @@ def _check_override_reasons(parsed: FeedbackRequest) -> None:
 
 
 def _check_cards_issued(rt: HooksRuntime, service: ServiceDefinition, parsed: FeedbackRequest) -> None:
-    """Feedback only for cards this service issued (404 otherwise): see cds.signing.CardIdSigner."""
-    for item in parsed.feedback:
-        if not rt.card_ids.issued(str(item.card), service.id):
-            raise NotFound("feedback names a card this service did not issue")
+    """Feedback only for cards this service issued (404 otherwise): see cds.signing.CardIdSigner.
+
+    A card whose uuid does not carry this deployment's tag may still be ours: issued before card
+    ids were signed, or before CDS_SECRET_KEY was rotated. Those are found on the audit rows of
+    this service's calls (hook_calls.card_uuids); the query runs only for such cards.
+    """
+    unsigned = {
+        str(item.card) for item in parsed.feedback if not rt.card_ids.issued(str(item.card), service.id)
+    }
+    if unsigned and not unsigned <= _audited_card_uuids(rt, service.id, unsigned):
+        raise NotFound("feedback names a card this service did not issue")
+
+
+def _audited_card_uuids(rt: HooksRuntime, service_id: str, wanted: set[str]) -> set[str]:
+    """Those of `wanted` that an audited call of `service_id` returned."""
+    column = HookCallRecord.card_uuids
+    query = sa.select(column).where(
+        HookCallRecord.service_id == service_id,
+        sa.or_(*(column.contains(u, autoescape=True) for u in sorted(wanted))),
+    )
+    with rt.db.session(readonly=True) as s:
+        found = {u for uuids in s.scalars(query) for u in (uuids or "").split()}
+    return wanted & found
 
 
 def _feedback_rows(service: ServiceDefinition, parsed: FeedbackRequest) -> Callable[[Any], None]:

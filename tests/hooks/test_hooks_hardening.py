@@ -8,7 +8,13 @@ import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from flask import Flask
 from hooks_support import PATIENT_ID, Caller, bundle, imaging_study, patient
+
+from cds.extensions import services
+from cds.signing import CardIdSigner
+from cds.store.records import FeedbackRecord, HookCallRecord
 
 PV = "/cds-services/lumbar-mri-patient-view"
 
@@ -58,3 +64,66 @@ def test_malformed_content_length_is_400_outcome(caller: Caller, declared: str) 
     )
     assert resp.status_code == 400, resp.get_data(as_text=True)
     assert resp.get_json()["resourceType"] == "OperationOutcome"
+
+
+def _feedback(card: str) -> dict[str, Any]:
+    return {
+        "feedback": [
+            {
+                "card": card,
+                "outcome": "accepted",
+                "outcomeTimestamp": "2026-07-02T10:00:00Z",
+                "acceptedSuggestions": [{"id": str(uuid.uuid4())}],
+            }
+        ]
+    }
+
+
+def _audit_call(app: Flask, service_id: str, card_uuids: str) -> None:
+    with services(app).db.session() as s:
+        s.add(
+            HookCallRecord(
+                hook_instance=str(uuid.uuid4()),
+                service_id=service_id,
+                hook="patient-view",
+                patient_ref="Patient/pat-1",
+                latency_ms=1.0,
+                outcome="cards",
+                status_code=200,
+                card_count=len(card_uuids.split()),
+                card_uuids=card_uuids,
+            )
+        )
+
+
+def test_feedback_for_cards_issued_before_upgrade_or_key_rotation_is_accepted(
+    caller: Caller, hooks_app: Flask
+) -> None:
+    """Cards without this key's tag are ours if an audited call of this service returned them."""
+    service_id = PV.rsplit("/", 1)[1]
+    pre_upgrade = str(uuid.uuid4())  # plain uuid4, before card ids were signed
+    old_key = CardIdSigner("the-previous-secret-key").issue(service_id)
+    _audit_call(hooks_app, service_id, f"{uuid.uuid4()} {pre_upgrade} {old_key}")
+    for card in (pre_upgrade, old_key):
+        assert caller.post(PV + "/feedback", _feedback(card)).status_code == 200, card
+    with services(hooks_app).db.session(readonly=True) as s:
+        stored = {r.card_uuid for r in s.scalars(sa.select(FeedbackRecord))}
+    assert stored == {pre_upgrade, old_key}
+
+
+def test_feedback_fallback_still_404_for_unknown_or_other_services_cards(
+    caller: Caller, hooks_app: Flask
+) -> None:
+    other_service_card = str(uuid.uuid4())
+    _audit_call(hooks_app, "lumbar-mri-order-select", other_service_card)
+    audited = str(uuid.uuid4())
+    _audit_call(hooks_app, PV.rsplit("/", 1)[1], audited)
+    for card in (other_service_card, str(uuid.uuid4()), audited[:-1] + ("0" if audited[-1] != "0" else "1")):
+        resp = caller.post(PV + "/feedback", _feedback(card))
+        assert resp.status_code == 404, card
+        assert resp.get_json()["resourceType"] == "OperationOutcome"
+    batch = _feedback(audited)  # one unknown card in a batch still rejects the batch
+    batch["feedback"] += _feedback(str(uuid.uuid4()))["feedback"]
+    assert caller.post(PV + "/feedback", batch).status_code == 404
+    with services(hooks_app).db.session(readonly=True) as s:
+        assert s.scalars(sa.select(FeedbackRecord)).all() == []
