@@ -65,6 +65,9 @@ class Settings:
     fhir_timeout_s: float = 5.0
     secret_key: str = ""  # signs viewer links; required outside dev/test
     viewer_link_ttl_s: int = 3600
+    # The demo study list (/studies/<token>: every study with its patient, minting viewer links) is
+    # for the demo only; off = 404. `cds demo` turns it on for its own process.
+    study_list_enabled: bool = False
     jobs_backend: str = "local"  # local | celery
     job_workers: int = 1
     broker_url: str = "redis://127.0.0.1:6379/0"
@@ -189,6 +192,8 @@ class Settings:
             kw["jwt_leeway_s"] = _int(v, "CDS_JWT_LEEWAY_S")
         if v := env.get("CDS_DEV_MODE"):
             kw["dev_mode"] = _bool(v, "CDS_DEV_MODE")
+        if v := env.get("CDS_STUDY_LIST_ENABLED"):
+            kw["study_list_enabled"] = _bool(v, "CDS_STUDY_LIST_ENABLED")
         if v := env.get("CDS_RATIONALE_BACKEND"):
             if v not in {"auto", "local", "openai", "template"}:
                 raise SettingsError(f"CDS_RATIONALE_BACKEND must be auto|local|openai|template, got {v!r}")

@@ -294,6 +294,8 @@ def demo_settings(args: argparse.Namespace) -> tuple[Any, DemoPaths]:
         secret_key=env.secret_key or ensure_secret_key(paths),
         public_base_url=base_url,
         job_workers=max(1, env.job_workers),
+        # The study list is a demo page (off in a deployment): on here unless the environment says.
+        study_list_enabled=env.study_list_enabled or "CDS_STUDY_LIST_ENABLED" not in os.environ,
     )
     return settings, paths
 
@@ -361,7 +363,8 @@ def _demo(args: argparse.Namespace) -> int:
     base = settings.public_base_url
     print()
     print(f"Discovery:      {base}/cds-services")
-    print(f"Study list:     {study_list_url(settings)}  (signed, valid {STUDY_LIST_TTL_S // 3600} h)")
+    if settings.study_list_enabled:
+        print(f"Study list:     {study_list_url(settings)}  (signed, valid {STUDY_LIST_TTL_S // 3600} h)")
     print_curl(settings, paths)
     print()
     print(f"Data directory: {settings.data_dir.resolve()}")

@@ -1,5 +1,6 @@
 """Clinician viewer routes: the report (/viewer/<token>) with its images, explanation and feedback,
-the card's explain link (/explain/<token>) and the demo study list (/studies/<token>).
+the card's explain link (/explain/<token>) and the demo study list (/studies/<token>, 404 unless
+CDS_STUDY_LIST_ENABLED: `cds demo` turns it on).
 
 Access is only through signed, expiring links (cds.signing): the URL holds a signed analysis id
 and nothing about the patient. An expired link gets a 410 page telling the user to reopen the
@@ -402,9 +403,11 @@ def heatmap_png(token: str, index: int) -> Any:
 def studies(token: str) -> Any:
     from cds.viewer import studies as st
 
+    svc = _services()
+    if not svc.settings.study_list_enabled:  # a demo page: it lists every patient's studies
+        abort(404)
     if _verify(token, LinkPurpose.STUDY_LIST) != STUDY_LIST_SUBJECT:
         return _link_error(LinkInvalid("not a study-list link"))
-    svc = _services()
     error = None
     flt = st.StudyFilter()
     status = 200

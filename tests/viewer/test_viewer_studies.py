@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import time
 from datetime import date
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from viewer_support import store_analysis
 
+from cds.config import Settings
 from cds.domain import AnalysisResult, AnalysisStatus
 from cds.extensions import services
 from cds.signing import LinkPurpose, LinkSigner
 from cds.store import queries
 from cds.viewer.studies import FilterInvalid, parse_filter, sign_study_list_token
+
+
+@pytest.fixture
+def app_settings(app_settings: Settings) -> Settings:
+    """The study list is a demo page: these tests run with it on (see test_list_is_off_by_default)."""
+    return app_settings.with_overrides(study_list_enabled=True)
 
 
 def _list_path(app: Flask, ttl_s: int = 600) -> str:
@@ -108,3 +117,41 @@ def test_demo_prints_a_working_study_list_link(app: Flask, client: FlaskClient) 
     url = study_list_url(settings)
     assert url.startswith(f"{settings.public_base_url}/studies/")
     assert client.get(url[len(settings.public_base_url) :]).status_code == 200
+
+
+def test_list_is_off_by_default(app_settings: Settings, tmp_path: Path) -> None:
+    """Off (the default, and in production) it is a 404 page, even with a genuine list link."""
+    from cds import create_app
+
+    assert Settings().study_list_enabled is False
+    assert Settings.from_env({}).study_list_enabled is False
+    assert Settings.from_env({"CDS_STUDY_LIST_ENABLED": "true"}).study_list_enabled is True
+    off = create_app(app_settings.with_overrides(study_list_enabled=False))
+    try:
+        store_analysis(off, study_uid="1.2.9", patient_ref="Patient/delta-4")
+        client = off.test_client()
+        for resp in (client.get(_list_path(off)), client.post(_list_path(off), data={"status": "complete"})):
+            html = resp.get_data(as_text=True)
+            assert resp.status_code == 404 and "<html" in html.lower()
+            assert "delta-4" not in html and "/viewer/" not in html
+    finally:
+        services(off).close()
+
+
+@pytest.mark.parametrize(("env", "enabled"), [({}, True), ({"CDS_STUDY_LIST_ENABLED": "0"}, False)])
+def test_demo_turns_the_list_on_for_itself_unless_told_not_to(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    enabled: bool,
+) -> None:
+    from cds.commands.demo import demo_settings
+
+    monkeypatch.setenv("CDS_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("CDS_STUDY_LIST_ENABLED", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = argparse.Namespace(host="127.0.0.1", port=8080)
+    settings, _ = demo_settings(args)
+    assert settings.study_list_enabled is enabled
