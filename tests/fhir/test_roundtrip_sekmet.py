@@ -55,6 +55,15 @@ PUBLIC = "https://cds.example.org"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 
 
+def run_cli(argv: list[str]) -> int:
+    """A `cds` command in process, without cds.cli.main's logging set-up: a root handler bound to
+    pytest's captured stderr would outlive this test and fail every later log call."""
+    from cds.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -210,6 +219,7 @@ def test_hooks_fetch_the_study_analyse_it_and_write_the_report_back_once(
         dicomweb_username=USER,
         dicomweb_password=PASSWORD,
         fhir_writeback_url=fhir_base,
+        explain_eager="off",  # no eager Grad-CAM jobs: the test decides what runs
     )
     app = create_app(settings)
     try:
@@ -320,13 +330,11 @@ def test_cds_roundtrip_passes_every_step_against_the_servers(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from cds.cli import main
-
     orthanc, uid = pacs
     monkeypatch.setenv("CDS_DICOMWEB_URL", orthanc.dicomweb_url)
     monkeypatch.setenv("CDS_DICOMWEB_USERNAME", USER)
     monkeypatch.setenv("CDS_DICOMWEB_PASSWORD", PASSWORD)
-    code = main(
+    code = run_cli(
         ["roundtrip", "--fhir-base", fhir_base, "--dicomweb", orthanc.dicomweb_url, "--study-uid", uid]
     )
     out = capsys.readouterr().out
@@ -337,10 +345,8 @@ def test_cds_roundtrip_passes_every_step_against_the_servers(
 
 
 def test_cds_roundtrip_reports_failure_with_a_nonzero_exit(capsys: pytest.CaptureFixture[str]) -> None:
-    from cds.cli import main
-
     dead = f"http://127.0.0.1:{_free_port()}/fhir"
-    assert main(["roundtrip", "--fhir-base", dead, "--timeout", "2"]) == 1
+    assert run_cli(["roundtrip", "--fhir-base", dead, "--timeout", "2"]) == 1
     out = capsys.readouterr().out
     assert "capability statement     FAIL" in out and "needs: capability statement" in out
 
@@ -364,6 +370,7 @@ def test_job_locates_images_through_the_ehr_endpoint_and_refuses_other_hosts(
         dicomweb_password=PASSWORD,
         fhir_allowed_hosts=("127.0.0.1",),
         fhir_writeback_url=fhir_base,
+        explain_eager="off",  # no eager Grad-CAM jobs: the test decides what runs
     )
     jobs = JobQueue(db)
     for study_uid in (uid, elsewhere):
