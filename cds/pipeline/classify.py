@@ -4,9 +4,10 @@ pre-process (NumPy, :func:`level_crop`): the axial segmentation already put the 
 into the canonical frame (rows anterior -> posterior, columns patient right -> left, 0.8 mm);
 the crop is ``CROP_SIZE`` pixels centred on the dural sac of the level's narrowest slice, with
 channels = T2 of that slice and its two neighbours + the segmentation's probabilities of the
-structures that narrow the canal, recesses and foramina. predict (torch) runs the calibrated
-:class:`cds.ml.classifier.LevelClassifier`; post-process turns the ordinal sigmoids into
-:class:`cds.pipeline.grade.SeverityEstimate` values.
+structures that narrow the canal, recesses and foramina on that slice + the per-pixel maximum
+over all the level's slices of the foramen and of the facet/flavum/posterior-element
+probabilities. predict (torch) runs the calibrated :class:`cds.ml.classifier.LevelClassifier`;
+post-process turns the ordinal sigmoids into :class:`cds.pipeline.grade.SeverityEstimate` values.
 
 The same ``level_crop`` builds the training crops (cds/train/classifier.py), so training and
 inference cannot drift apart.
@@ -39,8 +40,15 @@ PROB_CHANNELS: tuple[tuple[int, ...], ...] = (
     (ax.FACET, ax.FLAVUM, ax.POSTERIOR),
     (ax.FORAMEN,),
 )
+#: Level-wide channels: per-pixel maximum over ALL the level's slices of these class sums. Why:
+#: the foramen is widest (and its narrowing visible) 1-2 slices away from the sac-narrowest slice k
+#: in most levels, and the facet/flavum overgrowth narrowing a lateral recess need not peak at k.
+LEVEL_MAX_CHANNELS: tuple[tuple[int, ...], ...] = (
+    (ax.FORAMEN,),
+    (ax.FACET, ax.FLAVUM, ax.POSTERIOR),
+)
 N_IMAGE_CHANNELS = 3
-IN_CHANNELS = N_IMAGE_CHANNELS + len(PROB_CHANNELS)
+IN_CHANNELS = N_IMAGE_CHANNELS + len(PROB_CHANNELS) + len(LEVEL_MAX_CHANNELS)
 
 
 def narrowest_slice(probs: np.ndarray) -> int:
@@ -74,10 +82,14 @@ def _crop(arr: np.ndarray, centre: tuple[int, int], size: int) -> np.ndarray:
     return out
 
 
-def level_crop(images: np.ndarray, probs: np.ndarray, centre_row: int | None = None) -> np.ndarray:
-    """The classifier input for one level: (IN_CHANNELS, CROP_SIZE, CROP_SIZE) float32.
+def level_crop(
+    images: np.ndarray, probs: np.ndarray, centre_row: int | None = None, size: int = CROP_SIZE
+) -> np.ndarray:
+    """The classifier input for one level: (IN_CHANNELS, size, size) float32.
 
     ``images`` (slices, H, W) and ``probs`` (slices, classes, H, W) on the canonical grid.
+    ``size`` other than CROP_SIZE only for training, which cuts shifted CROP_SIZE windows out of
+    a wider crop made by this same function.
     """
     if images.ndim != 3 or probs.ndim != 4 or images.shape[0] != probs.shape[0]:
         raise ValueError("images (S, H, W) and probs (S, C, H, W) must describe the same slices")
@@ -86,8 +98,9 @@ def level_crop(images: np.ndarray, probs: np.ndarray, centre_row: int | None = N
     rows = [min(max(k + d, 0), n - 1) for d in (-1, 0, 1)]
     channels = [images[r] for r in rows]
     channels += [probs[k, list(group)].sum(axis=0) for group in PROB_CHANNELS]
+    channels += [probs[:, list(group)].sum(axis=1).max(axis=0) for group in LEVEL_MAX_CHANNELS]
     stacked = np.stack(channels).astype(np.float32)
-    return _crop(stacked, crop_centre(probs[k, ax.SAC]), CROP_SIZE)
+    return _crop(stacked, crop_centre(probs[k, ax.SAC]), size)
 
 
 @dataclass(frozen=True)

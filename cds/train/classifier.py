@@ -36,7 +36,7 @@ from cds.ml.classifier import ARCHITECTURE, ClassifierConfig, LevelClassifier, o
 from cds.ml.spec import InputContract, ModelSpec, write_card
 from cds.pipeline import axial as ax
 from cds.pipeline import classify as cl
-from cds.train.axial_seg import LevelStack, load_levels, predict_probs, read_split
+from cds.train.axial_seg import LevelStack, _describe, load_levels, predict_probs, read_split
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,9 @@ CONTRACT = InputContract(
     target_spacing_mm=(ax.CANONICAL_SPACING_MM, ax.CANONICAL_SPACING_MM),
     input_size=(cl.CROP_SIZE, cl.CROP_SIZE),
     intensity_normalisation="channels 0-2: T2 slices k-1, k, k+1 as the axial stage normalises them; "
-    "channels 3-6: axial U-Net probabilities (sac; disc+body; facet+flavum+posterior elements; foramen)",
+    "channels 3-6: axial U-Net probabilities on slice k (sac; disc+body; facet+flavum+posterior elements; "
+    "foramen); channels 7-8: per-pixel maximum over all the level's slices of the foramen and of the "
+    "facet+flavum+posterior-element probabilities",
     clip_percentiles=(1.0, 99.0),
 )
 #: Mirror: swapping patient left and right swaps these conditions.
@@ -110,12 +112,9 @@ def build_examples(
 
 
 def _wide_crop(images: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    k = cl.narrowest_slice(probs)
-    n = images.shape[0]
-    rows = [min(max(k + d, 0), n - 1) for d in (-1, 0, 1)]
-    channels = [images[r] for r in rows] + [probs[k, list(g)].sum(axis=0) for g in cl.PROB_CHANNELS]
-    stacked = np.stack(channels).astype(np.float32)
-    return cl._crop(stacked, cl.crop_centre(probs[k, ax.SAC]), cl.CROP_SIZE + 8)
+    """The inference crop plus a 4-pixel margin on every side (for shift augmentation), made by the
+    inference function itself so that training and inference inputs cannot drift apart."""
+    return cl.level_crop(images, probs, size=cl.CROP_SIZE + 8)
 
 
 def _centre(crop: np.ndarray) -> np.ndarray:
@@ -275,16 +274,20 @@ def train_classifier(
             "train_crops": len(train),
             "validation_crops": len(val),
             "data": {
-                "folder": str(data_root),
-                "train_studies": len(train_names),
-                "validation_studies": len(split["validation"]),
+                "train": _describe(data_root, train_names),
+                "validation": _describe(data_root, split["validation"]),
             },
             "calibration": "temperature scaling per output on the validation split",
         },
         known_limits=(
             "Trained and calibrated on synthetic studies only; calibration on real scanners is unknown.",
-            "Sees one axial crop per level (three slices around the narrowest one); foraminal narrowing is "
-            "judged from axial slices only.",
+            "Sees one axial crop per level (three T2 slices around the sac-narrowest one, the segmentation "
+            "of that slice, and the foramen and facet/flavum segmentation maximised over the level's "
+            "slices); "
+            "foraminal narrowing is judged from axial slices only (the generator grades it on a parasagittal "
+            "plane), so foraminal probabilities are the least certain.",
+            "Probabilities depend on the axial segmentation model named in training.segmentation_model; "
+            "a new axial_seg needs a retrained (or at least re-calibrated) classifier.",
         ),
     )
     write_card(spec, out_dir)

@@ -131,3 +131,19 @@ def test_card_with_wrong_labels_is_refused(tmp_path: Path) -> None:
     (directory / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="labels"):
         mc.load_classifier("classifier", tmp_path)
+
+
+def test_level_crop_level_max_channels_see_every_slice() -> None:
+    """The foramen channel carries the foramen of a slice other than the narrowest one."""
+    images, probs = level_probs([10, 6, 8])
+    probs[2, ax.FORAMEN, 60:70, 100:110] = 1.0  # only on slice 2; the narrowest is slice 1
+    probs[2, ax.BACKGROUND, 60:70, 100:110] = 0.0
+    crop = cl.level_crop(images, probs)
+    n_slice_k = cl.N_IMAGE_CHANNELS + len(cl.PROB_CHANNELS)
+    assert crop.shape[0] == n_slice_k + len(cl.LEVEL_MAX_CHANNELS)
+    foramen_at_k = crop[cl.N_IMAGE_CHANNELS + 3]
+    foramen_max = crop[n_slice_k]
+    assert foramen_at_k.sum() == 0.0
+    assert foramen_max.sum() == pytest.approx(100.0)
+    wide = cl.level_crop(images, probs, size=cl.CROP_SIZE + 8)
+    np.testing.assert_array_equal(wide[:, 4:-4, 4:-4], crop)
