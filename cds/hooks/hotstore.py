@@ -148,10 +148,27 @@ class HotStore:
         else:  # pragma: no cover - the store supports SQLite and PostgreSQL only
             raise RuntimeError(f"unsupported database dialect {db.dialect_name}")
         self._status_sql: dict[int, str] = {}
+        #: The driver's "connection lost" class (PEP 249 OperationalError).
+        self._connection_errors: type[Exception] = db.engine.dialect.loaded_dbapi.OperationalError
 
-    def _execute(self, sql: str, params: Sequence[Any]) -> list[Any]:
+    def _execute(self, sql: str, params: Sequence[Any], *, idempotent: bool = False) -> list[Any]:
         """Run one statement to completion (all rows fetched: on SQLite that also ends the
-        statement, so its autocommit write is committed and the lock released before we return)."""
+        statement, so its autocommit write is committed and the lock released before we return).
+
+        Database.driver_connection() replaces a connection the server dropped before anything is
+        sent. A connection lost during the statement is discarded; only an `idempotent` statement
+        (a read, the purge) is then tried once more on a fresh one: a claim INSERT may have
+        committed before the connection went, and running it again would call the first use of a
+        token a replay.
+        """
+        try:
+            return self._run(sql, params)
+        except self._connection_errors:
+            if not idempotent:
+                raise
+        return self._run(sql, params)
+
+    def _run(self, sql: str, params: Sequence[Any]) -> list[Any]:
         conn = self._db.driver_connection()
         try:
             cursor = conn.execute(sql, params)
@@ -166,7 +183,7 @@ class HotStore:
         """True if (issuer, jti) was not seen before, and records it (cds.hooks.replay's rule);
         expired records are purged on about one call in PURGE_EVERY."""
         if random.randrange(PURGE_EVERY) == 0:
-            self._execute(self._sql.purge, (self._time(utcnow()),))
+            self._execute(self._sql.purge, (self._time(utcnow()),), idempotent=True)
         return bool(self._execute(self._sql.claim, (issuer, jti, self._time(expires_at))))
 
     def audit(self, row: AuditRow) -> None:
@@ -197,5 +214,7 @@ class HotStore:
         read = self._read_time
         return [
             StatusRow(uid, patient, aid, AnalysisStatus(status), reason, revision, read(c), read(u), read(f))
-            for uid, patient, aid, status, reason, revision, c, u, f in self._execute(sql, list(study_uids))
+            for uid, patient, aid, status, reason, revision, c, u, f in self._execute(
+                sql, list(study_uids), idempotent=True
+            )
         ]

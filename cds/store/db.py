@@ -11,7 +11,10 @@ PostgreSQL needs none of this; URLs are normalised to the psycopg 3 driver.
 
 from __future__ import annotations
 
+import contextlib
+import select
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import SingletonThreadPool
+from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -68,6 +71,42 @@ def _sqlite_engine(url: URL, begin: str | None, *, query_only: bool = False, **k
         conn.connection.driver_connection.execute(begin)  # type: ignore[union-attr]
 
     return engine
+
+
+def _release(fairy: Any) -> None:
+    """Close a driver connection for good (invalidate: no rollback on a possibly dead socket)."""
+    with contextlib.suppress(Exception):  # closing a dead connection must not raise anywhere
+        fairy.invalidate()
+
+
+def _postgres_alive(driver: Any) -> bool:
+    """False when a psycopg connection is known closed/broken, or its socket is readable.
+
+    An idle autocommit connection has nothing to read: a readable socket means the server sent
+    something unasked, in practice the FATAL of pg_terminate_backend, a restart or an idle kill,
+    then EOF. psycopg only notices that on the next statement, which would then fail (a 500);
+    poll(0) is one system call, no round trip (pool_pre_ping's SELECT would double the hot path).
+    """
+    if driver.closed or driver.broken:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(driver.fileno(), select.POLLIN)
+        return not poller.poll(0)
+    except (OSError, ValueError):
+        return False
+
+
+class _ThreadConnection:
+    """One thread's driver connection. It lives in a threading.local, whose slot Python drops
+    when the thread ends: the finalizer then closes the connection (`cds serve` runs each request
+    on a new thread; without this every finished thread kept a PostgreSQL connection open)."""
+
+    __slots__ = ("__weakref__", "fairy", "finalizer")
+
+    def __init__(self, fairy: Any, close: bool) -> None:
+        self.fairy = fairy
+        self.finalizer = weakref.finalize(self, _release, fairy) if close else None
 
 
 class Database:
@@ -154,36 +193,43 @@ class Database:
         up like the engines' (SQLite: WAL, synchronous=NORMAL, busy timeout, foreign keys); an
         in-memory SQLite database is the engine's own connection (it exists only there). After a
         driver error call discard_driver_connection(): the next call connects afresh.
+
+        On PostgreSQL a connection the server dropped (restart, failover, idle kill) is noticed
+        here, before a statement is sent, and replaced. The connection is closed when its thread
+        ends, so open connections are bounded by live threads that used one.
         """
-        found = getattr(self._thread_local, "fairy", None)
-        if found is None:
-            found = self._driver_engine().raw_connection()
-            driver: Any = found.driver_connection
-            if not self.is_sqlite:
-                driver.autocommit = True
-            self._thread_local.fairy = found
-        return found.driver_connection
+        found: _ThreadConnection | None = getattr(self._thread_local, "conn", None)
+        if found is not None:
+            driver: Any = found.fairy.driver_connection
+            if self.is_sqlite or _postgres_alive(driver):
+                return driver
+            self.discard_driver_connection()
+        engine = self._driver_engine()
+        fairy = engine.raw_connection()
+        driver = fairy.driver_connection
+        if not self.is_sqlite:
+            driver.autocommit = True
+        self._thread_local.conn = _ThreadConnection(fairy, close=engine is not self.engine)
+        return driver
 
     def discard_driver_connection(self) -> None:
         """Forget (and close) this thread's driver connection, e.g. after a connection error."""
-        found = getattr(self._thread_local, "fairy", None)
-        self._thread_local.fairy = None
-        if found is not None and self._thread_engine is not self.engine:
-            found.invalidate()
+        found: _ThreadConnection | None = getattr(self._thread_local, "conn", None)
+        self._thread_local.conn = None
+        if found is not None and found.finalizer is not None:
+            found.finalizer()
 
     def _driver_engine(self) -> Engine:
+        """The engine that opens driver connections: NullPool, so that closing one really closes
+        it (the thread-local slot is the only "pool"); in-memory SQLite: the main engine."""
         with self._thread_lock:
             if self._thread_engine is None:
                 if self._autocommit_engine is self.engine and self.is_sqlite:  # in-memory
                     self._thread_engine = self.engine
                 elif self.is_sqlite:
-                    self._thread_engine = _sqlite_engine(
-                        self.url, None, poolclass=SingletonThreadPool, pool_size=256
-                    )
+                    self._thread_engine = _sqlite_engine(self.url, None, poolclass=NullPool)
                 else:
-                    self._thread_engine = sa.create_engine(
-                        self.url, poolclass=SingletonThreadPool, pool_size=256
-                    )
+                    self._thread_engine = sa.create_engine(self.url, poolclass=NullPool)
             return self._thread_engine
 
     def dispose(self) -> None:

@@ -127,3 +127,19 @@ def test_feedback_fallback_still_404_for_unknown_or_other_services_cards(
     assert caller.post(PV + "/feedback", batch).status_code == 404
     with services(hooks_app).db.session(readonly=True) as s:
         assert s.scalars(sa.select(FeedbackRecord)).all() == []
+
+
+def test_hook_call_succeeds_after_the_server_dropped_the_threads_connection(
+    caller: Caller, hooks_app: Flask
+) -> None:
+    """PostgreSQL restart/failover/idle kill: the first call on a web thread must not be a 500."""
+    db = services(hooks_app).db
+    if db.is_sqlite:
+        pytest.skip("only a PostgreSQL server can drop a connection")
+    assert caller.post(PV, _pv_body()).status_code == 200  # this thread's hot-path connection
+    pid = db.driver_connection().info.backend_pid
+    with db.engine.connect() as other:
+        assert other.execute(sa.text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}).scalar()
+    resp = caller.post(PV, _pv_body())
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert db.driver_connection().info.backend_pid != pid
