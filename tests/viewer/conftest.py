@@ -40,7 +40,10 @@ def analysed_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Analyse
     )
     study = load_study(folder / "dicom")
     # Eager explanations off: the browser test drives the Explain button itself.
-    settings = Settings(data_dir=root / "data", secret_key=SECRET, dev_mode=True, explain_eager="off")
+    # Study list on: the browser test drives it as the demo does (off by default; see test_viewer_studies).
+    settings = Settings(
+        data_dir=root / "data", secret_key=SECRET, dev_mode=True, explain_eager="off", study_list_enabled=True
+    )
     settings.data_dir.mkdir(parents=True)
     upgrade(settings.resolved_database_url)
     app = create_app(settings)
