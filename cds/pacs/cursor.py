@@ -30,3 +30,23 @@ def save_cursor(db: Database, name: str, last_change: int) -> None:
             .where(PacsCursorRecord.name == name, PacsCursorRecord.last_change < last_change)
             .values(last_change=last_change, updated_at=utcnow())
         )
+
+
+def reset_cursor(db: Database, name: str, last_change: int = 0) -> None:
+    """Move the cursor to `last_change` unconditionally (also back).
+
+    Only for a PACS whose change log restarted (its database was recreated, so its Seq numbers
+    start again below the cursor): re-reading from there can only repeat work, and intake is
+    idempotent, while keeping the old cursor would skip every new study.
+    """
+    with db.session() as s:
+        insert_or_get(
+            s,
+            PacsCursorRecord(name=name, last_change=last_change, updated_at=utcnow()),
+            lambda: s.get(PacsCursorRecord, name),
+        )
+        s.execute(
+            sa.update(PacsCursorRecord)
+            .where(PacsCursorRecord.name == name)
+            .values(last_change=last_change, updated_at=utcnow())
+        )

@@ -84,8 +84,10 @@ class OrthancClient:
             for c in data.get("Changes") or []
             if isinstance(c, dict) and "Seq" in c
         )
+        # Not clamped to `since`: a Last below the cursor means the PACS's change log restarted
+        # (database recreated), and the poller must see that to reset its cursor.
         last = int(data.get("Last", since))
-        return ChangePage(changes, max(last, since), bool(data.get("Done", True)))
+        return ChangePage(changes, last, bool(data.get("Done", True)))
 
     def stable_study(self, orthanc_id: str) -> StableStudy:
         """The StableStudy for an Orthanc study id: study + patient tags, series tags, procedure codes."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from cds.config import Settings
 from cds.errors import NotFound
 from cds.jobs.queue import JobQueue
-from cds.pacs.cursor import load_cursor, save_cursor
+from cds.pacs.cursor import load_cursor, reset_cursor, save_cursor
 from cds.pacs.intake import accept_stable_study
 from cds.pacs.orthanc import STABLE_STUDY, OrthancClient
 from cds.pacs.retry import retry_due_failures
@@ -69,6 +69,16 @@ class ChangePoller:
         """Read one page of changes from the cursor and handle it; the cursor follows."""
         since = load_cursor(self.db, self.feed) or 0
         page = self.orthanc.changes(since, self.page_size)
+        if not page.changes and page.last < since:
+            # Orthanc's newest change is older than our cursor: its database was recreated and
+            # its Seq restarted. Keeping the cursor would skip every new study until the numbers
+            # pass it again, so start over (repeated studies are harmless: intake is idempotent).
+            log.warning(
+                "pacs poll: the PACS change log restarted (last change %d < cursor %d); cursor reset to 0",
+                page.last, since,
+            )  # fmt: skip
+            reset_cursor(self.db, self.feed, 0)
+            return PollReport(cursor=0, done=False)
         stable = queued = skipped = 0
         handled = since
         for change in page.changes:

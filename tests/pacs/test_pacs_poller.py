@@ -46,7 +46,9 @@ class FakeOrthanc:
         if self.down:
             raise UpstreamError("Orthanc unreachable")
         page = [c for c in self.log if c.seq > since][:limit]
-        last = page[-1].seq if page else max(since, self.last_change())
+        # Like Orthanc: with nothing after `since`, Last is the newest Seq (below `since` when the
+        # change log restarted).
+        last = page[-1].seq if page else self.last_change()
         return ChangePage(tuple(page), last, not [c for c in self.log if c.seq > last])
 
     def stable_study(self, orthanc_id: str) -> StableStudy:
@@ -126,6 +128,29 @@ def test_cursor_never_moves_back(db: Database) -> None:
     save_cursor(db, "feed", 10)
     save_cursor(db, "feed", 4)
     assert load_cursor(db, "feed") == 10
+
+
+def test_a_restarted_pacs_change_log_resets_the_cursor(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeOrthanc()
+    for i in range(5):
+        fake.add(f"s{i}", f"1.2.3.{i}")
+    assert poller(db, fake).poll_once().queued == 5
+    assert load_cursor(db, "orthanc") == 10
+    # Orthanc's database is recreated: its Seq numbers start again at 1, below the cursor.
+    fake.log.clear()
+    fake.add("new", "1.2.9.1")
+    with caplog.at_level("WARNING", logger="cds.pacs.poller"):
+        report = poller(db, fake).poll_once()
+    assert report.done is False and load_cursor(db, "orthanc") == 0
+    assert "restarted" in caplog.text and "1.2.9.1" not in caplog.text
+    assert poller(db, fake).poll_once().queued == 1
+    assert "1.2.9.1" in job_uids(db)
+    assert load_cursor(db, "orthanc") == 2
+    # A normal poll with nothing new leaves the cursor where it is.
+    assert poller(db, fake).poll_once().changes == 0
+    assert load_cursor(db, "orthanc") == 2
 
 
 def test_run_loop_backs_off_while_the_pacs_is_down(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
