@@ -227,6 +227,17 @@ def _most_probable(distribution: Sequence[float]) -> int:
     return min(range(len(distribution)), key=lambda r: (-distribution[r], r))
 
 
+def _constant_guess_loss(truth: Sequence[int]) -> float | None:
+    """Weighted log loss of the best image-blind guess: the same probabilities for every case,
+    proportional to weight x frequency of each grade in this truth (the weighted-loss optimum)."""
+    if not truth:
+        return None
+    counts = np.bincount(np.asarray(truth, dtype=np.int64), minlength=3).astype(np.float64)
+    p = np.asarray(m.RSNA_WEIGHTS) * counts
+    p = p / p.sum()
+    return m.weighted_log_loss(truth, np.tile(p, (len(truth), 1)))
+
+
 def _rsna_any_severe(records: Sequence[Mapping[str, Any]]) -> float | None:
     """RSNA's extra term: per study, any severe spinal canal level (weight 4) vs none (weight 1),
     predicted by the highest P(severe) over the reported levels."""
@@ -273,17 +284,22 @@ def severity_section(
         "subarticular": [Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR],
     }
     grouped: dict[str, float | None] = {}
+    reference: dict[str, float | None] = {}
     for name, conds in groups.items():
         ps = [p for c in conds for p in pairs[c]]
-        grouped[name] = _r(m.weighted_log_loss([p.truth.rank for p in ps], [p.distribution for p in ps]))
+        truth = [p.truth.rank for p in ps]
+        grouped[name] = _r(m.weighted_log_loss(truth, [p.distribution for p in ps]))
+        reference[name] = _r(_constant_guess_loss(truth))
     grouped["any_severe_spinal"] = _r(_rsna_any_severe(records))
     present = [v for v in grouped.values() if v is not None]
     out["rsna_weighted_log_loss"] = {
         "groups": grouped,
         "mean": _r(float(np.mean(present))) if len(present) == len(grouped) else None,
+        "constant_guess_reference": reference,
         "note": "RSNA 2024 style: sample weights 1/2/4 for normal_mild/moderate/severe, one score per "
         "condition group (left and right pooled) plus any-severe-spinal (weights 1/4), averaged; lower is "
-        "better; a constant prior guess scores about 0.9-1.0 on balanced grades",
+        "better. Reference: the best constant guess for the same truth (the weighted grade frequencies, "
+        "knowing nothing about the images); a score above it is worse than not looking",
     }
     return out
 

@@ -181,3 +181,12 @@ def test_targets_misses_and_report_escape_untrusted_text() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "not available: not importable" in html
     assert "Where targets are missed and why" in html
+
+
+def test_constant_guess_reference_is_the_weighted_frequency_optimum() -> None:
+    # balanced grades: guess (1, 2, 4) / 7 -> (ln 7 + 2 ln 3.5 + 4 ln 1.75) / 7
+    import math
+
+    expected = (math.log(7) + 2 * math.log(3.5) + 4 * math.log(1.75)) / 7
+    assert agg._constant_guess_loss([0, 1, 2]) == pytest.approx(expected)
+    assert agg._constant_guess_loss([]) is None
