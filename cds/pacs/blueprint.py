@@ -25,13 +25,16 @@ from cds.pacs.study import ProcedureCode, SeriesInfo, StableStudy, dicom_date
 bp = Blueprint("pacs", __name__, url_prefix="/pacs")
 
 _TEXT = Field(default="", max_length=256)
+#: Descriptions are truncated by StableStudy, not refused (a 400 drops the study for good); this
+#: bound only keeps absurd bodies out.
+_LONG_TEXT = Field(default="", max_length=10240)
 
 
 class _Series(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     modality: str = _TEXT
-    seriesDescription: str = _TEXT
-    bodyPartExamined: str = _TEXT
+    seriesDescription: str = _LONG_TEXT
+    bodyPartExamined: str = _LONG_TEXT
 
 
 class _Code(BaseModel):
@@ -48,8 +51,8 @@ class Notification(BaseModel):
     studyInstanceUid: str = Field(min_length=3, max_length=64)
     pacsStudyId: str = Field(default="", max_length=128)
     patientId: str = _TEXT
-    studyDate: str = Field(default="", max_length=16)
-    studyDescription: str = _TEXT
+    studyDate: str = Field(default="", max_length=64)  # unreadable -> date unknown (dicom_date)
+    studyDescription: str = _LONG_TEXT
     modalitiesInStudy: list[str] = Field(default_factory=list, max_length=32)
     series: list[_Series] = Field(default_factory=list, max_length=500)
     procedureCodes: list[_Code] = Field(default_factory=list, max_length=32)

@@ -2,8 +2,11 @@
 
 Built from a push notification (cds.pacs.blueprint) or from Orthanc's REST API (cds.pacs.orthanc);
 either way the values are DICOM header values, so they are validated here once (UIDs, dates,
-lengths) and then trusted. PatientID is PHI: it is stored as the study's patient reference (as a
-local DICOM import does) and never logged.
+lengths) and then trusted. Only what would make the study unusable is refused (a bad UID, an absurd
+series count); free text that is merely too long is truncated and an unreadable StudyDate becomes
+unknown: a refused notification is not retried (the poller moves past it, the Lua push gets a
+400), so rejecting over a description would drop a lumbar MRI for good. PatientID is PHI: it is
+stored as the study's patient reference (as a local DICOM import does) and never logged.
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ from datetime import date
 
 from cds.errors import BadRequest
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
-_DA = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")  # used with fullmatch (no "$": it allows "\n")
+_DA = re.compile(r"(\d{4})(\d{2})(\d{2})")
 MAX_SERIES = 500
 MAX_TEXT = 256
 
 
 class InvalidStudyInfo(BadRequest):
-    """The PACS sent study information this service cannot use (bad UID, date, sizes)."""
+    """The PACS sent study information this service cannot use (bad UID, sizes)."""
+
+
+def _clip(text: str) -> str:
+    return text[:MAX_TEXT]
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,10 @@ class SeriesInfo:
     modality: str = ""
     description: str = ""
     body_part: str = ""  # DICOM Body Part Examined (0018,0015), e.g. LSPINE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "description", _clip(self.description))
+        object.__setattr__(self, "body_part", _clip(self.body_part))
 
 
 @dataclass(frozen=True)
@@ -50,12 +61,13 @@ class StableStudy:
     procedure_codes: tuple[ProcedureCode, ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.study_uid) > 64 or not _UID.match(self.study_uid):
+        if len(self.study_uid) > 64 or not _UID.fullmatch(self.study_uid):
             raise InvalidStudyInfo("StudyInstanceUID is not a DICOM UID")
         if len(self.series) > MAX_SERIES:
             raise InvalidStudyInfo(f"a study with more than {MAX_SERIES} series is not accepted")
-        texts = [self.patient_id, self.description, *self.modalities]
-        texts += [t for s in self.series for t in (s.modality, s.description, s.body_part)]
+        object.__setattr__(self, "description", _clip(self.description))
+        # Identifiers and modalities are not truncated (a cut PatientID names someone else).
+        texts = [self.patient_id, *self.modalities, *(s.modality for s in self.series)]
         if any(len(t) > MAX_TEXT for t in texts):
             raise InvalidStudyInfo(f"a DICOM text value is longer than {MAX_TEXT} characters")
 
@@ -65,13 +77,17 @@ class StableStudy:
 
 
 def dicom_date(value: str | None) -> date | None:
-    """A DICOM DA value (YYYYMMDD) as a date; empty -> None; anything else -> InvalidStudyInfo."""
+    """A DICOM DA value (YYYYMMDD) as a date; empty or not a valid date -> None (date unknown).
+
+    Non-standard dates occur in real archives ("2026-07-01", "20260700"); the study is still
+    analysable, so the date is dropped rather than the study.
+    """
     if not value:
         return None
-    match = _DA.match(value.strip())
+    match = _DA.fullmatch(value.strip())
     if match is None:
-        raise InvalidStudyInfo("StudyDate is not a DICOM date (YYYYMMDD)")
+        return None
     try:
         return date(int(match[1]), int(match[2]), int(match[3]))
-    except ValueError as exc:
-        raise InvalidStudyInfo("StudyDate is not a valid calendar date") from exc
+    except ValueError:
+        return None

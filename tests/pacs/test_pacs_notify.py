@@ -95,15 +95,27 @@ def test_endpoint_is_absent_without_a_configured_token(app: Flask) -> None:
         {"event": "StableStudy"},
         notification(UID, event="NewInstance"),
         notification("not-a-uid"),
-        notification(UID, studyDate="2026-07-01"),
         notification(UID, series={"modality": "MR"}),
-        notification(UID, studyDescription="x" * 1000),
+        notification(UID, studyDescription="x" * 20000),
     ],
 )
 def test_invalid_bodies_are_400(pacs_app: Flask, db: Database, body: object) -> None:
     status, answer = post(pacs_app, body)
     assert status == 400 and answer["resourceType"] == "OperationOutcome"
     assert count(db, StudyRecord) == 0
+
+
+def test_odd_dates_and_long_descriptions_do_not_drop_the_study(pacs_app: Flask, db: Database) -> None:
+    """A refused notification is never retried: only what makes a study unusable is refused."""
+    status, body = post(
+        pacs_app, notification(UID, studyDate="2026-07-01", studyDescription="Lumbar " + "x" * 1000)
+    )
+    assert status == 202 and body["outcome"] == "queued"
+    with db.session(readonly=True) as s:
+        study = queries.study_by_uid(s, UID)
+        assert study is not None and study.study_date is None
+        assert study.description is not None and len(study.description) == 256
+    assert count(db, JobRecord) == 1
 
 
 def test_many_concurrent_duplicates_make_one_job(pacs_app: Flask, db: Database) -> None:
