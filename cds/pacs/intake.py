@@ -4,6 +4,9 @@ Shared by the push path (notification endpoint) and the pull path (/changes poll
 and race-safe by construction: the study row is insert-or-get on its UID, the analysis row is
 insert-or-get on (study, mode, revision), and the job is insert-or-get on its dedupe key, so the
 same notification delivered any number of times, concurrently or by both paths, makes one job.
+A study that grows after it went stable (Orthanc fires StableStudy again when a late series
+arrives) is re-analysed: each analysis notes how many series the PACS held when it was requested,
+and a notification with more series makes the next revision (its job key is per revision).
 Nothing here touches pixels or models: it runs in the web process.
 """
 
@@ -11,6 +14,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from cds.config import Settings
 from cds.domain import AnalysisStatus
@@ -21,6 +27,7 @@ from cds.pacs.filter import Verdict, classify
 from cds.pacs.study import StableStudy
 from cds.store import queries
 from cds.store.db import Database
+from cds.store.records import AnalysisRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,32 @@ def dicomweb_study_uri(settings: Settings, study_uid: str) -> str:
     return f"{settings.dicomweb_url.rstrip('/')}/studies/{study_uid}"
 
 
+def _grew(analysed: int | None, seen: int) -> bool:
+    """More series now than the analysis was requested with (unknown counts never trigger)."""
+    return analysed is not None and seen > analysed
+
+
+def _revision_after(s: Session, study_uid: str, revision: int, seen: int) -> None:
+    """Revision `revision + 1` (one row however many callers race), noting the series it is for."""
+    analysis = queries.new_revision(s, study_uid, revision=revision + 1)
+    if analysis.pacs_series_seen is None or analysis.pacs_series_seen < seen:
+        analysis.pacs_series_seen = seen
+
+
+def _record_series_seen(db: Database, analysis_id: str, seen: int) -> int | None:
+    """Note on the analysis how many series the PACS held when it was requested (first one wins)."""
+    with db.session() as s:
+        s.execute(
+            sa.update(AnalysisRecord)
+            .where(AnalysisRecord.id == analysis_id, AnalysisRecord.pacs_series_seen.is_(None))
+            .values(pacs_series_seen=seen)
+        )
+        stored: int | None = s.scalar(
+            sa.select(AnalysisRecord.pacs_series_seen).where(AnalysisRecord.id == analysis_id)
+        )
+        return stored
+
+
 def accept_stable_study(db: Database, jobs: JobQueue, settings: Settings, study: StableStudy) -> IntakeResult:
     """Register and enqueue `study` when it is a lumbar MRI; otherwise only say why not."""
     verdict = classify(study)
@@ -59,6 +92,7 @@ def accept_stable_study(db: Database, jobs: JobQueue, settings: Settings, study:
         log.info("pacs: stable study skipped (%s)", verdict.value)
         return IntakeResult(verdict)
     source_uri = dicomweb_study_uri(settings, study.study_uid)
+    seen = len(study.series)
     with db.session() as s:
         known = queries.study_by_uid(s, study.study_uid)
         queries.upsert_study(
@@ -72,10 +106,20 @@ def accept_stable_study(db: Database, jobs: JobQueue, settings: Settings, study:
             source_uri=source_uri if known is None or not known.source_uri else None,
         )
         latest = queries.latest_analysis(s, study.study_uid)
-        if latest is not None and latest.status in _SETTLED:
+        if latest is not None and _grew(latest.pacs_series_seen, seen):
+            # The study got more series after the analysis was requested (Orthanc fires
+            # StableStudy again): the analysis ran, or may run, without them. A new revision.
+            log.info("pacs: study has more series than its analysis saw; re-analysing")
+            _revision_after(s, study.study_uid, latest.revision, seen)
+        elif latest is not None and latest.status in _SETTLED:
             # Already tried and settled: a repeated notification is not a reason to run it again
             # (retryable failures are re-tried on their back-off by cds.pacs.retry and the hooks).
             return IntakeResult(verdict, latest.id, latest.status)
     analysis = request_analysis(db, jobs, study.study_uid)
+    if _grew(_record_series_seen(db, analysis.id, seen), seen):
+        # A concurrent notification with fewer series created this analysis first.
+        with db.session() as s:
+            _revision_after(s, study.study_uid, analysis.revision, seen)
+        analysis = request_analysis(db, jobs, study.study_uid)
     log.info("pacs: lumbar MRI accepted; analysis %s is %s", analysis.id, analysis.status.value)
     return IntakeResult(verdict, analysis.id, analysis.status)

@@ -213,11 +213,18 @@ def ensure_analysis(
     return analysis
 
 
-def new_revision(session: Session, study_uid: str, mode: AnalysisMode = AnalysisMode.QUICK) -> AnalysisRecord:
-    """A fresh PENDING analysis after the current one (re-analysis, e.g. after a model update)."""
+def new_revision(
+    session: Session, study_uid: str, mode: AnalysisMode = AnalysisMode.QUICK, *, revision: int | None = None
+) -> AnalysisRecord:
+    """A fresh PENDING analysis after the current one (re-analysis, e.g. after a model update).
+
+    `revision` pins the number (the one after the analysis the caller decided on), so callers racing
+    on the same decision get one row even when another already committed it.
+    """
     study = _require_study(session, study_uid)
-    current = latest_analysis(session, study_uid, mode)
-    revision = 1 if current is None else current.revision + 1
+    if revision is None:
+        current = latest_analysis(session, study_uid, mode)
+        revision = 1 if current is None else current.revision + 1
 
     def lookup() -> AnalysisRecord | None:
         return session.scalars(

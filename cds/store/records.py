@@ -111,6 +111,12 @@ class AnalysisRecord(_Timestamps, Base):
     result_json: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: Series in the PACS notification/poll that requested this analysis (None: not from the PACS).
+    pacs_series_seen: Mapped[int | None] = mapped_column(sa.Integer)
+    #: FHIR write-back: None (not attempted), "pending", "failed" (retried at writeback_next_at), "done".
+    writeback_state: Mapped[str | None] = mapped_column(sa.String(16))
+    writeback_attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    writeback_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
     study: Mapped[StudyRecord] = relationship(back_populates="analyses")
     findings: Mapped[list[FindingRecord]] = relationship(

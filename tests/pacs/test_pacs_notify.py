@@ -184,3 +184,57 @@ def test_notifications_after_a_failed_analysis_do_not_run_it_again(pacs_app: Fla
         (job,) = s.scalars(sa.select(JobRecord)).all()
         assert job.status is JobStatus.FAILED
     assert count(db, AnalysisRecord) == 1
+
+
+AXIAL = {"modality": "MR", "seriesDescription": "Ax T2 FSE", "bodyPartExamined": "LSPINE"}
+SAGITTAL = {"modality": "MR", "seriesDescription": "Sag T2 FSE", "bodyPartExamined": "LSPINE"}
+
+
+def analyze_jobs(db: Database) -> list[tuple[str, str]]:
+    with db.session(readonly=True) as s:
+        return sorted((j.dedupe_key, j.payload["analysis_id"]) for j in s.scalars(sa.select(JobRecord)))
+
+
+def test_a_study_that_grows_after_its_first_analysis_is_analysed_again(pacs_app: Flask, db: Database) -> None:
+    """Axial series first (analysis ends UNANALYSABLE: no sagittal T2), the sagittal one later:
+    Orthanc fires StableStudy again; that notification (40 times, concurrently) makes exactly one
+    new revision and one job; a further notification with the same series makes nothing."""
+    _, first = post(pacs_app, notification(UID, series=[AXIAL]))
+    with db.session() as s:
+        record = queries.get_analysis(s, first["analysisId"])
+        assert record is not None and record.pacs_series_seen == 1
+        record.status, record.reason = AnalysisStatus.UNANALYSABLE, "no sagittal T2"
+
+    def send(_: int) -> tuple[int, str]:
+        status, body = post(pacs_app, notification(UID, series=[AXIAL, SAGITTAL]))
+        return status, body.get("analysisId", "")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(send, range(40)))
+    assert {status for status, _ in answers} == {202}
+    (second_id,) = {analysis_id for _, analysis_id in answers}
+    assert second_id != first["analysisId"]
+    with db.session(readonly=True) as s:
+        latest = queries.latest_analysis(s, UID)
+        assert latest is not None and latest.id == second_id
+        assert (latest.revision, latest.status, latest.pacs_series_seen) == (2, AnalysisStatus.PENDING, 2)
+    jobs = analyze_jobs(db)
+    assert sorted(analysis_id for _, analysis_id in jobs) == sorted([first["analysisId"], second_id])
+    assert count(db, AnalysisRecord) == 2 and len({key for key, _ in jobs}) == 2
+
+    status, again = post(pacs_app, notification(UID, series=[AXIAL, SAGITTAL]))
+    assert status == 202 and again["analysisId"] == second_id
+    assert count(db, AnalysisRecord) == 2 and count(db, JobRecord) == 2
+
+
+def test_a_study_growing_while_its_analysis_is_pending_gets_a_revision_too(
+    pacs_app: Flask, db: Database
+) -> None:
+    """The job may already be reading the partial study: the grown one is a new revision."""
+    _, first = post(pacs_app, notification(UID, series=[AXIAL]))
+    _, second = post(pacs_app, notification(UID, series=[AXIAL, SAGITTAL]))
+    assert second["analysisId"] != first["analysisId"] and second["analysisStatus"] == "pending"
+    assert count(db, AnalysisRecord) == count(db, JobRecord) == 2
+    # Fewer series than the latest analysis saw (a partial re-send): nothing new.
+    assert post(pacs_app, notification(UID, series=[AXIAL]))[1]["analysisId"] == second["analysisId"]
+    assert count(db, AnalysisRecord) == count(db, JobRecord) == 2
