@@ -43,6 +43,7 @@ def register(subparsers: Any) -> None:
 def _poll(args: argparse.Namespace) -> int:
     from cds.commands.worker import wait_for_schema
     from cds.config import Settings, SettingsError
+    from cds.fhir.writeback import retry_due_writebacks
     from cds.jobs.queue import JobQueue
     from cds.pacs.orthanc import OrthancClient
     from cds.pacs.poller import ChangePoller
@@ -77,9 +78,11 @@ def _poll(args: argparse.Namespace) -> int:
                 if report.done:
                     break
             retried = retry_due_failures(db, queue)
+            rewritten = retry_due_writebacks(db, settings)
             print(
                 f"changes {total}, stable studies {stable}, lumbar MRI queued {queued}, "
-                f"skipped {skipped}, cursor {report.cursor}; failed analyses retried {retried}"
+                f"skipped {skipped}, cursor {report.cursor}; failed analyses retried {retried}, "
+                f"failed write-backs written {rewritten}"
             )
             return 0
         stop = threading.Event()

@@ -13,6 +13,13 @@ Where: the server in CDS_FHIR_WRITEBACK_URL (a system-level credential in
 CDS_FHIR_WRITEBACK_TOKEN: a hook's short-lived token is gone by the time a job finishes). The
 ImagingStudy (by StudyInstanceUID) is looked up there first, for the patient, the study reference
 and the order; cds.fhir.roundtrip_imaging does that lookup.
+
+Durable: each analysis carries a write-back state (analyses.writeback_state: pending -> done, or
+failed with writeback_attempts and writeback_next_at). A job whose attempts are used up while the
+EHR is down leaves it "failed"; retry_due_writebacks (run after every PACS poll, `cds pacs poll`)
+tries again on a long exponential back-off (5 min doubling, at most 6 h apart) until it is
+written: a report is never dropped silently. A write-back left "pending" by a worker that died is
+picked up the same way after PENDING_GRACE.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -39,6 +46,17 @@ from cds.fhir.roundtrip_imaging import ehr_client, resolve_imaging_study
 log = logging.getLogger(__name__)
 
 PROVENANCE_TAG_SYSTEM = f"{codes.PROJECT_BASE}/sid/analysis-provenance"
+
+#: analyses.writeback_state values (None: never attempted).
+STATE_PENDING = "pending"  # being written (or its writer died: retried after PENDING_GRACE)
+STATE_FAILED = "failed"  # the EHR did not take it; retried at writeback_next_at
+STATE_DONE = "done"
+STATE_SKIPPED = "skipped"  # nothing to write (no Patient known); not retried
+#: First retry after a failed write-back; doubles with each further failure, up to RETRY_MAX_DELAY.
+RETRY_FIRST_DELAY = timedelta(minutes=5)
+RETRY_MAX_DELAY = timedelta(hours=6)
+#: A write-back still pending this long was lost with its worker.
+PENDING_GRACE = timedelta(minutes=30)
 _DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 _PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
@@ -222,6 +240,96 @@ def write_back_analysis(db: Any, settings: Settings, analysis_id: str) -> Writeb
     return write_back(client, result, ctx, based_on=found.based_on if found is not None else ())
 
 
+def retry_delay(failures: int) -> timedelta:
+    """Wait after the n-th failed write-back round (n >= 1)."""
+    return min(RETRY_FIRST_DELAY * 2 ** min(max(0, failures - 1), 16), RETRY_MAX_DELAY)
+
+
+def _set_state(db: Any, analysis_id: str, state: str, *, now: datetime | None = None) -> datetime | None:
+    """Store the write-back state; a failure counts one more round and schedules the next one."""
+    import sqlalchemy as sa
+
+    from cds.store.records import AnalysisRecord
+
+    now = now or datetime.now(UTC)
+    with db.session() as s:
+        record = s.get(AnalysisRecord, analysis_id)
+        if record is None:
+            return None
+        record.writeback_state = state
+        if state == STATE_FAILED:
+            record.writeback_attempts = (record.writeback_attempts or 0) + 1
+            record.writeback_next_at = now + retry_delay(record.writeback_attempts)
+        elif state == STATE_PENDING:
+            record.writeback_next_at = now + PENDING_GRACE
+        else:
+            record.writeback_next_at = None
+            if state == STATE_DONE:
+                record.writeback_attempts = 0
+        s.flush()
+        next_at: datetime | None = s.scalar(
+            sa.select(AnalysisRecord.writeback_next_at).where(AnalysisRecord.id == analysis_id)
+        )
+        return next_at
+
+
+def _write_and_record(db: Any, settings: Settings, analysis_id: str) -> WritebackResult | None:
+    """write_back_analysis, with the outcome stored (done / skipped); failures raise unrecorded."""
+    try:
+        written = write_back_analysis(db, settings, analysis_id)
+    except WritebackUnavailable as exc:
+        log.info("FHIR write-back skipped: %s", exc.message)
+        _set_state(db, analysis_id, STATE_SKIPPED)
+        return None
+    _set_state(db, analysis_id, STATE_DONE)
+    return written
+
+
+def retry_due_writebacks(db: Any, settings: Settings, *, now: datetime | None = None, limit: int = 20) -> int:
+    """Retry write-backs that failed (or were lost) once their back-off is over; how many succeeded.
+
+    Concurrent sweepers are safe: each claims an analysis by moving its next try forward in one
+    conditional UPDATE, and the transaction itself is idempotent anyway.
+    """
+    if not settings.fhir_writeback_url:
+        return 0
+    import sqlalchemy as sa
+
+    from cds.store.records import AnalysisRecord
+
+    now = now or datetime.now(UTC)
+    due_filter = (
+        AnalysisRecord.writeback_state.in_((STATE_PENDING, STATE_FAILED)),
+        AnalysisRecord.writeback_next_at <= now,
+    )
+    with db.session(readonly=True) as s:
+        due = list(
+            s.scalars(
+                sa.select(AnalysisRecord.id)
+                .where(*due_filter)
+                .order_by(AnalysisRecord.writeback_next_at)
+                .limit(limit)
+            )
+        )
+    written = 0
+    for analysis_id in due:
+        with db.session() as s:
+            claimed = s.execute(
+                sa.update(AnalysisRecord)
+                .where(AnalysisRecord.id == analysis_id, *due_filter)
+                .values(writeback_state=STATE_PENDING, writeback_next_at=now + PENDING_GRACE)
+            ).rowcount
+        if not claimed:
+            continue
+        try:
+            if _write_and_record(db, settings, analysis_id) is not None:
+                written += 1
+        except Exception as exc:  # EHR still down (or anything else): next round, never dropped
+            next_at = _set_state(db, analysis_id, STATE_FAILED, now=now)
+            log.warning("FHIR write-back retry failed (%s); next try at %s", type(exc).__name__, next_at)
+    return written
+
+
 def write_back_in_job(
     db: Any, settings: Settings, analysis_id: str, *, attempt: int, final_attempt: bool
 ) -> None:
@@ -229,18 +337,21 @@ def write_back_in_job(
 
     No-op unless CDS_FHIR_WRITEBACK_URL is set. Nothing to write (incomplete, no Patient) is logged
     and skipped; a server failure raises (the job attempt fails and its retry redoes only this
-    step, the transaction being idempotent), except on the last attempt, where it is logged.
+    step, the transaction being idempotent), except on the last attempt, where the write-back is
+    stored as failed and left to retry_due_writebacks (long back-off) instead of being dropped.
     """
     if not settings.fhir_writeback_url:
         return
+    _set_state(db, analysis_id, STATE_PENDING)
     try:
-        written = write_back_analysis(db, settings, analysis_id)
-    except WritebackUnavailable as exc:
-        log.info("FHIR write-back skipped: %s", exc.message)
-        return
+        written = _write_and_record(db, settings, analysis_id)
     except CdsError as exc:
         if final_attempt:
-            log.error("FHIR write-back failed after %d attempts (%s)", attempt, type(exc).__name__)
+            next_at = _set_state(db, analysis_id, STATE_FAILED)
+            log.error(
+                "FHIR write-back failed after %d attempts (%s); retried later, next at %s",
+                attempt, type(exc).__name__, next_at,
+            )  # fmt: skip
             return
         raise
     if written is not None:

@@ -109,7 +109,8 @@ class ChangePoller:
     def run(self, stop: threading.Event, interval_s: float) -> None:
         """Poll until `stop` is set: at once while pages are full, else every interval_s; a failing
         PACS or database backs off (doubling, up to 10 intervals) without moving the cursor. After
-        each poll, analyses that failed retryably (PACS outage) get a new attempt once due."""
+        each poll, analyses that failed retryably (PACS outage) get a new attempt once due, and so do
+        FHIR write-backs that failed (EHR outage; cds.fhir.writeback.retry_due_writebacks)."""
         delay = interval_s
         while not stop.is_set():
             try:
@@ -127,6 +128,15 @@ class ChangePoller:
                 retried = 0
             if retried:
                 log.info("pacs poll: %d failed analyses retried after their back-off", retried)
+            try:  # failed FHIR write-backs (EHR down longer than their job's retries) go here too
+                from cds.fhir.writeback import retry_due_writebacks
+
+                rewritten = retry_due_writebacks(self.db, self.settings)
+            except Exception as exc:
+                log.warning("pacs poll: write-back retry sweep failed (%s)", type(exc).__name__)
+                rewritten = 0
+            if rewritten:
+                log.info("pacs poll: %d failed FHIR write-backs written on retry", rewritten)
             if report.stable_studies:
                 log.info(
                     "pacs poll: %d stable studies, %d queued, %d skipped (cursor %d)",

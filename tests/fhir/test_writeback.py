@@ -6,7 +6,7 @@ to a real server.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -157,3 +157,75 @@ def test_resolved_study_references() -> None:
         "Patient/p-9",
         ("ServiceRequest/sr-9",),
     )
+
+
+class SwitchableEhr(FakeClient):
+    """The EHR's FHIR server, down until `up` is set; counts transactions it accepted."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.up = False
+        self.written = 0
+
+    def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        if not self.up:
+            self.calls += 1
+            raise UpstreamError("FHIR server unreachable")
+        self.written += 1
+        return super().transaction(bundle)
+
+
+def test_a_write_back_that_outlives_its_job_is_retried_later_not_dropped(
+    db: Database, analysis: AnalysisResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cds.fhir.writeback as writeback
+    from cds.store.records import AnalysisRecord
+
+    ehr = SwitchableEhr()
+    monkeypatch.setattr(writeback, "ehr_client", lambda settings: ehr)
+    monkeypatch.setattr(writeback, "resolve_imaging_study", lambda client, uid: None)
+    monkeypatch.setattr(writeback.time, "sleep", lambda s: None)
+    settings = Settings(fhir_writeback_url="http://ehr.example.org/fhir")
+    with db.session() as s:
+        queries.upsert_study(s, "1.2.3.4", patient_ref="Patient/p-1")
+        analysis_id = queries.save_analysis(s, "1.2.3.4", analysis).id
+
+    def state() -> tuple[str | None, int, datetime | None]:
+        with db.session(readonly=True) as s:
+            r = s.get(AnalysisRecord, analysis_id)
+            assert r is not None
+            return r.writeback_state, r.writeback_attempts, r.writeback_next_at
+
+    # Not the last job attempt: the failure is raised (the job retries), the state stays pending.
+    with pytest.raises(UpstreamError):
+        writeback.write_back_in_job(db, settings, analysis_id, attempt=1, final_attempt=False)
+    assert state()[0] == writeback.STATE_PENDING
+    # Last job attempt with the EHR still down: recorded as failed, next try scheduled, job not failed.
+    before = datetime.now(UTC)
+    writeback.write_back_in_job(db, settings, analysis_id, attempt=3, final_attempt=True)
+    status, attempts, next_at = state()
+    assert (status, attempts) == (writeback.STATE_FAILED, 1) and next_at is not None
+    assert next_at >= before + writeback.RETRY_FIRST_DELAY - timedelta(seconds=1)
+    # Not due yet: the sweep leaves it alone.
+    assert writeback.retry_due_writebacks(db, settings) == 0 and state()[1] == 1
+    # Due, EHR still down: one more failed round, the back-off doubles.
+    later = next_at + timedelta(seconds=1)
+    assert writeback.retry_due_writebacks(db, settings, now=later) == 0
+    status, attempts, next_at2 = state()
+    assert (status, attempts) == (writeback.STATE_FAILED, 2) and next_at2 is not None
+    assert next_at2 >= later + 2 * writeback.RETRY_FIRST_DELAY - timedelta(seconds=1)
+    assert ehr.written == 0
+    # The EHR is back: the next due sweep writes exactly one report; later sweeps write nothing.
+    ehr.up = True
+    last = next_at2 + timedelta(seconds=1)
+    assert writeback.retry_due_writebacks(db, settings, now=last) == 1
+    assert state() == (writeback.STATE_DONE, 0, None) and ehr.written == 1
+    assert writeback.retry_due_writebacks(db, settings, now=last + timedelta(days=2)) == 0
+    assert ehr.written == 1
+
+
+def test_write_back_back_off_is_long_and_capped() -> None:
+    from cds.fhir.writeback import RETRY_MAX_DELAY, retry_delay
+
+    assert [retry_delay(n).total_seconds() / 60 for n in (1, 2, 3)] == [5, 10, 20]
+    assert retry_delay(50) == RETRY_MAX_DELAY
