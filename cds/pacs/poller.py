@@ -106,6 +106,19 @@ class ChangePoller:
             return False
         return accept_stable_study(self.db, self.jobs, self.settings, study).accepted
 
+    def _retry_writebacks(self) -> None:
+        """Failed FHIR write-backs (EHR down longer than their job's retries) are retried from here:
+        the poller runs in every deployment with a PACS (compose service pacs-poller)."""
+        try:
+            from cds.fhir.writeback import retry_due_writebacks
+
+            rewritten = retry_due_writebacks(self.db, self.settings)
+        except Exception as exc:  # a convenience of the loop: never stop polling for it
+            log.warning("pacs poll: write-back retry sweep failed (%s)", type(exc).__name__)
+            return
+        if rewritten:
+            log.info("pacs poll: %d failed FHIR write-backs written on retry", rewritten)
+
     def run(self, stop: threading.Event, interval_s: float) -> None:
         """Poll until `stop` is set: at once while pages are full, else every interval_s; a failing
         PACS or database backs off (doubling, up to 10 intervals) without moving the cursor. After
@@ -117,6 +130,7 @@ class ChangePoller:
                 report = self.poll_once()
             except Exception as exc:  # keep polling: the PACS or database may come back
                 log.warning("pacs poll failed (%s); retrying in %.0f s", type(exc).__name__, delay)
+                self._retry_writebacks()  # the EHR does not depend on the PACS being up
                 stop.wait(delay)
                 delay = min(delay * 2, interval_s * 10)
                 continue
@@ -128,15 +142,7 @@ class ChangePoller:
                 retried = 0
             if retried:
                 log.info("pacs poll: %d failed analyses retried after their back-off", retried)
-            try:  # failed FHIR write-backs (EHR down longer than their job's retries) go here too
-                from cds.fhir.writeback import retry_due_writebacks
-
-                rewritten = retry_due_writebacks(self.db, self.settings)
-            except Exception as exc:
-                log.warning("pacs poll: write-back retry sweep failed (%s)", type(exc).__name__)
-                rewritten = 0
-            if rewritten:
-                log.info("pacs poll: %d failed FHIR write-backs written on retry", rewritten)
+            self._retry_writebacks()
             if report.stable_studies:
                 log.info(
                     "pacs poll: %d stable studies, %d queued, %d skipped (cursor %d)",

@@ -174,3 +174,34 @@ def test_run_loop_backs_off_while_the_pacs_is_down(db: Database, monkeypatch: py
     poller(db, fake).run(stop, interval_s=1.0)
     assert waits[:4] == [1.0, 2.0, 4.0, 8.0]
     assert job_uids(db) == ["1.2.3.1"]
+
+
+def test_run_loop_retries_failed_write_backs_also_while_the_pacs_is_down(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import cds.fhir.writeback as writeback
+
+    sweeps: list[bool] = []
+    fake = FakeOrthanc()
+    fake.down = True
+
+    def sweep(db: Database, settings: Settings) -> int:
+        sweeps.append(fake.down)
+        return 0
+
+    monkeypatch.setattr(writeback, "retry_due_writebacks", sweep)
+    stop = threading.Event()
+    waits: list[float] = []
+
+    def wait(delay: float) -> bool:
+        waits.append(delay)
+        fake.down = len(waits) < 2
+        if len(waits) == 3:
+            stop.set()
+        return stop.is_set()
+
+    monkeypatch.setattr(stop, "wait", cast(Any, wait))
+    poller(db, fake).run(stop, interval_s=1.0)
+    assert True in sweeps and False in sweeps  # swept with the PACS down and with it up
