@@ -178,8 +178,8 @@ def explain_misses(metrics: Mapping[str, Any], verdicts: list[dict[str, Any]]) -
                 "target": "foraminal area ratio (measurement)",
                 "measured": "not reported",
                 "wanted": "reported",
-                "why": "The pipeline does not measure the foraminal area ratio (no parasagittal foramen "
-                "segmentation in this release), so foraminal grades come from the classifier alone.",
+                "why": "The pipeline does not report a foraminal area ratio in this release, so foraminal "
+                "grades come from the classifier alone and are flagged uncertain.",
             }
         )
     return out
