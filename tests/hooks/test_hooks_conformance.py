@@ -361,7 +361,7 @@ def test_operation_outcome_prefetch_is_412(caller: Caller) -> None:
 def test_absent_prefetch_fetched_from_allowed_fhir_server(caller: Caller, hooks_app: Flask) -> None:
     _store(hooks_app, STUDY_UID, analysis(SEVERE_L4_L5))
     server = FakeServer()
-    server.routes[f"/fhir/ImagingStudy?patient={PATIENT_ID}&modality=MR"] = (
+    server.routes[f"/fhir/ImagingStudy?patient={PATIENT_ID}&modality=MR&_include=ImagingStudy:endpoint"] = (
         200,
         bundle(imaging_study(OLD_STUDY_UID, started="2020-01-01"), next_url=f"{server.base}/fhir/p2"),
     )
@@ -381,7 +381,10 @@ def test_absent_prefetch_fetched_from_allowed_fhir_server(caller: Caller, hooks_
     (card,) = resp.get_json()["cards"]
     assert "severe central canal stenosis at L4-L5" in card["summary"]
     paths = [p for p, _ in server.requests]
-    assert f"/fhir/ImagingStudy?patient={PATIENT_ID}&modality=MR" in paths and "/fhir/p2" in paths
+    assert (
+        f"/fhir/ImagingStudy?patient={PATIENT_ID}&modality=MR&_include=ImagingStudy:endpoint" in paths
+        and "/fhir/p2" in paths
+    )
     assert {a for _, a in server.requests} == {"Bearer ehr-access-token"}
 
 
@@ -395,7 +398,7 @@ def test_order_hook_with_lumbar_order_and_no_data_is_412(caller: Caller) -> None
 
 def test_fhir_server_refusing_the_token_is_412(caller: Caller) -> None:
     server = FakeServer()
-    server.routes[f"/fhir/ImagingStudy?patient={PATIENT_ID}&modality=MR"] = (
+    server.routes[f"/fhir/ImagingStudy?patient={PATIENT_ID}&modality=MR&_include=ImagingStudy:endpoint"] = (
         401,
         {"resourceType": "OperationOutcome"},
     )

@@ -309,7 +309,10 @@ def test_operation_outcome_entries_in_bundle_ignored() -> None:
 # --- prefetch -----------------------------------------------------------------------------------
 
 STUDIES = PrefetchTemplate(
-    "studies", "ImagingStudy?patient={{context.patientId}}&modality=MR", "Bundle", True
+    "studies",
+    "ImagingStudy?patient={{context.patientId}}&modality=MR&_include=ImagingStudy:endpoint",
+    "Bundle",
+    True,
 )
 PATIENT = PrefetchTemplate("patient", "Patient/{{context.patientId}}", "Patient", False)
 CONTEXT = {"patientId": PATIENT_ID, "userId": "Practitioner/7"}
@@ -368,7 +371,7 @@ def test_null_prefetch_means_no_data_and_is_not_refetched() -> None:
 
 
 def test_absent_key_fetched_from_fhir_server() -> None:
-    query = f"ImagingStudy?patient={PATIENT_ID}&modality=MR"
+    query = f"ImagingStudy?patient={PATIENT_ID}&modality=MR&_include=ImagingStudy:endpoint"
     source = RecordingSource({query: bundle(imaging_study())})
     data = resolve((STUDIES, PATIENT), {}, CONTEXT, source)
     assert data["studies"] == bundle(imaging_study())
@@ -398,7 +401,7 @@ def test_wrong_resource_type_in_prefetch_is_400() -> None:
 
 def test_fetch_over_http_follows_pages_sends_bearer_and_respects_allow_list() -> None:
     server = FakeServer()
-    first = f"/ImagingStudy?patient={PATIENT_ID}&modality=MR"
+    first = f"/ImagingStudy?patient={PATIENT_ID}&modality=MR&_include=ImagingStudy:endpoint"
     server.routes[first] = (
         200,
         bundle(imaging_study(OLD_STUDY_UID, started="2024-01-05"), next_url=f"{server.base}/page2"),
@@ -449,7 +452,7 @@ def test_supplied_first_page_that_cannot_be_completed_counts_as_absent() -> None
     with pytest.raises(PrefetchUnavailable):  # required, and no fhirServer to follow the link
         resolve((STUDIES,), {"studies": first_page}, CONTEXT, None)
     # a server that cannot follow the link (e.g. another origin): the whole search is fetched instead
-    query = f"ImagingStudy?patient={PATIENT_ID}&modality=MR"
+    query = f"ImagingStudy?patient={PATIENT_ID}&modality=MR&_include=ImagingStudy:endpoint"
     everything = bundle(imaging_study(OLD_STUDY_UID), imaging_study(STUDY_UID, rid="is-2"))
     source = _NoAbsoluteLinks({query: everything})
     data = resolve((STUDIES,), {"studies": first_page}, CONTEXT, source)

@@ -81,7 +81,10 @@ def test_replayed_token_is_refused_before_evaluation(caller: Caller, hooks_app: 
     """The jti is claimed before the request is evaluated: a replay does not even reach the EHR's
     FHIR server (no prefetch fetch made on its behalf)."""
     server = FakeServer()
-    server.routes[f"/ImagingStudy?patient={PATIENT_ID}&modality=MR"] = (200, bundle(imaging_study()))
+    server.routes[f"/ImagingStudy?patient={PATIENT_ID}&modality=MR&_include=ImagingStudy:endpoint"] = (
+        200,
+        bundle(imaging_study()),
+    )
     with server.running():
         body = {**_body(), "prefetch": {"patient": patient()}, "fhirServer": server.base}
         body["fhirAuthorization"] = {

@@ -12,8 +12,13 @@ from cds.hooks.studies import lumbar_mri_studies
 
 PATIENT = PrefetchTemplate("patient", "Patient/{{context.patientId}}", "Patient", required=False)
 #: The patient's MR studies; lumbar ones are picked out locally (EHRs code body sites unevenly).
+#: `_include=ImagingStudy:endpoint` brings each study's DICOMweb Endpoint into the same Bundle, so
+#: cds.hooks.imagesource reads the images where the EHR says they are (not only CDS_DICOMWEB_URL).
 STUDIES = PrefetchTemplate(
-    "studies", "ImagingStudy?patient={{context.patientId}}&modality=MR", "Bundle", required=True
+    "studies",
+    "ImagingStudy?patient={{context.patientId}}&modality=MR&_include=ImagingStudy:endpoint",
+    "Bundle",
+    required=True,
 )
 #: Prior lumbar MRI reports (LOINC 24968-0, 24967-2): a radiologist's read on file is worth saying.
 REPORTS = PrefetchTemplate(
