@@ -30,6 +30,47 @@ from cds.config import Settings
 from cds.store.db import Database
 
 
+@pytest.fixture(autouse=True)
+def _isolated_logging() -> Iterator[None]:
+    """Give every test the logging set-up it started with.
+
+    Commands run in-process (`cds.cli.main`) call `cds.logs.configure_logging`, which sets the root
+    level and installs a handler bound to the stderr pytest captured for that test; left in place,
+    later tests lose their INFO records (caplog sees nothing) or log into a closed stream. Restoring
+    the root logger and the per-logger levels after each test keeps tests independent of order.
+    """
+    import logging
+
+    root = logging.getLogger()
+    root_state = (root.level, list(root.handlers))
+    disabled_below = logging.root.manager.disable
+    loggers = {
+        name: (lg.level, lg.disabled, lg.propagate, list(lg.handlers))
+        for name, lg in logging.Logger.manager.loggerDict.items()
+        if isinstance(lg, logging.Logger)
+    }
+    yield
+    for handler in [h for h in root.handlers if h not in root_state[1]]:
+        root.removeHandler(handler)
+    for handler in root_state[1]:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(root_state[0])
+    logging.disable(disabled_below)
+    for name, lg in logging.Logger.manager.loggerDict.items():
+        if not isinstance(lg, logging.Logger):
+            continue
+        if name in loggers:
+            level, disabled, propagate, handlers = loggers[name]
+            lg.setLevel(level)
+            lg.disabled = disabled
+            lg.propagate = propagate
+            lg.handlers[:] = handlers
+        else:  # created during the test (e.g. a command quietening "cds.hooks"): back to defaults
+            lg.setLevel(logging.NOTSET)
+            lg.disabled = False
+
+
 def _under_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
