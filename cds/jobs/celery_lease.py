@@ -147,35 +147,32 @@ class JobLeases:
 
     # --- while running ----------------------------------------------------------------------
 
+    @staticmethod
+    def _update_held(s: Session, job_id: int, holder: str, values: dict[str, object]) -> bool:
+        """The fence: write `values` only while `holder` still holds the RUNNING job (one row)."""
+        done = s.execute(
+            sa.update(JobRecord)
+            .where(
+                JobRecord.id == job_id,
+                JobRecord.status == JobStatus.RUNNING,
+                JobRecord.worker == holder[:128],
+            )
+            .values(**values)
+        )
+        return bool(done.rowcount == 1)  # type: ignore[attr-defined]
+
     def heartbeat(self, job_id: int, worker: str) -> bool:
         """Refresh the lease; False if this worker no longer holds the job."""
         with self.db.session() as s:
-            done = s.execute(
-                sa.update(JobRecord)
-                .where(
-                    JobRecord.id == job_id,
-                    JobRecord.status == JobStatus.RUNNING,
-                    JobRecord.worker == worker[:128],
-                )
-                .values(updated_at=utcnow())
-            )
-            return bool(done.rowcount == 1)  # type: ignore[attr-defined]
+            return self._update_held(s, job_id, worker, {"updated_at": utcnow()})
 
     # --- settle (fenced on the lease) --------------------------------------------------------
 
     def complete(self, job_id: int, worker: str) -> bool:
         """DONE, if this worker still holds the job (False: it lost the lease; nothing written)."""
+        done = {"status": JobStatus.DONE, "finished_at": utcnow(), "worker": None, "last_error": None}
         with self.db.session() as s:
-            done = s.execute(
-                sa.update(JobRecord)
-                .where(
-                    JobRecord.id == job_id,
-                    JobRecord.status == JobStatus.RUNNING,
-                    JobRecord.worker == worker[:128],
-                )
-                .values(status=JobStatus.DONE, finished_at=utcnow(), worker=None, last_error=None)
-            )
-            return bool(done.rowcount == 1)  # type: ignore[attr-defined]
+            return self._update_held(s, job_id, worker, done)
 
     def fail(
         self, job_id: int, worker: str, error: str, *, retry: bool, retry_delay_s: float
@@ -194,16 +191,7 @@ class JobLeases:
                 values |= {"status": JobStatus.QUEUED, "run_after": now + timedelta(seconds=delay)}
             else:
                 values |= {"status": JobStatus.FAILED, "finished_at": now}
-            done = s.execute(
-                sa.update(JobRecord)
-                .where(
-                    JobRecord.id == job_id,
-                    JobRecord.status == JobStatus.RUNNING,
-                    JobRecord.worker == worker[:128],
-                )
-                .values(**values)
-            )
-            if done.rowcount != 1:  # type: ignore[attr-defined]
+            if not self._update_held(s, job_id, worker, values):
                 return None, 0.0
             return (JobStatus.QUEUED if again else JobStatus.FAILED), delay
 
