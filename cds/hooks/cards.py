@@ -8,10 +8,18 @@ normal/mild (or no result) -> info.
 
 Wording says "AI" and "preliminary" everywhere: these are machine reads, not a radiologist's.
 Order hooks speak of the PRIOR study only; the ordered study does not exist yet.
+
+Explainable mode on the result card (StoredAnalysis.explanation): a finished explanation puts its
+verified rationale in the detail (escaped, labelled machine-generated with its writer: language
+model or template), says how many heatmaps the viewer has with a link to them, and the "explain"
+link becomes "view explanation"; a pending one is announced (the card never enqueues anything; its
+link leads to the status page, whose request is idempotent); a failed one is reported with its
+reason and the explain link stays, to try again.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections import OrderedDict
@@ -24,6 +32,7 @@ from typing import Any, Protocol
 from cds.domain import THRESHOLDS, AnalysisStatus, Condition, Finding, Indicator, MeasurementName
 from cds.fhir.codes import PROJECT_BASE
 from cds.hooks.catalog import StoredAnalysis
+from cds.hooks.explanations import StoredExplanation
 from cds.hooks.markdown import escape
 from cds.hooks.reports import ReportOnFile
 from cds.hooks.studies import LumbarStudy
@@ -196,6 +205,93 @@ def _detail(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -> str
     return "\n".join(lines)
 
 
+#: Characters of rationale shown in a card (whole sentences only; the viewer has the full text).
+RATIONALE_MAX = 1500
+_SENTENCE_END = re.compile(r"(?<=[.;])\s+")
+EXPLAIN_LABEL = "Explain these findings (heatmaps, rationale)"
+PENDING_LABEL = "Explanation in progress: see its status"
+
+
+def _writer_words(explanation: StoredExplanation) -> str:
+    """Who wrote the rationale, in words a clinician can weigh (model details escaped)."""
+    writer = explanation.writer or ""
+    if explanation.writer_is_model:
+        detail = writer.split(":", 1)[1] if ":" in writer else ""
+        return "language model" + (f" ({escape(detail, 80)})" if detail else "")
+    if writer == "template":
+        return "template (fixed sentences filled in from the measured findings)"
+    return escape(writer, 80)
+
+
+def _rationale_shown(text: str) -> str:
+    """Whole sentences up to RATIONALE_MAX characters, escaped; never a cut sentence."""
+    sentences = _SENTENCE_END.split(" ".join(text.split()))
+    shown: list[str] = []
+    size = 0
+    for sentence in sentences:
+        if size + len(sentence) > RATIONALE_MAX:
+            break
+        shown.append(sentence)
+        size += len(sentence) + 1
+    body = escape(" ".join(shown), RATIONALE_MAX + 1)
+    if len(shown) < len(sentences):
+        body = (body + " " if body else "") + "(continued in the viewer)"
+    return body
+
+
+def _explanation_lines(explanation: StoredExplanation | None) -> list[str]:
+    """The detail's explanation section (without the per-call viewer link)."""
+    if explanation is None:
+        return []
+    if explanation.ready:
+        assert explanation.rationale is not None
+        return [
+            "",
+            f"**Explanation** (machine-generated rationale; writer: {_writer_words(explanation)}; "
+            "checked against the findings above before display):",
+            "",
+            "> " + _rationale_shown(explanation.rationale),
+        ]
+    if explanation.in_progress:
+        return [
+            "",
+            "**Explanation** (heatmaps and a written rationale) has been requested and is being "
+            "computed; this card will show it once it is ready.",
+        ]
+    reason = f" Reason: {escape(explanation.reason, 300)}" if explanation.reason else ""
+    return [
+        "",
+        f"**Explanation** (heatmaps and a written rationale) could not be produced.{reason} "
+        "The explain link below tries again.",
+    ]
+
+
+def _heatmap_line(explanation: StoredExplanation | None, viewer_url: str) -> str:
+    """How many heatmaps the viewer has, linked (signed per call, so never memoised)."""
+    if explanation is None or not explanation.ready:
+        return ""
+    n = len(explanation.heatmaps)
+    if n == 0:
+        return "\n\nNo heatmap image is available for this explanation."
+    what = "1 heatmap" if n == 1 else f"{n} heatmaps"
+    return (
+        f"\n\n{what} (Grad-CAM: where the classifier looked for each explained finding): "
+        f"[open in the viewer]({viewer_url}#explanation)"
+    )
+
+
+def _explanation_link(stored: StoredAnalysis, presenter: Presenter) -> dict[str, str]:
+    explanation = stored.explanation
+    if explanation is not None and explanation.ready:
+        n = len(explanation.heatmaps)
+        label = f"View explanation ({n} heatmap{'s' if n != 1 else ''}, rationale)"
+    elif explanation is not None and explanation.in_progress:
+        label = PENDING_LABEL
+    else:
+        label = EXPLAIN_LABEL
+    return {"label": label, "url": presenter.explain_url(stored.analysis_id), "type": "absolute"}
+
+
 @dataclass(frozen=True)
 class _ResultText:
     summary: str
@@ -212,7 +308,16 @@ _TEXTS_MAX = 1024
 
 def _result_text(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -> _ResultText:
     on_file = req.reports.get(study.resource_id) if study.resource_id else None
-    key = (stored.analysis_id, stored.updated_at, req.framing, study, on_file, req.today)
+    explanation = stored.explanation
+    key = (
+        stored.analysis_id,
+        stored.updated_at,
+        req.framing,
+        study,
+        on_file,
+        req.today,
+        explanation.version if explanation is not None else None,
+    )
     with _TEXTS_LOCK:
         found = _TEXTS.get(key)
     if found is not None:
@@ -222,7 +327,7 @@ def _result_text(stored: StoredAnalysis, study: LumbarStudy, req: CardRequest) -
     text = _ResultText(
         summary=_summary(stored, study, req),
         indicator=Indicator.for_grade(worst.grade if worst else None).value,
-        detail=_detail(stored, study, req),
+        detail="\n".join([_detail(stored, study, req), *_explanation_lines(explanation)]),
     )
     with _TEXTS_LOCK:
         _TEXTS[key] = text
@@ -238,25 +343,18 @@ def result_card(
     if stored.status is not AnalysisStatus.COMPLETE or stored.result is None:
         raise ValueError("result_card needs a complete analysis")
     text = _result_text(stored, study, req)
+    viewer_url = presenter.viewer_url(stored.analysis_id)
     card = CleanCard(
         {
             "uuid": _new_uuid(),
             "summary": text.summary,
             "indicator": text.indicator,
-            "detail": text.detail,
+            "detail": text.detail + _heatmap_line(stored.explanation, viewer_url),
             "source": {"label": SOURCE_LABEL},
             "overrideReasons": _override_reasons(),
             "links": [
-                {
-                    "label": "Images with AI findings",
-                    "url": presenter.viewer_url(stored.analysis_id),
-                    "type": "absolute",
-                },
-                {
-                    "label": "Explain these findings (heatmaps, rationale)",
-                    "url": presenter.explain_url(stored.analysis_id),
-                    "type": "absolute",
-                },
+                {"label": "Images with AI findings", "url": viewer_url, "type": "absolute"},
+                _explanation_link(stored, presenter),
             ],
         }
     )

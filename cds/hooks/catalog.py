@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Protocol
 
 from cds.domain import AnalysisResult, AnalysisStatus
+from cds.hooks.explanations import StoredExplanation
 from cds.hooks.studies import LumbarStudy
 
 
@@ -32,6 +33,8 @@ class StoredAnalysis:
     #: A FAILED analysis whose cause may have passed (no image source, PACS outage) and whose
     #: back-off has elapsed: asking for it again starts a new attempt (bounded, cds.jobs.analysis).
     retry_due: bool = False
+    #: The explanation of a COMPLETE analysis (None: never requested), read with its status.
+    explanation: StoredExplanation | None = None
 
     def belongs_to_other_patient(self, patient_id: str) -> bool:
         """True when the stored patient is a FHIR Patient reference naming someone else.

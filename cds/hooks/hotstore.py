@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from cds.domain import AnalysisStatus
+from cds.domain import AnalysisStatus, ExplanationStatus
 from cds.hooks.replay import PURGE_EVERY
 from cds.store.db import Database
 from cds.store.types import utcnow
 
 _STATUS_COLUMNS = (
     "s.study_uid, s.patient_ref, a.id, a.status, a.reason, a.revision, "
-    "a.created_at, a.updated_at, a.finished_at"
+    "a.created_at, a.updated_at, a.finished_at, e.status, e.updated_at"
 )
 _AUDIT_COLUMNS = (
     "hook_instance",
@@ -59,6 +59,9 @@ class StatusRow(NamedTuple):
     created_at: datetime | None
     updated_at: datetime | None
     finished_at: datetime | None
+    #: The analysis's explanation (LEFT JOIN explanations, same statement): None when never requested.
+    explanation_status: ExplanationStatus | None = None
+    explanation_updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def _dialect(placeholder: str) -> _Dialect:
         ),
         status_head=(
             f"SELECT {_STATUS_COLUMNS} FROM analyses a JOIN studies s ON a.study_id = s.id "
-            "WHERE s.study_uid IN "
+            "LEFT JOIN explanations e ON e.analysis_id = a.id WHERE s.study_uid IN "
         ),
     )
 
@@ -213,8 +216,20 @@ class HotStore:
             sql = self._status_sql.setdefault(n, self._sql.status_sql(n))
         read = self._read_time
         return [
-            StatusRow(uid, patient, aid, AnalysisStatus(status), reason, revision, read(c), read(u), read(f))
-            for uid, patient, aid, status, reason, revision, c, u, f in self._execute(
+            StatusRow(
+                uid,
+                patient,
+                aid,
+                AnalysisStatus(status),
+                reason,
+                revision,
+                read(c),
+                read(u),
+                read(f),
+                None if xs is None else ExplanationStatus(xs),
+                read(xu),
+            )
+            for uid, patient, aid, status, reason, revision, c, u, f, xs, xu in self._execute(
                 sql, list(study_uids), idempotent=True
             )
         ]

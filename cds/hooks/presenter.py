@@ -7,11 +7,22 @@ fhir.resources costs milliseconds that the hook's hot path does not need to pay 
 Signed links are memoised for the current second only: an itsdangerous token carries its signing
 time in whole seconds and is a pure function of (secret, purpose, payload, second), so a link
 reused within the second it was signed is byte-for-byte the link a fresh signature would give.
+
+A finished explanation adds to the report its rationale (presentedForm, titled with the writer) and
+one Media per Grad-CAM overlay. The images go BY URL to the viewer's signed heatmap endpoint
+(/viewer/<token>/heatmap/<index>.png), not inline: an overlay PNG is about 190 kB, a study can have
+up to 25, and the report travels in every patient-view answer (inline data would make a card of
+several MB). The URL carries the same signed, expiring viewer token as the card's viewer link, so an
+EHR filing the suggested report should fetch the images when it files it; the durable copy with the
+images inline is the FHIR write-back (cds.fhir.writeback). Because those URLs expire, a report with
+images is cached only for a quarter of the link lifetime (REFRESH_PARTS) and then signed afresh:
+every served URL has at least three quarters of its lifetime left.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -19,11 +30,17 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from cds.fhir.report import ReportContext, build_diagnostic_report
+from cds.errors import BadRequest
+from cds.fhir.report import ReportContext, ReportImage, build_diagnostic_report
 from cds.hooks.catalog import StoredAnalysis
+from cds.hooks.explanations import StoredExplanation
 from cds.hooks.studies import LumbarStudy
 
+log = logging.getLogger(__name__)
+
 _CACHE_SIZE = 512
+#: A report with signed image URLs is rebuilt after ttl / REFRESH_PARTS seconds.
+REFRESH_PARTS = 4
 
 
 class LinkPresenter:
@@ -38,7 +55,7 @@ class LinkPresenter:
         self._sign_viewer = sign_viewer
         self._sign_explain = sign_explain
         self._ttl_s = ttl_s
-        self._reports: OrderedDict[tuple[str, ...], dict[str, Any]] = OrderedDict()
+        self._reports: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
         #: JSON text (UTF-8) of each cached report, by the identity of the cached dict (see encode.py).
         self._texts: dict[int, bytes] = {}
         self._lock = threading.Lock()
@@ -64,6 +81,10 @@ class LinkPresenter:
     def viewer_url(self, analysis_id: str) -> str:
         return self._link("viewer", self._sign_viewer, analysis_id)
 
+    def heatmap_url(self, analysis_id: str, index: int) -> str:
+        """The viewer's signed URL of one heatmap overlay PNG (index: cds.hooks.explanations)."""
+        return f"{self.viewer_url(analysis_id)}/heatmap/{int(index)}.png"
+
     def explain_url(self, analysis_id: str) -> str:
         """On-demand explainable mode: opening it requests Grad-CAM and rationale for the analysis.
 
@@ -74,21 +95,27 @@ class LinkPresenter:
     def report(self, stored: StoredAnalysis, study: LumbarStudy, patient_id: str) -> dict[str, Any]:
         if stored.result is None:
             raise ValueError("a report needs a complete analysis")
-        key = (stored.analysis_id, patient_id, study.study_uid, study.resource_id or "")
+        explanation = stored.explanation if stored.explanation and stored.explanation.ready else None
+        # Images carry expiring signed URLs: such a report is rebuilt once per refresh period.
+        epoch = (
+            int(time.time()) // max(1, self._ttl_s // REFRESH_PARTS)
+            if explanation and explanation.heatmaps
+            else 0
+        )
+        key = (
+            stored.analysis_id,
+            patient_id,
+            study.study_uid,
+            study.resource_id or "",
+            explanation.version if explanation else None,
+            epoch,
+        )
         with self._lock:
             cached = self._reports.get(key)
             if cached is not None:
                 self._reports.move_to_end(key)
                 return cached
-        ctx = ReportContext(
-            analysis_id=stored.analysis_id,
-            patient_ref=f"Patient/{patient_id}",
-            issued=stored.updated_at or datetime.now(UTC),
-            study_uid=study.study_uid,
-            imaging_study_ref=f"ImagingStudy/{study.resource_id}" if study.resource_id else None,
-            study_date=study.started,
-        )
-        report = build_diagnostic_report(stored.result, ctx)
+        report = self._build(stored, study, patient_id, explanation)
         text = json.dumps(report, separators=(",", ":")).encode()
         with self._lock:
             self._reports[key] = report
@@ -97,6 +124,51 @@ class LinkPresenter:
                 _, evicted = self._reports.popitem(last=False)
                 self._texts.pop(id(evicted), None)
         return report
+
+    def _build(
+        self,
+        stored: StoredAnalysis,
+        study: LumbarStudy,
+        patient_id: str,
+        explanation: StoredExplanation | None,
+    ) -> dict[str, Any]:
+        assert stored.result is not None
+        base: dict[str, Any] = {
+            "analysis_id": stored.analysis_id,
+            "patient_ref": f"Patient/{patient_id}",
+            "issued": stored.updated_at or datetime.now(UTC),
+            "study_uid": study.study_uid,
+            "imaging_study_ref": f"ImagingStudy/{study.resource_id}" if study.resource_id else None,
+            "study_date": study.started,
+        }
+        if explanation is not None:
+            try:
+                ctx = ReportContext(**base, **self._explanation_parts(stored.analysis_id, explanation))
+                return build_diagnostic_report(stored.result, ctx)
+            except BadRequest as exc:
+                # The findings still go out; what the explanation added did not validate.
+                log.warning(
+                    "explanation left out of the report of analysis %s: %s",
+                    stored.analysis_id,
+                    type(exc).__name__,
+                )
+        return build_diagnostic_report(stored.result, ReportContext(**base))
+
+    def _explanation_parts(self, analysis_id: str, explanation: StoredExplanation | None) -> dict[str, Any]:
+        """ReportContext members for a finished explanation: rationale, its writer, the images."""
+        if explanation is None:
+            return {}
+        images = tuple(
+            ReportImage(
+                key=f"{h.level.value}-{h.condition.value}".replace("_", "-"),
+                title=f"Grad-CAM heatmap {h.level.value} {h.condition.display} (AI, preliminary)",
+                url=self.heatmap_url(analysis_id, h.index),
+                level=h.level,
+                condition=h.condition,
+            )
+            for h in explanation.heatmaps
+        )
+        return {"rationale": explanation.rationale, "rationale_writer": explanation.writer, "images": images}
 
     def fragment(self, resource: Mapping[str, Any]) -> bytes | None:
         """The cached JSON text of a report this presenter returned (None for any other dict)."""

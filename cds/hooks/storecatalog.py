@@ -1,9 +1,11 @@
 """AnalysisCatalog over the store (cds.store) and the job queue (cds.jobs).
 
 The hot path reads only what a card needs: one statement for the analyses' status columns of the
-patient's studies (cds.hooks.hotstore, straight to the driver), and the stored result JSON only for
-an analysis this worker has not parsed yet (a result is cached per (analysis id, updated_at), so a
-rewritten analysis is re-read). The
+patient's studies, with their explanation's status and version joined in (cds.hooks.hotstore,
+straight to the driver), and the stored result JSON only for an analysis this worker has not
+parsed yet (a result is cached per (analysis id, updated_at), so a rewritten analysis is re-read).
+Likewise the explanation's text and heatmap list are read only for a version (status, updated_at)
+this worker has not seen; a pending explanation costs nothing beyond its two joined columns. The
 selection rule is the store's (cds.store.queries.latest_complete_analysis / latest_analysis):
 per study the newest COMPLETE analysis, else the newest of any status.
 Asking for an analysis registers the study (if the store does not know it yet) and enqueues the
@@ -18,9 +20,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
+
 from cds.config import Settings
-from cds.domain import AnalysisResult, AnalysisStatus
+from cds.domain import AnalysisResult, AnalysisStatus, ExplanationStatus
 from cds.hooks.catalog import StoredAnalysis
+from cds.hooks.explanations import StoredExplanation, from_record
 from cds.hooks.hotstore import HotStore, StatusRow
 from cds.hooks.imagesource import source_uri_for
 from cds.hooks.studies import LumbarStudy
@@ -28,17 +33,36 @@ from cds.jobs.analysis import retry_due, retry_failed_analysis
 from cds.jobs.queue import JobQueue
 from cds.store import queries
 from cds.store.db import Database
+from cds.store.records import ExplanationRecord
 
 _OLDEST = datetime.min.replace(tzinfo=UTC)
 
 
+_ExplanationKey = tuple[str, ExplanationStatus, datetime | None]
+
+
 class ResultCache:
-    """Parsed AnalysisResults by (analysis id, updated_at), bounded, shared by a worker's threads."""
+    """Parsed AnalysisResults by (analysis id, updated_at), and explanation summaries by (analysis
+    id, explanation status, explanation updated_at); bounded, shared by a worker's threads."""
 
     def __init__(self, size: int = 1024) -> None:
         self._size = size
         self._items: OrderedDict[tuple[str, datetime | None], AnalysisResult] = OrderedDict()
+        self._explanations: OrderedDict[_ExplanationKey, StoredExplanation] = OrderedDict()
         self._lock = threading.Lock()
+
+    def get_explanation(self, key: _ExplanationKey) -> StoredExplanation | None:
+        with self._lock:
+            found = self._explanations.get(key)
+            if found is not None:
+                self._explanations.move_to_end(key)
+            return found
+
+    def put_explanation(self, key: _ExplanationKey, value: StoredExplanation) -> None:
+        with self._lock:
+            self._explanations[key] = value
+            while len(self._explanations) > self._size:
+                self._explanations.popitem(last=False)
 
     def get(self, key: tuple[str, datetime | None]) -> AnalysisResult | None:
         with self._lock:
@@ -97,7 +121,9 @@ class StoreCatalog:
         for uid, candidates in by_study.items():
             row = _pick(candidates)
             failures = sum(1 for r in candidates if r.status is AnalysisStatus.FAILED)
-            result = self._result(row) if row.status is AnalysisStatus.COMPLETE else None
+            complete = row.status is AnalysisStatus.COMPLETE
+            result = self._result(row) if complete else None
+            explanation = self._explanation(row) if complete and row.explanation_status is not None else None
             found[uid] = StoredAnalysis(
                 analysis_id=row.id,
                 study_uid=uid,
@@ -108,7 +134,31 @@ class StoreCatalog:
                 patient_ref=row.patient_ref,
                 retry_due=row.status is AnalysisStatus.FAILED
                 and retry_due(row.reason, failures, row.finished_at, now),
+                explanation=explanation,
             )
+        return found
+
+    def _explanation(self, row: StatusRow) -> StoredExplanation | None:
+        """The analysis's explanation at the version the status read saw (ORM only on a miss)."""
+        status = row.explanation_status
+        assert status is not None
+        if status in (ExplanationStatus.PENDING, ExplanationStatus.RUNNING):
+            return StoredExplanation(status, row.explanation_updated_at)  # nothing more to read
+        key = (row.id, status, row.explanation_updated_at)
+        cached = self._cache.get_explanation(key)
+        if cached is not None:
+            return cached
+        data_dir = self._settings.data_dir if self._settings is not None else None
+        with self._db.session(readonly=True) as session:
+            record = session.scalars(
+                sa.select(ExplanationRecord).where(ExplanationRecord.analysis_id == row.id)
+            ).one_or_none()
+            if record is None:  # deleted between the two reads: as never requested
+                return None
+            found = from_record(record, row.id, data_dir)
+        # Cached only under the version it is: rewritten since the status read -> not cached.
+        if found.version == (status, row.explanation_updated_at):
+            self._cache.put_explanation(key, found)
         return found
 
     def _result(self, row: StatusRow) -> AnalysisResult:
