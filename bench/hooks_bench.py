@@ -33,6 +33,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,9 @@ end
 function init(args)
   tokens = {}
   local prefix = args[1] or "tokens"
+  -- "reverse": warm-up runs walk the file from its end, measured runs from its start, so a
+  -- request still in flight when a run ends can never hold a token the next run uses.
+  reverse = args[2] == "reverse"
   for line in io.lines(dir .. "/" .. prefix .. "_" .. tid .. ".txt") do
     tokens[#tokens + 1] = line
   end
@@ -71,7 +75,9 @@ end
 
 function request()
   idx = idx + 1
-  local t = tokens[((idx - 1) %% #tokens) + 1]
+  local i = ((idx - 1) %% #tokens) + 1
+  if reverse then i = #tokens + 1 - i end
+  local t = tokens[i]
   return wrk.format("POST", wrk.path,
     {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. t}, body)
 end
@@ -171,7 +177,13 @@ def _group_cpu_s(pgid: int) -> float:
 
 
 def _wrk(
-    url: str, script: Path, args: argparse.Namespace, server_pgid: int, duration: int, tokens: str
+    url: str,
+    script: Path,
+    args: argparse.Namespace,
+    server_pgid: int,
+    duration: int,
+    tokens: str,
+    order: str = "forward",
 ) -> dict[str, Any]:
     cmd = [
         "wrk",
@@ -185,6 +197,7 @@ def _wrk(
         url,
         "--",
         tokens,
+        order,
     ]
     server0, client0 = _group_cpu_s(server_pgid), _children_cpu_s()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -202,14 +215,14 @@ def _prepare(
     work: Path,
     db_url: str,
     n_tokens: int,
-    n_warm: int,
     threads: int,
     base: str,
     algs: tuple[str, ...] = ("ES384",),
 ) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Database with a stored analysis, trusted client keys (one per algorithm, kid = the
     algorithm), request body, and per algorithm the token files `<alg>_tokens_<thread>.txt`
-    (measured run) and `<alg>_warm_<thread>.txt` (warm-up run)."""
+    (used by every wrk run of that algorithm: the bench empties the replay table between runs), and
+    `<alg>_ref_0.txt` (the in-process reference loop)."""
     import jwt
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -270,7 +283,7 @@ def _prepare(
 
     aud = base + SERVICE_PATH
     now = int(time.time())
-    kinds = (("tokens", n_tokens), ("warm", n_warm), ("ref", INPROC_CALLS * threads))
+    kinds = (("tokens", n_tokens), ("ref", INPROC_CALLS * threads))
     for alg, (prefix, count) in itertools.product(algs, kinds):
         key = keys[alg]
         for t in range(threads):
@@ -281,14 +294,20 @@ def _prepare(
                         "sub": "bench",
                         "aud": aud,
                         "iat": now,
-                        "exp": now + 900,
+                        "exp": now + TOKEN_LIFETIME_S,
                         "jti": uuid.uuid4().hex,
                     }
                     out.write(jwt.encode(claims, key, algorithm=alg, headers={"kid": alg}) + "\n")
     warm = {
         alg: [
             jwt.encode(
-                {"iss": ISSUER, "aud": aud, "iat": now, "exp": now + 900, "jti": uuid.uuid4().hex},
+                {
+                    "iss": ISSUER,
+                    "aud": aud,
+                    "iat": now,
+                    "exp": now + TOKEN_LIFETIME_S,
+                    "jti": uuid.uuid4().hex,
+                },
                 keys[alg],
                 algorithm=alg,
                 headers={"kid": alg},
@@ -342,6 +361,8 @@ def _warm_up(url: str, body: bytes, tokens: list[str]) -> None:
             raise SystemExit(f"warm-up failed: HTTP {resp.status_code} {resp.text[:300]}")
 
 
+#: Lifetime of the bench's tokens (the service accepts at most cds.hooks.auth.MAX_LIFETIME_S).
+TOKEN_LIFETIME_S = 3000
 INPROC_CALLS = 600  # per algorithm: the first 100 warm the process up, the rest are timed
 INPROC_WARM = 100
 
@@ -378,29 +399,60 @@ def _inprocess_cpu_ms(work: Path, env: dict[str, str], alg: str) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-FLOOR = "floor (trivial Flask)"
+FLOOR = "floor"
 FLOOR_SPEC = "hooks_bench:floor_app()"
 
 
-def _row(name: str, s: dict[str, Any]) -> str:
-    return (
-        f"{name:<22} {s['rps']:>9.0f} {s['p50'] / 1000:>9.2f} {s['p95'] / 1000:>9.2f} "
-        f"{s['p99'] / 1000:>9.2f} {s['requests']:>9d} {s['errors']:>7d} "
-        f"{s['server_cpu_ms']:>10.2f} {s['wrk_cpu_ms']:>8.2f}"
-    )
+def _clear_seen_tokens(db_url: str) -> None:
+    """Forget every claimed jti, so that the next wrk run can use the token files again.
+
+    Within one wrk run every token is used once and the replay check is fully active (a token used
+    twice would be a 401, counted as an error); between runs the servers are idle and the table is
+    emptied, as if the next run's tokens were new ones. Signing fresh tokens for every run instead
+    would cost more CPU (~0.3 ms a token) than the runs themselves on this shared machine.
+    """
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM seen_tokens"))
+    finally:
+        engine.dispose()
+
+
+def _web_env(env: dict[str, str], args: argparse.Namespace) -> dict[str, str]:
+    """The gunicorn config's own knobs (CDS_WEB_*), overridden only when asked (config sweeps)."""
+    env = dict(env)
+    if args.web_workers:
+        env["CDS_WEB_WORKERS"] = str(args.web_workers)
+    if args.web_threads:
+        env["CDS_WEB_THREADS"] = str(args.web_threads)
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of (floor, hook per algorithm), interleaved"
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument(
-        "--warmup", type=int, default=5, help="seconds of unmeasured load before each measured run"
+        "--warmup", type=int, default=3, help="seconds of unmeasured load before each measured run"
     )
     parser.add_argument("--gunicorn-config", type=Path, default=ROOT / "docker" / "gunicorn.conf.py")
+    parser.add_argument(
+        "--web-workers", type=int, default=0, help="override CDS_WEB_WORKERS (default: the config's)"
+    )
+    parser.add_argument(
+        "--web-threads", type=int, default=0, help="override CDS_WEB_THREADS (default: the config's)"
+    )
     parser.add_argument("--database-url", default="", help="default: a SQLite file in a temp dir")
-    parser.add_argument("--tokens", type=int, default=0, help="default: enough for 3000 rps")
+    parser.add_argument(
+        "--tokens", type=int, default=0, help="tokens per algorithm; default: enough for 2500 req/s"
+    )
     parser.add_argument(
         "--alg",
         choices=("both", "ES384", "RS384"),
@@ -418,80 +470,122 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         (work / "data").mkdir()
         db_url = args.database_url or f"sqlite:///{work / 'data' / 'cds.db'}"
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        n_tokens = args.tokens or max(20000, 3000 * (args.duration + 2))
-        n_warm = max(2000, 2000 * args.warmup)
-        algs = ("ES384", "RS384") if args.alg == "both" else (args.alg,)
+        floor_port, hook_port = _free_port(), _free_port()
+        base = f"http://127.0.0.1:{hook_port}"
+        algs = ("RS384", "ES384") if args.alg == "both" else (args.alg,)
+        n_tokens = args.tokens or 2500 * max(args.duration, args.warmup)
+        planned_s = args.repeat * (1 + len(algs)) * (args.duration + args.warmup)
+        if planned_s > TOKEN_LIFETIME_S - 600:
+            raise SystemExit(f"{planned_s} s of runs: longer than the tokens live; fewer --repeat/--duration")
         t0 = time.perf_counter()
-        env, warm = _prepare(work, db_url, n_tokens, n_warm, args.threads, base, algs)
+        env, warm = _prepare(work, db_url, n_tokens, args.threads, base, algs)
         print(f"prepared {n_tokens} tokens per algorithm + database in {time.perf_counter() - t0:.1f} s")
-        url, body = base + SERVICE_PATH, (work / "body.json").read_bytes()
-        results: dict[str, dict[str, Any]] = {}
+        env = _web_env(env, args)
+        body = (work / "body.json").read_bytes()
+        floor_url = f"http://127.0.0.1:{floor_port}{SERVICE_PATH}"
+        hook_url = base + SERVICE_PATH
         inproc = {alg: _inprocess_cpu_ms(work, env, alg) for alg in algs}
         script = work / "bench.lua"
-        proc = _gunicorn(FLOOR_SPEC, port, args.gunicorn_config, env, work / "gunicorn-floor.log")
+        runs: list[dict[str, Any]] = []
+        # Both servers stay up for the whole bench (the idle one costs nothing) and the runs
+        # alternate floor, hook RS384, hook ES384, so that a neighbour's load hits both sides of
+        # each ratio alike instead of falling on one side only.
+        floor = _gunicorn(FLOOR_SPEC, floor_port, args.gunicorn_config, env, work / "gunicorn-floor.log")
+        hook = _gunicorn("cds:create_app()", hook_port, args.gunicorn_config, env, work / "gunicorn-hook.log")
         try:
-            _wait_ready(port, proc)
-            _warm_floor(url, body)
-            _wrk(url, script, args, proc.pid, args.warmup, f"{algs[0]}_warm")  # steady state only
-            results[FLOOR] = _wrk(url, script, args, proc.pid, args.duration, f"{algs[0]}_tokens")
-        finally:
-            _stop(proc)
-        time.sleep(1.0)
-        proc = _gunicorn("cds:create_app()", port, args.gunicorn_config, env, work / "gunicorn-hook.log")
-        try:
-            _wait_ready(port, proc)
+            _wait_ready(floor_port, floor)
+            _wait_ready(hook_port, hook)
+            _warm_floor(floor_url, body)
             for alg in algs:
-                _warm_up(url, body, warm[alg])
-                # Steady state only: every worker booted, imported and past its first calls.
-                _wrk(url, script, args, proc.pid, args.warmup, f"{alg}_warm")
-                results[f"hook, JWT {alg}"] = _wrk(
-                    url, script, args, proc.pid, args.duration, f"{alg}_tokens"
-                )
+                _warm_up(hook_url, body, warm[alg])
+            targets = [(FLOOR, floor_url, floor, algs[0])] + [
+                (f"hook {alg}", hook_url, hook, alg) for alg in algs
+            ]
+            for rep in range(1, args.repeat + 1):
+                for name, url, proc, alg in targets:
+                    tokens = f"{alg}_tokens"
+                    _clear_seen_tokens(db_url)
+                    _wrk(url, script, args, proc.pid, args.warmup, tokens, "reverse")  # steady state
+                    time.sleep(1.0)  # let requests that wrk gave up on finish before the next run
+                    _clear_seen_tokens(db_url)
+                    stats = _wrk(url, script, args, proc.pid, args.duration, tokens)
+                    time.sleep(1.0)
+                    stats.update(name=name, rep=rep, load=os.getloadavg()[0])
+                    runs.append(stats)
+                    print(_row(stats), flush=True)
+                    if stats["errors"]:
+                        kinds = ("status_errors", "connect", "read", "write", "timeout")
+                        print("    errors: " + ", ".join(f"{k} {stats[k]}" for k in kinds if stats[k]))
         finally:
-            _stop(proc)
-    return _report(args, results, inproc)
+            _stop(floor)
+            _stop(hook)
+    return _report(args, runs, inproc, algs)
 
 
-def _report(args: argparse.Namespace, results: dict[str, dict[str, Any]], inproc: dict[str, float]) -> int:
-    floor = results[FLOOR]
+_HEADER = (
+    f"{'rep':>3} {'endpoint':<12} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+    f"{'requests':>8} {'errors':>6} {'srv CPU':>7} {'wrk CPU':>7} {'load':>5}"
+)
+
+
+def _row(s: dict[str, Any]) -> str:
+    return (
+        f"{s['rep']:>3} {s['name']:<12} {s['rps']:>7.0f} {s['p50'] / 1000:>7.2f} {s['p95'] / 1000:>7.2f} "
+        f"{s['p99'] / 1000:>7.2f} {s['requests']:>8d} {s['errors']:>6d} "
+        f"{s['server_cpu_ms']:>7.2f} {s['wrk_cpu_ms']:>7.2f} {s['load']:>5.1f}"
+    )
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """median (min-max) of a list of figures, in the given format."""
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def _report(
+    args: argparse.Namespace, runs: list[dict[str, Any]], inproc: dict[str, float], algs: tuple[str, ...]
+) -> int:
     config = args.gunicorn_config
     shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
     database = args.database_url.split(":")[0] if args.database_url else "SQLite"
-    print(
-        f"\nwrk: {args.connections} connections, {args.threads} threads, {args.duration} s; "
-        f"gunicorn config {shown}; database {database}; "
-        f"CPUs {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}"
+    web = (
+        f"workers {args.web_workers or 'config'}, threads {args.web_threads or 'config'}"
+        if args.web_workers or args.web_threads
+        else "its own workers/threads"
     )
     print(
-        f"{'':<22} {'req/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'requests':>9} {'errors':>7} "
-        f"{'server CPU':>10} {'wrk CPU':>8}"
+        f"\nwrk: {args.connections} connections, {args.threads} threads, {args.duration} s per run, "
+        f"{args.repeat} interleaved rounds; gunicorn config {shown} ({web}); database {database}; "
+        f"CPUs {os.cpu_count()}"
     )
-    for name, stats in results.items():
-        print(_row(name, stats))
-    print("(server CPU, wrk CPU: CPU ms per request of the gunicorn processes and of wrk)")
+    print(_HEADER)
+    for stats in runs:
+        print(_row(stats))
+    print("(srv CPU, wrk CPU: CPU ms per request of the gunicorn processes and of wrk; load: 1-min average)")
     for alg, cpu_ms in inproc.items():
-        print(f"hook, JWT {alg}: {cpu_ms:.2f} CPU ms per call in a single-threaded Flask test-client loop")
+        print(f"hook {alg}: {cpu_ms:.2f} CPU ms per call in a single-threaded Flask test-client loop")
+    floors = {s["rep"]: s for s in runs if s["name"] == FLOOR}
+    loads = [s["load"] for s in runs]
     print(
-        "(when both cores are busy, CPU ms per unit of work rises on a shared machine: compare the\n"
-        " floor's and the hook's server CPU, both measured under the same load; their quotient is\n"
-        " the req/s ratio a CPU-bound server can reach)\n"
+        f"floor: {_spread([s['rps'] for s in floors.values()], '.0f')} req/s; "
+        f"load average during the runs {min(loads):.1f}-{max(loads):.1f}\n"
     )
     met = []
-    for name, hook in results.items():
-        if name == FLOOR:
-            continue
-        ratio = hook["rps"] / floor["rps"] if floor["rps"] else 0.0
-        p95_ms = hook["p95"] / 1000
-        ok = ratio >= 0.25 and p95_ms < 50 and hook["errors"] == 0
+    for alg in algs:
+        hooks = [s for s in runs if s["name"] == f"hook {alg}"]
+        ratios = [100 * s["rps"] / floors[s["rep"]]["rps"] for s in hooks]
+        p95s = [s["p95"] / 1000 for s in hooks]
+        errors = sum(s["errors"] for s in hooks)
+        ok = statistics.median(ratios) >= 25 and statistics.median(p95s) < 50 and errors == 0
+        every = all(r >= 25 for r in ratios) and all(p < 50 for p in p95s)
         met.append(ok)
-        cpu_ratio = floor["server_cpu_ms"] / hook["server_cpu_ms"] if hook["server_cpu_ms"] > 0 else 0.0
         print(
-            f"{name}: {ratio:.1%} of the floor's req/s (CPU quotient {cpu_ratio:.1%}; target >= 25%), "
-            f"p95 {p95_ms:.1f} ms "
-            f"(target < 50 ms): {'targets met' if ok else 'TARGETS NOT MET'}"
+            f"hook {alg}: {_spread([s['rps'] for s in hooks], '.0f')} req/s, "
+            f"{_spread(ratios, '.1f')} % of the same round's floor (target >= 25 %), "
+            f"p95 {_spread(p95s, '.1f')} ms (target < 50 ms), {errors} errors: "
+            f"{'targets met' if ok else 'TARGETS NOT MET'} on the medians"
+            f"{', and in every round' if every else ''}"
         )
+    print("(figures: median over the rounds, then the lowest and highest round in brackets)")
     return 0 if all(met) else 1
 
 
