@@ -11,19 +11,29 @@ says which writer produced it, what was rejected and why, and what it cost.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from cds.config import Settings
-from cds.domain import AnalysisResult, Finding
+from cds.domain import AnalysisResult, Finding, Level
 from cds.errors import CdsError, StageError
-from cds.explain.backends.base import RationaleBackend
+from cds.explain.backends.base import Generation, RationaleBackend
 from cds.explain.findings import HeatmapNote, RationaleInput, coerce_input
-from cds.explain.prompt import build_messages, clean_draft
-from cds.explain.template import write_template
+from cds.explain.prompt import (
+    build_clause_messages,
+    build_messages,
+    clean_clause,
+    clean_draft,
+    described_levels,
+    level_lines,
+)
+from cds.explain.template import compose_clauses, write_template
 from cds.explain.verify import VerificationResult, Violation, verify
+
+if TYPE_CHECKING:
+    from cds.explain.backends.local import ClausePrompt
 
 #: One draft plus one retry with the violations as constraints (issue 5).
 MAX_MODEL_ATTEMPTS = 2
@@ -56,6 +66,9 @@ class Rationale:
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     new_tokens: int | None = None
     backend_error: str | None = None
+    #: "whole" (the model drafts the whole text) or "clauses" (one model clause per described level,
+    #: the quiet-level and heatmap sentences added by code); None when the template wrote it alone.
+    drafting: str | None = None
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -78,6 +91,8 @@ class Rationale:
             out["new_tokens"] = self.new_tokens
         if self.backend_error:
             out["backend_error"] = self.backend_error
+        if self.drafting:
+            out["drafting"] = self.drafting
         return out
 
 
@@ -93,7 +108,8 @@ def write_rationale(
     heatmaps: Mapping[str, Any] | Iterable[HeatmapNote] | None = None,
     *,
     settings: Settings | None = None,
-    backend: RationaleBackend | _Unset | None = _UNSET,
+    backend: RationaleBackend | ClauseBackend | _Unset | None = _UNSET,
+    clauses: bool | None = None,
 ) -> Rationale:
     """Structured findings (the analyze JSON `levels` object) -> a verified Rationale.
 
@@ -110,7 +126,7 @@ def write_rationale(
         try:
             from cds.explain.backends.select import backend_for
 
-            chosen = backend_for(settings)
+            chosen: RationaleBackend | ClauseBackend | None = backend_for(settings)
         except CdsError as exc:
             chosen, backend_error = None, exc.message
     else:
@@ -119,14 +135,22 @@ def write_rationale(
     rejected: list[RejectedDraft] = []
     attempts = 0
     new_tokens = 0
+    use_clauses = isinstance(chosen, ClauseBackend) if clauses is None else clauses
+    if chosen is not None and use_clauses:
+        if not isinstance(chosen, ClauseBackend):
+            raise TypeError(f"backend {chosen.name} cannot draft per-level clauses")
+        return _write_by_clauses(inp, chosen, settings, start)
     if chosen is not None:
+        if not hasattr(chosen, "generate"):
+            raise TypeError(f"backend {chosen.name} cannot draft a whole rationale")
+        whole = cast(RationaleBackend, chosen)
         violations: tuple[Violation, ...] = ()
         gen_ms = verify_ms = 0.0
         while attempts < MAX_MODEL_ATTEMPTS:
             attempts += 1
             messages = build_messages(inp, violations)
             try:
-                generation = chosen.generate(
+                generation = whole.generate(
                     messages, allowed_levels=inp.levels, max_new_tokens=settings.rationale_max_new_tokens
                 )
             except CdsError as exc:
@@ -168,6 +192,122 @@ def write_rationale(
         new_tokens=new_tokens or None,
         backend_error=backend_error,
     )
+
+
+@runtime_checkable
+class ClauseBackend(Protocol):
+    """A backend that drafts one clause per level in one batch (the local model)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model_id(self) -> str: ...
+
+    def generate_clauses(
+        self, prompts: Sequence[ClausePrompt], *, max_new_tokens: int
+    ) -> tuple[list[str], Generation]: ...
+
+
+#: Decoding budget per clause: a base plus this many tokens per finding the clause must state.
+CLAUSE_TOKENS_BASE = 16
+CLAUSE_TOKENS_PER_FINDING = 22
+
+
+def _write_by_clauses(
+    inp: RationaleInput, backend: ClauseBackend, settings: Settings, start: float
+) -> Rationale:
+    """Per-level clauses in one batch -> verify the assembled text -> redraft the failing levels once
+    with their facts restated -> else the template (as for whole drafts)."""
+    from cds.explain.backends.constraints import RowFacts
+    from cds.explain.backends.local import ClausePrompt
+
+    levels = described_levels(inp)
+    timings: dict[str, float] = {}
+    if not levels:  # nothing for a model to word: the quiet-level sentence is the whole rationale
+        text = write_template(inp)
+        _checked_template(text, inp)
+        timings["total_ms"] = (time.perf_counter() - start) * 1000.0
+        return Rationale(
+            text,
+            Writer.TEMPLATE,
+            0,
+            backend=backend.name,
+            model_id=backend.model_id,
+            timings_ms=timings,
+            drafting="clauses",
+        )
+    clauses: dict[Level, str] = {}
+    rejected: list[RejectedDraft] = []
+    violations: tuple[Violation, ...] = ()
+    todo = levels
+    attempts = new_tokens = 0
+    gen_ms = verify_ms = 0.0
+    backend_error: str | None = None
+    while attempts < MAX_MODEL_ATTEMPTS and todo:
+        attempts += 1
+        prompts = [
+            ClausePrompt(
+                tuple(build_clause_messages(inp, lv, violations)), f"{lv.value}:", RowFacts.for_level(inp, lv)
+            )
+            for lv in todo
+        ]
+        n_stated = max(len(level_lines(inp, lv)) for lv in todo)
+        budget = min(
+            settings.rationale_max_new_tokens, CLAUSE_TOKENS_BASE + CLAUSE_TOKENS_PER_FINDING * n_stated
+        )
+        try:
+            texts, generation = backend.generate_clauses(prompts, max_new_tokens=budget)
+        except CdsError as exc:
+            backend_error = exc.message
+            break
+        gen_ms += generation.seconds * 1000.0
+        new_tokens += generation.new_tokens or 0
+        for lv, raw in zip(todo, texts, strict=True):
+            clauses[lv] = clean_clause(raw, lv)
+        draft = compose_clauses(inp, [clauses[lv] for lv in levels])
+        t0 = time.perf_counter()
+        result = verify(draft, inp)
+        verify_ms += (time.perf_counter() - t0) * 1000.0
+        timings.update(generate_ms=gen_ms, verify_ms=verify_ms)
+        if result.ok:
+            timings["total_ms"] = (time.perf_counter() - start) * 1000.0
+            return Rationale(
+                draft,
+                Writer.MODEL,
+                attempts,
+                tuple(rejected),
+                backend.name,
+                backend.model_id,
+                timings,
+                new_tokens or None,
+                drafting="clauses",
+            )
+        rejected.append(RejectedDraft(draft, result.violations))
+        violations = result.violations
+        blamed = {v.level for v in violations if v.level is not None}
+        unplaced = any(v.level is None for v in violations)
+        todo = tuple(lv for lv in levels if unplaced or lv in blamed or _mentions(clauses[lv], violations))
+    text = write_template(inp)
+    _checked_template(text, inp)
+    timings["total_ms"] = (time.perf_counter() - start) * 1000.0
+    return Rationale(
+        text,
+        Writer.TEMPLATE,
+        attempts,
+        tuple(rejected),
+        backend.name,
+        backend.model_id,
+        timings,
+        new_tokens or None,
+        backend_error,
+        drafting="clauses",
+    )
+
+
+def _mentions(clause: str, violations: Sequence[Violation]) -> bool:
+    """A violation whose excerpt is (part of) this clause blames it even without a level."""
+    return any(v.excerpt and (v.excerpt in clause or clause in v.excerpt) for v in violations)
 
 
 def _checked_template(text: str, inp: RationaleInput) -> VerificationResult:

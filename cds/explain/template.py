@@ -129,12 +129,27 @@ def write_template(inp: RationaleInput) -> str:
     return text
 
 
+def compose_clauses(inp: RationaleInput, level_parts: list[str]) -> str:
+    """The text around per-level clauses written by a language model ('L4-L5: severe ...').
+
+    The clauses are packed into at most MAX_LEVEL_SENTENCES sentences in level order; the sentence
+    on quiet levels and the heatmap sentence are this writer's, as in write_template (dropped
+    first if the text would exceed the verifier's length limit).
+    """
+    text = _assemble(inp, level_parts, heatmaps=True)
+    return text if len(text) <= MAX_CHARS else _assemble(inp, level_parts, heatmaps=False)
+
+
 def _compose(inp: RationaleInput, detailed: bool, heatmaps: bool) -> str:
     level_parts: list[str] = []
     for level in inp.levels:
         clauses = _level_clauses(inp, level, detailed)
         if clauses:
             level_parts.append(f"{level.value}: " + "; ".join(clauses))
+    return _assemble(inp, level_parts, heatmaps)
+
+
+def _assemble(inp: RationaleInput, level_parts: list[str], heatmaps: bool) -> str:
     sentences = [_capitalise(p) + "." for p in _pack(level_parts, MAX_LEVEL_SENTENCES)]
     quiet = [lv for lv in inp.levels if not any(f.grade.present for f in inp.at_level(lv))]
     if quiet:
