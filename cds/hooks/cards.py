@@ -219,7 +219,7 @@ def _writer_words(explanation: StoredExplanation) -> str:
         detail = writer.split(":", 1)[1] if ":" in writer else ""
         return "language model" + (f" ({escape(detail, 80)})" if detail else "")
     if writer == "template":
-        return "template (fixed sentences filled in from the measured findings)"
+        return "template, i.e. fixed sentences filled in from the measured findings"
     return escape(writer, 80)
 
 
