@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
@@ -117,7 +117,21 @@ def write_rationale(
     `backend`: override the configured backend (None: template only); by default it comes from
     `settings` (CDS_RATIONALE_BACKEND etc.; read from the environment when not given).
     Raises RationaleInputError (400) for malformed findings.
+    The timings include cpu_ms (this process's CPU time, all threads): on a shared machine it shows
+    what the rationale costs independently of how busy the other processes keep the cores.
     """
+    cpu0 = time.process_time()
+    r = _write(findings, heatmaps, settings, backend, clauses)
+    return replace(r, timings_ms={**r.timings_ms, "cpu_ms": (time.process_time() - cpu0) * 1000.0})
+
+
+def _write(
+    findings: Mapping[str, Any] | AnalysisResult | Iterable[Finding] | RationaleInput,
+    heatmaps: Mapping[str, Any] | Iterable[HeatmapNote] | None,
+    settings: Settings | None,
+    backend: RationaleBackend | ClauseBackend | _Unset | None,
+    clauses: bool | None,
+) -> Rationale:
     start = time.perf_counter()
     inp = coerce_input(findings, heatmaps)
     settings = settings or Settings.from_env()

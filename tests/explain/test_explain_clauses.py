@@ -104,7 +104,7 @@ class _WordTokenizer:
     WORDS = (" severe", "severe", " moderate", " mild", " bilateral", " uncertain", " stenosis")
 
     def __init__(self) -> None:
-        self.vocab = [*"LS0123456789-:. ,()<%abcdefghijklmnopqrstuvwxyz", *self.WORDS]
+        self.vocab = [*"LS0123456789-:. ,()<%abcdefghijklmnopqrstuvwxyz", *self.WORDS, "mm2", " 5"]
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -144,6 +144,7 @@ def test_constraints_mask_other_levels_grades_and_numbers(sample: RationaleInput
     assert allowed_after("area 8") & set("0123456789") == {"8"}
     assert allowed_after("area 88") & set("0123456789") == set()  # the number is complete
     assert set("0123456789") <= allowed_after("mm")  # 'mm2': a unit, not a number
+    assert not {"mm2", " 5"} & anywhere  # digits only come one per token
 
 
 def test_stop_at_sentence_end_not_at_a_decimal_point() -> None:

@@ -12,8 +12,9 @@ Per row (one row = one level's clause) the processor
 * lets a level name ('L4-L5') be only that row's level.
 
 It never forces a word, so the model may still leave a finding out or mis-pair a grade with a
-condition: the verifier decides what is shown, as before. Tokenizers of the Qwen/Llama families
-write digits as single tokens, which is what the number rule relies on (checked at construction).
+condition: the verifier decides what is shown, as before. The number rule needs numbers written one
+digit per token (as Qwen/Llama pre-tokenizers split them): every other vocabulary entry containing
+a digit is banned outright, and a vocabulary without the ten single digits is refused.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ GRADE_WORDS: dict[Grade, tuple[str, ...]] = {
 BILATERAL_WORDS = ("bilateral", "bilaterally", "bilater", "bilat", "both")
 UNCERTAIN_WORDS = ("uncertain", "uncertainty", "uncert")
 
+_ASCII_DIGITS = frozenset("0123456789")
 _PAIRS = (
     (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL),
     (Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR),
@@ -108,20 +110,25 @@ class VocabIndex:
 
         digits: dict[str, list[int]] = {}
         words: dict[str, list[int]] = {}
+        other_numeric: list[int] = []
         for piece, idx in tokenizer.get_vocab().items():
             text = tokenizer.convert_tokens_to_string([piece])
             if not text:
                 continue
-            if text[0].isdigit():
-                if len(text) > 1 and text[:2].isdigit():
-                    raise ValueError(
-                        "tokenizer has multi-digit tokens; number constraints need single digits"
-                    )
-                digits.setdefault(text[0], []).append(idx)
+            if len(text) == 1 and text in _ASCII_DIGITS:
+                digits.setdefault(text, []).append(idx)
+            elif any(ch.isdigit() for ch in text):
+                # '00', ' 5', '2.' ...: the pre-tokenizer never produces them from text, but greedy
+                # decoding could; numbers are written one digit at a time so that the rule holds.
+                other_numeric.append(idx)
+                continue
             key = text.strip().lower()
             if key.isalpha():
                 words.setdefault(key, []).append(idx)
+        if len(digits) != len(_ASCII_DIGITS):
+            raise ValueError("tokenizer lacks single-digit tokens; number constraints need them")
         self.digits = {k: torch.tensor(v, dtype=torch.long) for k, v in digits.items()}
+        self.other_numeric = torch.tensor(other_numeric, dtype=torch.long)
         self._words = {k: torch.tensor(v, dtype=torch.long) for k, v in words.items()}
         self.vocab_size = len(tokenizer)
 
@@ -141,7 +148,7 @@ class ClauseConstraints:
         self._tok = tokenizer
         self._rows = tuple(rows)
         self._index = index
-        self._static = [index.word_ids(r.banned_words()) for r in rows]
+        self._static = [torch.cat([index.word_ids(r.banned_words()), index.other_numeric]) for r in rows]
         self._all_digits = torch.cat(list(index.digits.values())) if index.digits else torch.zeros(0)
 
     def _ban_digits_except(self, scores: Any, row: int, allowed: set[str]) -> None:
