@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cds.commands import train_pipeline
+from cds.commands import train_foraminal, train_pipeline
 
 
 def register(subparsers: Any) -> None:
@@ -43,16 +43,47 @@ def register(subparsers: Any) -> None:
     seg.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
     seg.add_argument("--init", type=Path, help="start from these weights: a model folder or a checkpoint.pt")
     seg.add_argument("--version", default="1.0.0")
+    seg.add_argument(
+        "--synth-split",
+        metavar="PART",
+        help="train only on this part of each --data-synth folder's split.json (e.g. train)",
+    )
+    seg.add_argument(
+        "--validation-split",
+        metavar="PART",
+        help="score every epoch on this part of the first --data-synth folder's split.json "
+        "(e.g. validation) as the evaluation scores it, and ship the best epoch",
+    )
+    seg.add_argument(
+        "--centre-half-width",
+        type=int,
+        default=-1,
+        help="also train on the stack-centre slices quick_read segments (half width; -1: off)",
+    )
+    seg.add_argument(
+        "--monitor-patients", type=int, default=6, help="SPIDER hold-out patients scored per epoch"
+    )
+    seg.add_argument("--spider-floor", type=float, default=0.85, help="never select an epoch below this")
+    seg.add_argument("--warmup-fraction", type=float, default=0.1, help="OneCycle warm-up share of steps")
+    seg.add_argument(
+        "--resume", action="store_true", help="continue the checkpoint in --work-dir (error when none)"
+    )
     seg.set_defaults(handler=_run_sagittal)
     train_pipeline.register_models(models)  # axial-seg, classifier (owner: pipeline)
+    train_foraminal.register_model(models)  # foraminal (owner: H2, session 10)
 
 
 def _run_sagittal(args: argparse.Namespace) -> int:
     from cds.train.sagittal import TrainConfig, train_sagittal
+    from cds.train.sagittal_validation import load_validation, split_names
     from cds.train.synth_data import SynthSource
 
     if args.data_spider is None and args.data_synth is None:
         raise SystemExit("give --data-spider and/or --data-synth")
+    if (args.synth_split or args.validation_split) and not args.data_synth:
+        raise SystemExit("--synth-split / --validation-split need --data-synth")
+    if args.validation_split and not args.synth_split:
+        raise SystemExit("--validation-split needs --synth-split (else validation studies are trained on)")
     config = TrainConfig(
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
@@ -64,10 +95,33 @@ def _run_sagittal(args: argparse.Namespace) -> int:
         synth_fraction=args.synth_fraction,
         threads=args.threads,
         version=args.version,
+        monitor_patients=args.monitor_patients,
+        spider_floor=args.spider_floor,
+        warmup_fraction=args.warmup_fraction,
     )
+    include: tuple[str, ...] = ()
+    if args.synth_split:
+        include = tuple(n for root in args.data_synth for n in split_names(root, args.synth_split))
+    validation = []
+    validation_info = None
+    if args.validation_split:
+        root = args.data_synth[0]
+        names = split_names(root, args.validation_split)
+        if set(names) & set(include):
+            raise SystemExit("validation studies overlap the training studies")
+        validation = load_validation(root, names)
+        validation_info = {
+            "folder": str(root),
+            "split_part": args.validation_split,
+            "studies": len(validation),
+        }
     synth = (
         SynthSource(
-            tuple(args.data_synth), max_studies=args.max_synth_studies, slices_per_study=args.synth_slices
+            tuple(args.data_synth),
+            max_studies=args.max_synth_studies,
+            slices_per_study=args.synth_slices,
+            include=include,
+            centre_half_width=args.centre_half_width,
         )
         if args.data_synth
         else None
@@ -80,6 +134,9 @@ def _run_sagittal(args: argparse.Namespace) -> int:
         synth_description=synth.describe() if synth else None,
         config=config,
         init=args.init,
+        validation=validation,
+        validation_description=validation_info,
+        resume=args.resume,
     )
     print(f"wrote {args.out}/model.safetensors ({spec.tag}, sha256 {spec.sha256[:12]})")
     for name, value in spec.metrics.items():

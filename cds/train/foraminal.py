@@ -1,0 +1,371 @@
+"""``cds train foraminal``: the parasagittal foraminal network (cds.ml.foraminal), resumable.
+
+Data: the train part of ``split.json`` of a ``cds synth`` folder for the weights, its validation
+part for epoch selection, temperature fitting and the card's metrics (never the evaluation
+split). Each (study, level, side) is one example; both sides share the network (see
+cds.pipeline.foramen_crop). Targets: P(grade >= moderate), P(grade = severe) (ordinal, BCE) and
+the foraminal area ratio (smooth L1).
+
+Resumable: after every epoch ``<work>/checkpoint.pt`` holds network, optimiser, scheduler, RNG
+states and the best epoch so far; ``--resume`` continues from it (refused if the config or the
+study list changed). Seeded (Python, NumPy, torch). Every epoch appends a line to
+``<work>/training_log.jsonl`` (copied next to the weights at the end).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cds.domain import THRESHOLDS, Condition, Grade, Side
+from cds.ml.foraminal import ARCHITECTURE, OUTPUT_LABELS, ForaminalConfig, ForaminalNet
+from cds.ml.loading import save_weights
+from cds.ml.spec import InputContract, ModelSpec, write_card
+from cds.pipeline import foramen_crop as fc
+from cds.train.foraminal_data import MARGIN, ForamenExample, build_cache, read_split
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "foraminal"
+GRADE_INDEX = {Grade.NORMAL_MILD: 0, Grade.MODERATE: 1, Grade.SEVERE: 2}
+
+
+@dataclass(frozen=True)
+class ForaminalTrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    ratio_weight: float = 4.0
+    seed: int = 0
+    threads: int = 1
+    version: str = "1.0.0"
+    stem: int = 12
+    widths: tuple[int, ...] = (16, 24, 32)
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """Examples as arrays: x (N, C, W, W) normalised wide crops, y (N, 2), ratio (N,), grade (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    ratio: np.ndarray
+    grade: np.ndarray
+    side: np.ndarray  # 0 left, 1 right
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def to_arrays(examples: Sequence[ForamenExample]) -> Arrays:
+    x = np.stack([fc.apply_window(e.crop.astype(np.float32), e.lo, e.scale) for e in examples])
+    g = np.array([GRADE_INDEX[e.grade] for e in examples], dtype=np.int64)
+    y = np.stack([(g >= 1), (g >= 2)], axis=1).astype(np.float32)
+    ratio = np.array([e.ratio for e in examples], dtype=np.float32)
+    side = np.array([0 if e.side is Side.LEFT else 1 for e in examples], dtype=np.int64)
+    return Arrays(x, y, ratio, g, side)
+
+
+def centre(x: np.ndarray) -> np.ndarray:
+    """The inference window (SIZE x SIZE) of wide crops."""
+    return np.ascontiguousarray(x[..., MARGIN:-MARGIN, MARGIN:-MARGIN])
+
+
+def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shifted window (up to MARGIN px = 5 mm: disc-centroid error), intensity gain/offset, noise."""
+    n = x.shape[0]
+    out = np.empty((n, x.shape[1], fc.SIZE, fc.SIZE), dtype=np.float32)
+    for i in range(n):
+        r, c = rng.integers(0, 2 * MARGIN + 1, size=2)
+        out[i] = x[i, :, r : r + fc.SIZE, c : c + fc.SIZE]
+    gain = rng.uniform(0.85, 1.15, size=(n, 1, 1, 1)).astype(np.float32)
+    offset = rng.uniform(-0.05, 0.05, size=(n, 1, 1, 1)).astype(np.float32)
+    noise = rng.normal(0.0, 0.02, size=out.shape).astype(np.float32)
+    return np.clip(out * gain + offset + noise, 0.0, 1.5)
+
+
+def predict(network: ForaminalNet, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """(N, 3) raw outputs (present logit, severe logit, ratio) on the inference windows."""
+    network.eval()
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            outs.append(network(torch.from_numpy(centre(x[i : i + batch]))).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 3), np.float32)
+
+
+def ratio_grade(ratio: np.ndarray) -> np.ndarray:
+    """FINDINGS.md rule on (estimated) ratios: 0 normal/mild, 1 moderate, 2 severe."""
+    th = THRESHOLDS[Condition.LEFT_FORAMINAL]
+    return np.where(ratio < th.severe_below, 2, np.where(ratio < th.moderate_below, 1, 0))
+
+
+def ordinal_grade(p_present: np.ndarray, p_severe: np.ndarray) -> np.ndarray:
+    """Most probable grade of the ordinal pair (as cds.pipeline.grade.SeverityEstimate.grade)."""
+    ps = np.minimum(p_severe, p_present)
+    dist = np.stack([1 - p_present, p_present - ps, ps], axis=1)
+    return np.argmax(dist, axis=1)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def metrics(out: np.ndarray, data: Arrays) -> dict[str, Any]:
+    """Per side and overall: AUROC of present, quadratic kappa (ordinal heads and ratio rule), ratio MAE."""
+    from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+    p_present, p_severe, ratio = _sigmoid(out[:, 0]), _sigmoid(out[:, 1]), out[:, 2]
+    rec: dict[str, Any] = {}
+    for name, sel in (
+        ("left", data.side == 0),
+        ("right", data.side == 1),
+        ("all", np.ones(len(data), dtype=bool)),
+    ):
+        y, g = data.y[sel, 0], data.grade[sel]
+        r: dict[str, Any] = {"n": int(sel.sum())}
+        r["auroc_present"] = float(roc_auc_score(y, p_present[sel])) if 0 < y.sum() < len(y) else None
+        r["auroc_severe"] = (
+            float(roc_auc_score(data.y[sel, 1], p_severe[sel])) if 0 < data.y[sel, 1].sum() < len(y) else None
+        )
+        r["auroc_present_from_ratio"] = float(roc_auc_score(y, -ratio[sel])) if 0 < y.sum() < len(y) else None
+        r["kappa_ordinal"] = float(
+            cohen_kappa_score(g, ordinal_grade(p_present[sel], p_severe[sel]), weights="quadratic")
+        )
+        r["kappa_ratio_rule"] = float(cohen_kappa_score(g, ratio_grade(ratio[sel]), weights="quadratic"))
+        r["ratio_mae"] = float(np.mean(np.abs(ratio[sel] - data.ratio[sel])))
+        r["accuracy_ordinal"] = float(np.mean(ordinal_grade(p_present[sel], p_severe[sel]) == g))
+        rec[name] = r
+    return rec
+
+
+def selection_score(m: dict[str, Any]) -> float:
+    a = m["all"]
+    return float((a["auroc_present"] or 0.0) + max(a["kappa_ordinal"], a["kappa_ratio_rule"]))
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-output temperature minimising the validation binary NLL (grid over 0.25..8)."""
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 121))
+    out = np.ones(logits.shape[1])
+    for j in range(logits.shape[1]):
+        best, best_t = np.inf, 1.0
+        for t in grid:
+            p = np.clip(_sigmoid(logits[:, j] / t), 1e-6, 1 - 1e-6)
+            nll = -np.mean(y[:, j] * np.log(p) + (1 - y[:, j]) * np.log(1 - p))
+            if nll < best:
+                best, best_t = nll, float(t)
+        out[j] = best_t
+    return out
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _fingerprint(config: ForaminalTrainConfig, train: Sequence[str], val: Sequence[str]) -> str:
+    blob = json.dumps({"config": asdict(config), "train": list(train), "val": list(val)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_foraminal(
+    data_root: Path,
+    cache_dir: Path,
+    out_dir: Path,
+    work_dir: Path,
+    config: ForaminalTrainConfig,
+    *,
+    resume: bool = False,
+    max_studies: int = 0,
+    cached_only: bool = False,
+) -> ModelSpec:
+    torch.set_num_threads(config.threads)
+    _seed(config.seed)
+    split = read_split(data_root)
+    train_names = split["train"][: max_studies or None]
+    val_names = split["validation"][: max_studies or None]
+    if cached_only:  # train on what an interrupted cache build has prepared so far
+        train_names = [n for n in train_names if (cache_dir / f"{n}.npz").is_file()]
+        val_names = [n for n in val_names if (cache_dir / f"{n}.npz").is_file()]
+    train = to_arrays(build_cache(data_root, cache_dir, train_names))
+    val = to_arrays(build_cache(data_root, cache_dir, val_names))
+    log.info("%d training and %d validation foramina", len(train), len(val))
+
+    network = ForaminalNet(
+        ForaminalConfig(in_channels=fc.IN_CHANNELS, stem=config.stem, widths=config.widths)
+    )
+    steps = max(1, len(train) // config.batch_size)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15
+    )
+    rng = np.random.default_rng(config.seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = work_dir / "checkpoint.pt", work_dir / "training_log.jsonl"
+    fingerprint = _fingerprint(config, train_names, val_names)
+    start_epoch = 0
+    best: dict[str, Any] = {"score": -np.inf, "epoch": 0, "state": None, "record": None}
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        if ckpt.get("fingerprint") != fingerprint:
+            raise ValueError(f"{ckpt_path} was written for another config or study list; drop --resume")
+        network.load_state_dict(ckpt["network"])
+        optimiser.load_state_dict(ckpt["optimiser"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        rng.bit_generator.state = ckpt["rng"]["numpy"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        start_epoch, best = int(ckpt["epoch"]), ckpt["best"]
+        log.info("resuming after epoch %d", start_epoch)
+    kept = [
+        line
+        for line in (log_path.read_text(encoding="utf-8").splitlines() if log_path.is_file() else [])
+        if start_epoch and json.loads(line).get("epoch", 0) <= start_epoch
+    ]
+    log_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    for epoch in range(start_epoch, config.epochs):
+        network.train()
+        t0 = time.perf_counter()
+        order = rng.permutation(len(train))
+        losses: list[float] = []
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+        for b in bar:
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            x = torch.from_numpy(augment(train.x[idx], rng))
+            out = network(x)
+            y = torch.from_numpy(train.y[idx])
+            bce = F.binary_cross_entropy_with_logits(out[:, :2], y)
+            reg = F.smooth_l1_loss(out[:, 2], torch.from_numpy(train.ratio[idx]), beta=0.1)
+            loss = bce + config.ratio_weight * reg
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4)}
+        record["validation"] = metrics(predict(network, val.x), val)
+        record["seconds"] = round(time.perf_counter() - t0, 1)
+        score = selection_score(record["validation"])
+        if score > float(best["score"]):
+            state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+            best = {"score": score, "epoch": epoch + 1, "state": state, "record": record}
+        with log_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        a = record["validation"]["all"]
+        tqdm.write(
+            f"epoch {epoch + 1}: loss {record['loss']:.3f} auroc {a['auroc_present']:.3f} "
+            f"kappa ord {a['kappa_ordinal']:.3f} rule {a['kappa_ratio_rule']:.3f} mae {a['ratio_mae']:.3f}"
+        )
+        torch.save(
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch + 1,
+                "network": network.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
+                "best": best,
+            },
+            ckpt_path,
+        )
+    return finish(network, best, val, out_dir, log_path, config, data_root, train_names, val_names)
+
+
+def finish(
+    network: ForaminalNet,
+    best: dict[str, Any],
+    val: Arrays,
+    out_dir: Path,
+    log_path: Path,
+    config: ForaminalTrainConfig,
+    data_root: Path,
+    train_names: Sequence[str],
+    val_names: Sequence[str],
+) -> ModelSpec:
+    """Best epoch's weights + validation temperature -> safetensors + card in ``out_dir``."""
+    if best["state"] is not None:
+        network.load_state_dict(best["state"])
+    network.set_temperature(np.ones(2))
+    raw = predict(network, val.x)
+    temps = fit_temperature(raw[:, :2], val.y)
+    network.set_temperature(temps)
+    calibrated = predict(network, val.x)
+    val_metrics = metrics(calibrated, val)
+    uses_rule = val_metrics["all"]["kappa_ratio_rule"] >= val_metrics["all"]["kappa_ordinal"]
+    sha = save_weights(network, out_dir / "model.safetensors")
+    spec = ModelSpec(
+        name=MODEL_NAME,
+        version=config.version,
+        sha256=sha,
+        architecture={
+            "type": ARCHITECTURE,
+            "in_channels": fc.IN_CHANNELS,
+            "stem": config.stem,
+            "widths": list(config.widths),
+        },
+        input=InputContract(
+            orientation=(
+                "parasagittal crop per (level, side) in the disc's frame: rows cranial->caudal along the "
+                "disc normal, columns anterior->posterior, origin the labelled disc centroid of the "
+                f"model-oriented sagittal T2; rows start {fc.CRANIAL_TOP_MM:g} mm cranial, columns "
+                f"{fc.POSTERIOR_START_MM:g} mm posterior of the centroid; channels = lateral offsets "
+                f"{list(fc.LATERAL_OFFSETS_MM)} mm towards the side, medial to lateral, trilinear "
+                "between sagittal slices (cds.pipeline.foramen_crop)"
+            ),
+            target_spacing_mm=(fc.SPACING_MM, fc.SPACING_MM),
+            input_size=(fc.SIZE, fc.SIZE),
+            intensity_normalisation=(
+                "(x - p1) / (p99 - p1), p1/p99 over all of the study's foraminal crops, clipped to [0, 1.5]"
+            ),
+            clip_percentiles=(1.0, 99.0),
+        ),
+        labels=OUTPUT_LABELS,
+        thresholds={
+            "present": 0.5,
+            "ratio_severe_below": THRESHOLDS[Condition.LEFT_FORAMINAL].severe_below,
+            "ratio_moderate_below": THRESHOLDS[Condition.LEFT_FORAMINAL].moderate_below,
+            "grade_from_ratio_rule": 1.0 if uses_rule else 0.0,
+        },
+        metrics={
+            "validation": val_metrics,
+            "best_epoch": int(best["epoch"]),
+            "temperature": [float(t) for t in temps],
+            "grading": "ratio rule" if uses_rule else "ordinal heads",
+        },
+        training={
+            "data": str(data_root),
+            "split": "train part of split.json (weights), validation part (epoch, temperature, metrics)",
+            "train_studies": len(train_names),
+            "validation_studies": len(val_names),
+            "first_train_study": train_names[0] if train_names else None,
+            "config": asdict(config),
+            "command": "cds train foraminal --data DIR --cache-dir DIR",
+        },
+        known_limits=(
+            "trained and validated on synthetic studies only (cds synth); no real foraminal labels",
+            "the crop is placed from the sagittal segmentation's disc centroid: a mislabelled level "
+            "gives the neighbouring level's foramen",
+            "the foraminal area ratio is a learned estimate from the image, not a measurement on a "
+            "segmentation; it carries no pixel outline",
+        ),
+    )
+    write_card(spec, out_dir)
+    shutil.copyfile(log_path, out_dir / "training_log.jsonl")
+    return spec
