@@ -113,6 +113,8 @@ class AnalysisRecord(_Timestamps, Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     #: Series in the PACS notification/poll that requested this analysis (None: not from the PACS).
     pacs_series_seen: Mapped[int | None] = mapped_column(sa.Integer)
+    #: Instances in that notification/poll (None: not from the PACS, or the PACS did not say).
+    pacs_instances_seen: Mapped[int | None] = mapped_column(sa.Integer)
     #: FHIR write-back: None (not attempted), "pending", "failed" (retried at writeback_next_at), "done".
     writeback_state: Mapped[str | None] = mapped_column(sa.String(16))
     writeback_attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
@@ -215,6 +217,19 @@ class HookCallRecord(Base):
     #: Space-separated uuids of the cards the call returned (cds.signing.CardIdSigner issues them).
     card_uuids: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class IssuedCardRecord(Base):
+    """One card uuid a hook call returned -> that call: the indexed form of hook_calls.card_uuids.
+
+    Filled by a database trigger on INSERT into hook_calls (migration 0008), so every writer of the
+    audit row fills it in the same statement; read by the viewer's ``?card=`` link.
+    """
+
+    __tablename__ = "issued_cards"
+
+    card_uuid: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    hook_call_id: Mapped[int] = mapped_column(sa.ForeignKey("hook_calls.id", ondelete="CASCADE"), index=True)
 
 
 class FeedbackRecord(Base):
