@@ -35,6 +35,7 @@ class _Series(BaseModel):
     modality: str = _TEXT
     seriesDescription: str = _LONG_TEXT
     bodyPartExamined: str = _LONG_TEXT
+    instances: int | None = Field(default=None, ge=0, le=100_000)
 
 
 class _Code(BaseModel):
@@ -65,7 +66,8 @@ class Notification(BaseModel):
             description=self.studyDescription.strip(),
             modalities=tuple(m[:16] for m in self.modalitiesInStudy),
             series=tuple(
-                SeriesInfo(s.modality, s.seriesDescription, s.bodyPartExamined) for s in self.series
+                SeriesInfo(s.modality, s.seriesDescription, s.bodyPartExamined, s.instances)
+                for s in self.series
             ),
             procedure_codes=tuple(ProcedureCode(c.scheme, c.code) for c in self.procedureCodes),
         )

@@ -4,9 +4,10 @@ Shared by the push path (notification endpoint) and the pull path (/changes poll
 and race-safe by construction: the study row is insert-or-get on its UID, the analysis row is
 insert-or-get on (study, mode, revision), and the job is insert-or-get on its dedupe key, so the
 same notification delivered any number of times, concurrently or by both paths, makes one job.
-A study that grows after it went stable (Orthanc fires StableStudy again when a late series
-arrives) is re-analysed: each analysis notes how many series the PACS held when it was requested,
-and a notification with more series makes the next revision (its job key is per revision).
+A study that grows after it went stable (Orthanc fires StableStudy again when a late series or
+late instances of a series arrive) is re-analysed: each analysis notes how many series and
+instances the PACS held when it was requested, and a notification with more of either makes the
+next revision (its job key is per revision).
 Nothing here touches pixels or models: it runs in the web process.
 """
 
@@ -59,30 +60,63 @@ def dicomweb_study_uri(settings: Settings, study_uid: str) -> str:
     return f"{settings.dicomweb_url.rstrip('/')}/studies/{study_uid}"
 
 
-def _grew(analysed: int | None, seen: int) -> bool:
-    """More series now than the analysis was requested with (unknown counts never trigger)."""
-    return analysed is not None and seen > analysed
+@dataclass(frozen=True)
+class Seen:
+    """What the PACS held when a notification/poll was made: series, and instances when known."""
+
+    series: int
+    instances: int | None
+
+    @classmethod
+    def of(cls, study: StableStudy) -> Seen:
+        return cls(len(study.series), study.instance_count)
+
+    @classmethod
+    def on(cls, analysis: AnalysisRecord) -> Seen | None:
+        if analysis.pacs_series_seen is None:
+            return None
+        return cls(analysis.pacs_series_seen, analysis.pacs_instances_seen)
+
+    def grew_since(self, analysed: Seen | None) -> bool:
+        """More series, or more instances, than the analysis was requested with. Unknown counts
+        never trigger (an analysis not from the PACS, a PACS that gave no instance counts)."""
+        if analysed is None:
+            return False
+        more_instances = (
+            self.instances is not None
+            and analysed.instances is not None
+            and self.instances > analysed.instances
+        )
+        return self.series > analysed.series or more_instances
 
 
-def _revision_after(s: Session, study_uid: str, revision: int, seen: int) -> None:
-    """Revision `revision + 1` (one row however many callers race), noting the series it is for."""
+def _revision_after(s: Session, study_uid: str, revision: int, seen: Seen) -> None:
+    """Revision `revision + 1` (one row however many callers race), noting what it is for."""
     analysis = queries.new_revision(s, study_uid, revision=revision + 1)
-    if analysis.pacs_series_seen is None or analysis.pacs_series_seen < seen:
-        analysis.pacs_series_seen = seen
+    if analysis.pacs_series_seen is None or analysis.pacs_series_seen < seen.series:
+        analysis.pacs_series_seen = seen.series
+    if seen.instances is not None and (
+        analysis.pacs_instances_seen is None or analysis.pacs_instances_seen < seen.instances
+    ):
+        analysis.pacs_instances_seen = seen.instances
 
 
-def _record_series_seen(db: Database, analysis_id: str, seen: int) -> int | None:
-    """Note on the analysis how many series the PACS held when it was requested (first one wins)."""
+def _record_seen(db: Database, analysis_id: str, seen: Seen) -> Seen | None:
+    """Note on the analysis what the PACS held when it was requested (first one wins)."""
     with db.session() as s:
         s.execute(
             sa.update(AnalysisRecord)
             .where(AnalysisRecord.id == analysis_id, AnalysisRecord.pacs_series_seen.is_(None))
-            .values(pacs_series_seen=seen)
+            .values(pacs_series_seen=seen.series, pacs_instances_seen=seen.instances)
         )
-        stored: int | None = s.scalar(
-            sa.select(AnalysisRecord.pacs_series_seen).where(AnalysisRecord.id == analysis_id)
-        )
-        return stored
+        row = s.execute(
+            sa.select(AnalysisRecord.pacs_series_seen, AnalysisRecord.pacs_instances_seen).where(
+                AnalysisRecord.id == analysis_id
+            )
+        ).one_or_none()
+        if row is None or row[0] is None:
+            return None
+        return Seen(row[0], row[1])
 
 
 def accept_stable_study(db: Database, jobs: JobQueue, settings: Settings, study: StableStudy) -> IntakeResult:
@@ -92,7 +126,7 @@ def accept_stable_study(db: Database, jobs: JobQueue, settings: Settings, study:
         log.info("pacs: stable study skipped (%s)", verdict.value)
         return IntakeResult(verdict)
     source_uri = dicomweb_study_uri(settings, study.study_uid)
-    seen = len(study.series)
+    seen = Seen.of(study)
     with db.session() as s:
         known = queries.study_by_uid(s, study.study_uid)
         queries.upsert_study(
@@ -106,18 +140,18 @@ def accept_stable_study(db: Database, jobs: JobQueue, settings: Settings, study:
             source_uri=source_uri if known is None or not known.source_uri else None,
         )
         latest = queries.latest_analysis(s, study.study_uid)
-        if latest is not None and _grew(latest.pacs_series_seen, seen):
-            # The study got more series after the analysis was requested (Orthanc fires
-            # StableStudy again): the analysis ran, or may run, without them. A new revision.
-            log.info("pacs: study has more series than its analysis saw; re-analysing")
+        if latest is not None and seen.grew_since(Seen.on(latest)):
+            # The study got more series or instances after the analysis was requested (Orthanc
+            # fires StableStudy again): the analysis ran, or may run, without them. A new revision.
+            log.info("pacs: study has more series/instances than its analysis saw; re-analysing")
             _revision_after(s, study.study_uid, latest.revision, seen)
         elif latest is not None and latest.status in _SETTLED:
             # Already tried and settled: a repeated notification is not a reason to run it again
             # (retryable failures are re-tried on their back-off by cds.pacs.retry and the hooks).
             return IntakeResult(verdict, latest.id, latest.status)
     analysis = request_analysis(db, jobs, study.study_uid)
-    if _grew(_record_series_seen(db, analysis.id, seen), seen):
-        # A concurrent notification with fewer series created this analysis first.
+    if seen.grew_since(_record_seen(db, analysis.id, seen)):
+        # A concurrent notification with fewer series/instances created this analysis first.
         with db.session() as s:
             _revision_after(s, study.study_uid, analysis.revision, seen)
         analysis = request_analysis(db, jobs, study.study_uid)

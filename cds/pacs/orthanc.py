@@ -101,8 +101,11 @@ class OrthancClient:
                 str(t.get("Modality", "")),
                 str(t.get("SeriesDescription", "")),
                 str(t.get("BodyPartExamined", "")),
+                # The series listing names its instances: their number is how a study that grows
+                # within a series (more slices arrive after it went stable) is recognised.
+                len(s["Instances"]) if isinstance(s.get("Instances"), list) else None,
             )
-            for t in (s.get("MainDicomTags") or {} for s in series_json)
+            for s, t in ((s, s.get("MainDicomTags") or {}) for s in series_json)
         ]
         first_instance = next((str(i) for s in series_json for i in s.get("Instances") or []), None)
         return StableStudy(

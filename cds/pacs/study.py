@@ -20,6 +20,7 @@ from cds.errors import BadRequest
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")  # used with fullmatch (no "$": it allows "\n")
 _DA = re.compile(r"(\d{4})(\d{2})(\d{2})")
 MAX_SERIES = 500
+MAX_INSTANCES = 100_000
 MAX_TEXT = 256
 
 
@@ -36,10 +37,14 @@ class SeriesInfo:
     modality: str = ""
     description: str = ""
     body_part: str = ""  # DICOM Body Part Examined (0018,0015), e.g. LSPINE
+    #: Instances the PACS holds in this series (None: the PACS did not say).
+    instances: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "description", _clip(self.description))
         object.__setattr__(self, "body_part", _clip(self.body_part))
+        if self.instances is not None and not 0 <= self.instances <= MAX_INSTANCES:
+            raise InvalidStudyInfo(f"a series instance count must be 0..{MAX_INSTANCES}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,15 @@ class StableStudy:
         texts = [self.patient_id, *self.modalities, *(s.modality for s in self.series)]
         if any(len(t) > MAX_TEXT for t in texts):
             raise InvalidStudyInfo(f"a DICOM text value is longer than {MAX_TEXT} characters")
+
+    @property
+    def instance_count(self) -> int | None:
+        """Instances in the whole study, when the PACS gave a count for every series (else None:
+        an unknown count must never look like growth)."""
+        counts = [s.instances for s in self.series]
+        if not counts or any(c is None for c in counts):
+            return None
+        return sum(c for c in counts if c is not None)
 
     @property
     def all_modalities(self) -> frozenset[str]:

@@ -72,6 +72,8 @@ function OnStableStudy(studyId, tags, metadata)
       modality = text(t['Modality']),
       seriesDescription = text(t['SeriesDescription']),
       bodyPartExamined = text(t['BodyPartExamined']),
+      -- the instance count lets the service see a study that grew within a series
+      instances = #(s['Instances'] or {}),
     })
   end
   if not isMr then

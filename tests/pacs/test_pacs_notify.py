@@ -238,3 +238,48 @@ def test_a_study_growing_while_its_analysis_is_pending_gets_a_revision_too(
     # Fewer series than the latest analysis saw (a partial re-send): nothing new.
     assert post(pacs_app, notification(UID, series=[AXIAL]))[1]["analysisId"] == second["analysisId"]
     assert count(db, AnalysisRecord) == count(db, JobRecord) == 2
+
+
+def test_a_study_that_grows_within_a_series_is_analysed_again(pacs_app: Flask, db: Database) -> None:
+    """Same series, more instances (slices still arriving when the study first went stable): a new
+    revision, once however many duplicates race; the same or fewer instances: nothing new."""
+    partial = [{**SAGITTAL, "instances": 7}, {**AXIAL, "instances": 20}]
+    full = [{**SAGITTAL, "instances": 15}, {**AXIAL, "instances": 20}]
+    _, first = post(pacs_app, notification(UID, series=partial))
+    with db.session() as s:
+        record = queries.get_analysis(s, first["analysisId"])
+        assert record is not None and (record.pacs_series_seen, record.pacs_instances_seen) == (2, 27)
+        record.status = AnalysisStatus.COMPLETE
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: post(pacs_app, notification(UID, series=full)), range(20)))
+    assert {status for status, _ in answers} == {202}
+    (second_id,) = {body["analysisId"] for _, body in answers}
+    assert second_id != first["analysisId"]
+    with db.session(readonly=True) as s:
+        latest = queries.latest_analysis(s, UID)
+        assert latest is not None and latest.id == second_id
+        assert (latest.revision, latest.pacs_series_seen, latest.pacs_instances_seen) == (2, 2, 35)
+    assert count(db, AnalysisRecord) == count(db, JobRecord) == 2
+
+    for series in (full, partial):  # a repeat, or a partial re-send: nothing new
+        assert post(pacs_app, notification(UID, series=series))[1]["analysisId"] == second_id
+    assert count(db, AnalysisRecord) == count(db, JobRecord) == 2
+
+
+def test_unknown_instance_counts_never_look_like_growth(pacs_app: Flask, db: Database) -> None:
+    """A notification without counts (an older Lua script, another PACS) after one with counts,
+    and the other way round: series alone decide."""
+    _, first = post(pacs_app, notification(UID, series=[SAGITTAL, AXIAL]))
+    with db.session(readonly=True) as s:
+        record = queries.get_analysis(s, first["analysisId"])
+        assert record is not None and (record.pacs_series_seen, record.pacs_instances_seen) == (2, None)
+    counted = [{**SAGITTAL, "instances": 15}, {**AXIAL, "instances": 20}]
+    assert post(pacs_app, notification(UID, series=counted))[1]["analysisId"] == first["analysisId"]
+    assert count(db, AnalysisRecord) == 1
+
+
+@pytest.mark.parametrize("instances", [-1, 100_001, "many"])
+def test_bad_instance_counts_are_400(pacs_app: Flask, db: Database, instances: object) -> None:
+    status, _ = post(pacs_app, notification(UID, series=[{**SAGITTAL, "instances": instances}]))
+    assert status == 400 and count(db, AnalysisRecord) == 0
