@@ -52,7 +52,7 @@ def _naive_library_default(loaded: Any, crops: Any, targets: Any) -> None:
     net = copy.deepcopy(loaded.network)  # never the shared model: the library writes .grad
     for t in targets:
         x = torch.from_numpy(crops[t.level][None])
-        with GradCAM(model=net, target_layers=[net.last_conv]) as cam:
+        with GradCAM(model=net, target_layers=[net.cam_layer]) as cam:
             cam(input_tensor=x, targets=[ClassifierOutputTarget(output_index(t.condition))])
 
 

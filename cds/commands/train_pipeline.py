@@ -58,6 +58,17 @@ def add_classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seg-model", type=Path, default=Path("models/axial_seg"), help="trained axial-seg folder"
     )
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="crop/target cache root, kept between runs (default: WORK_DIR/cache); keyed by axial_seg sha256",
+    )
+    p.add_argument("--cached-only", action="store_true", help="use only studies already in the cache")
+    p.add_argument("--max-validation", type=int, default=0, help="use only the first N validation studies")
+    p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoint.pt")
+    p.add_argument("--localisation-weight", type=float, default=0.5, help="cause-region loss weight")
+    p.add_argument("--measure-weight", type=float, default=0.5, help="measurement regression loss weight")
 
 
 def _report(spec: Any) -> int:
@@ -99,9 +110,12 @@ def run_classifier(args: argparse.Namespace) -> int:
     config = ClassifierTrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
+        lr=args.lr,
         seed=args.seed,
         threads=args.threads,
         version=args.version,
+        localisation_weight=args.localisation_weight,
+        measure_weight=args.measure_weight,
     )
     return _report(
         train_classifier(
@@ -110,6 +124,10 @@ def run_classifier(args: argparse.Namespace) -> int:
             out_dir=args.out,
             work_dir=args.work_dir,
             config=config,
+            cache_root=args.cache_dir,
             max_train=args.max_train,
+            max_validation=args.max_validation,
+            cached_only=args.cached_only,
+            resume=args.resume,
         )
     )

@@ -394,3 +394,40 @@ def _default_studies(data_dir: Path) -> list[str]:
         if test:
             return [str(s) for s in test]
     return sorted(p.name for p in data_dir.iterdir() if (p / "truth" / "findings.json").is_file())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cds.explain.faithfulness --data DIR --split validation --n 25``: pointing game and
+    deletion check on one split of a generated data set (model selection uses ``validation``;
+    the evaluation's test split is scored by ``cds evaluate``). Prints the report as JSON."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m cds.explain.faithfulness", description=main.__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="folder written by `cds synth`")
+    parser.add_argument("--split", default="test", help="split.json key to score (default: test)")
+    parser.add_argument("--studies", nargs="+", help="score these study folders instead of a split")
+    parser.add_argument("--n", type=int, help="score only the first N studies of the split")
+    parser.add_argument("--models", type=Path, help="models folder (default: the shipped models/)")
+    parser.add_argument("--findings", action="store_true", help="include every scored finding")
+    args = parser.parse_args(argv)
+    if args.studies:
+        names = list(args.studies)
+    else:
+        split = json.loads((args.data / "split.json").read_text(encoding="utf-8"))
+        if args.split not in split:
+            parser.error(f"split.json has no {args.split!r} split")
+        names = [Path(str(s)).name for s in split[args.split]]
+
+    def progress(done: int, total: int, name: str) -> None:
+        print(f"{done}/{total} {name}", file=sys.stderr, flush=True)
+
+    report = evaluate_faithfulness(
+        args.data, studies=names, n=args.n, models_dir=args.models, progress=progress
+    )
+    print(json.dumps(report.to_json(include_findings=args.findings), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

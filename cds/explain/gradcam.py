@@ -1,7 +1,12 @@
 """Grad-CAM of the stage-2 classifier (pytorch-grad-cam), all targets of a study in one pass.
 
 Target: the "present" logit of a finding's condition (P(grade >= moderate), the classifier's
-stage-2 output), at ``LevelClassifier.last_conv``.
+stage-2 output), at ``LevelClassifier.cam_layer``: the per-output evidence map computed from the
+last convolutional block (classifier 2.x), or the last block itself (1.x). Why the evidence map:
+with a shared last block every condition's Grad-CAM was a weighted sum of the same features, and
+those answered to the dural sac whatever the condition (pointing game 0.6 % with 1.2.0); the
+evidence map of an output is by construction what that output pools, so its Grad-CAM equals that
+map (see cds/ml/classifier.py) and training pushes it into the condition's cause region.
 
 Batching: every target gets its own batch row holding its level's crop (a crop repeated once per
 target at that level), and the library's single forward + backward computes all maps at once:
@@ -12,10 +17,10 @@ targets on ONE row would mix their gradients, which is why targets are not summe
 
 No weight gradients, no mutation of the shared model: the classifier cached by
 cds.ml.classifier.load_classifier serves quick reads (possibly in other threads), so Grad-CAM
-runs on a private copy whose parameters are frozen, and a forward hook makes the last block's
-output a fresh leaf that requires grad. Back-propagation then runs only through global pooling
-and the linear head -- the gradients w.r.t. the activations that Grad-CAM needs -- never through
-the convolutions, and never writes ``.grad`` on any parameter.
+runs on a private copy whose parameters are frozen, and a forward hook makes the Grad-CAM
+layer's output a fresh leaf that requires grad. Back-propagation then runs only through the
+pooling and the head -- the gradients w.r.t. the activations that Grad-CAM needs -- never
+through the convolutions, and never writes ``.grad`` on any parameter.
 
 Hooks: the library registers forward hooks on the target layer and leaks them unless released;
 :func:`gradcam_session` is a context manager that always releases them (and, unlike the
@@ -117,8 +122,9 @@ def gradcam_session(loaded: LoadedClassifier) -> Iterator[GradCAM]:
 
     net, lock = _private_copy(loaded)
     with lock, torch.enable_grad():
-        leaf = net.last_conv.register_forward_hook(_activation_leaf)  # before the library's hooks
-        cam = GradCAM(model=net, target_layers=[net.last_conv])
+        layer = net.cam_layer
+        leaf = layer.register_forward_hook(_activation_leaf)  # before the library's hooks
+        cam = GradCAM(model=net, target_layers=[layer])
         try:
             yield cam.__enter__()
         finally:
