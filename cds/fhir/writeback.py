@@ -16,15 +16,17 @@ and the order; cds.fhir.roundtrip_imaging does that lookup.
 
 Durable: each analysis carries a write-back state (analyses.writeback_state: pending -> done, or
 failed with writeback_attempts and writeback_next_at). A job whose attempts are used up while the
-EHR is down leaves it "failed"; retry_due_writebacks (run after every PACS poll, `cds pacs poll`)
-tries again on a long exponential back-off (5 min doubling, at most 6 h apart) until it is
-written: a report is never dropped silently. A write-back left "pending" by a worker that died is
-picked up the same way after PENDING_GRACE.
+EHR is down leaves it "failed"; retry_due_writebacks tries again on a long exponential back-off
+(5 min doubling, at most 6 h apart) until it is written: a report is never dropped silently. It
+runs wherever analyses complete: every job runner (WritebackRetryLoop, a thread of each
+LocalRunner and of each Celery pool process), and also after every PACS poll (`cds pacs poll`).
+A write-back left "pending" by a worker that died is picked up the same way after PENDING_GRACE.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -328,6 +330,53 @@ def retry_due_writebacks(db: Any, settings: Settings, *, now: datetime | None = 
             next_at = _set_state(db, analysis_id, STATE_FAILED, now=now)
             log.warning("FHIR write-back retry failed (%s); next try at %s", type(exc).__name__, next_at)
     return written
+
+
+#: How often a job runner looks for due write-backs (the back-off itself starts at 5 minutes).
+RETRY_SWEEP_INTERVAL_S = 60.0
+
+
+class WritebackRetryLoop:
+    """A daemon thread that runs retry_due_writebacks every interval, in a job-running process.
+
+    Started by each LocalRunner and in each Celery pool process (which never forks again, so its
+    own Database is safe to use from a thread), only when CDS_FHIR_WRITEBACK_URL is set. Every
+    runner sweeps; the conditional claim in retry_due_writebacks makes concurrent sweepers write
+    each report once, and the transaction is idempotent (conditional creates) should two ever race.
+    """
+
+    def __init__(self, db: Any, settings: Settings, interval_s: float = RETRY_SWEEP_INTERVAL_S) -> None:
+        self._db = db
+        self._settings = settings
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                written = retry_due_writebacks(self._db, self._settings)
+            except Exception as exc:  # the database briefly away: next round
+                log.warning("FHIR write-back retry sweep failed (%s)", type(exc).__name__)
+                continue
+            if written:
+                log.info("%d failed FHIR write-back(s) written on retry", written)
+
+    def start(self) -> bool:
+        """Start the thread (no-op without CDS_FHIR_WRITEBACK_URL); whether it runs."""
+        if not self._settings.fhir_writeback_url:
+            return False
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="cds-writeback-retry", daemon=True)
+            self._thread.start()
+        return True
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
 
 
 def write_back_in_job(

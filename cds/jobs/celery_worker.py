@@ -9,6 +9,9 @@ The sweeper is a thread in the worker's main process that, every CDS_JOB_LEASE_S
   the web process enqueued them) are published again.
 Every worker sweeps; the conditional UPDATEs make that safe. Redis' own redelivery of an
 unacknowledged message (visibility timeout) then finds the job settled and does nothing.
+Failed FHIR write-backs are retried where analyses complete: each pool child runs a
+cds.fhir.writeback.WritebackRetryLoop thread (when CDS_FHIR_WRITEBACK_URL is set) on its own
+Database (a pool child never forks, so a thread may hold connections there).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ Publish = Callable[[int, JobKind], bool]
 #: Re-send a queued job nobody took after this long (its message may be lost). A duplicate only
 #: costs a no-op delivery, a lost message costs a stuck analysis: err towards re-sending.
 DEFAULT_REDISPATCH_AFTER_S = 300.0
+#: Seconds between FHIR write-back retry sweeps in each pool child (the back-off starts at 5 min).
+DEFAULT_WRITEBACK_RETRY_S = 60.0
 
 
 def default_registry_factory() -> HandlerRegistry:
@@ -226,6 +231,7 @@ def run_worker(
     registry_factory: RegistryFactory = default_registry_factory,
     torch_threads: int | None = None,
     redispatch_after_s: float = DEFAULT_REDISPATCH_AFTER_S,
+    writeback_retry_s: float = DEFAULT_WRITEBACK_RETRY_S,
     loglevel: str = "INFO",
     node_name: str | None = None,
 ) -> int:
@@ -248,6 +254,10 @@ def run_worker(
 
     def _child_init(**_: Any) -> None:
         state.after_fork()
+        if settings.fhir_writeback_url:
+            from cds.fhir.writeback import WritebackRetryLoop
+
+            WritebackRetryLoop(state.leases.db, settings, writeback_retry_s).start()
         if threads > 0:
             # Each pool child runs one analysis at a time: split the cores instead of every child
             # starting one torch thread per core (oversubscription slows all of them down).

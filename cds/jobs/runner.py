@@ -2,7 +2,9 @@
 
 The embedded default (one machine, no broker). Workers wake on a local enqueue (queue listener)
 or poll every `poll_interval_s` for jobs enqueued by other processes. Only kinds with a registered
-handler are claimed, so a web process that registers nothing never takes a job.
+handler are claimed, so a web process that registers nothing never takes a job. Where analyses
+complete, failed FHIR write-backs are retried too (cds.fhir.writeback.WritebackRetryLoop, a thread
+started with the workers when CDS_FHIR_WRITEBACK_URL is set).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 from cds.config import Settings
 from cds.jobs.kinds import JobStatus
@@ -40,6 +43,7 @@ class LocalRunner:
         poll_interval_s: float = 1.0,
         retry_delay_s: float = 5.0,
         stale_after_s: float = 3600.0,
+        writeback_retry_s: float = 60.0,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -54,6 +58,8 @@ class LocalRunner:
         self._wake = threading.Condition()
         self._pending_wakeups = 0
         self._threads: list[threading.Thread] = []
+        self.writeback_retry_s = writeback_retry_s
+        self._writeback_retry: Any = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -69,10 +75,18 @@ class LocalRunner:
             thread = threading.Thread(target=self._loop, name=f"cds-job-worker-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.settings.fhir_writeback_url and self.registry.kinds:
+            from cds.fhir.writeback import WritebackRetryLoop  # FHIR models only where write-back is on
+
+            self._writeback_retry = WritebackRetryLoop(self.queue.db, self.settings, self.writeback_retry_s)
+            self._writeback_retry.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop after the jobs in progress finish (up to timeout_s)."""
         self._stop.set()
+        if self._writeback_retry is not None:
+            self._writeback_retry.stop()
+            self._writeback_retry = None
         self.queue.remove_listener(self.wake)
         self.wake(all_workers=True)
         for thread in self._threads:

@@ -320,6 +320,7 @@ def _main() -> int:
         registry_factory=_registry,  # type: ignore[arg-type]
         torch_threads=0,
         redispatch_after_s=float(os.environ.get("CDS_TEST_REDISPATCH_AFTER_S", "300")),
+        writeback_retry_s=float(os.environ.get("CDS_TEST_WRITEBACK_RETRY_S", "60")),
         loglevel="INFO",
     )
 
