@@ -3,6 +3,13 @@
 The one-machine path (embedded defaults: SQLite, local DICOM folder, in-process jobs) on
 Werkzeug's threaded server. Production runs gunicorn with docker/gunicorn.conf.py and separate
 `cds worker` processes instead.
+
+Werkzeug starts one thread per connection, without limit, and each request thread that touches
+the hook hot path holds its own database driver connection while it lives (cds.store.db). So the
+server here is bounded: at most CDS_SERVE_MAX_THREADS connections are served at once (the accept
+loop waits for a free slot; the kernel's listen backlog holds the rest), and an idle keep-alive
+connection is closed after KEEPALIVE_IDLE_S so that it does not hold a slot. PostgreSQL then sees
+at most CDS_SERVE_MAX_THREADS driver connections plus the session pool's 15 from this process.
 """
 
 from __future__ import annotations
@@ -10,8 +17,12 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from werkzeug.serving import ThreadedWSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +44,44 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+#: An idle keep-alive connection is closed after this many seconds (it would hold a thread slot).
+KEEPALIVE_IDLE_S = 5.0
+
+
+def make_bounded_server(host: str, port: int, app: Any, max_threads: int) -> ThreadedWSGIServer:
+    """Werkzeug's threaded server with at most `max_threads` connections served at once."""
+    from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+    if max_threads < 1:
+        raise ValueError("max_threads must be at least 1")
+
+    class IdleClosingHandler(WSGIRequestHandler):
+        timeout = KEEPALIVE_IDLE_S  # socket timeout: an idle (or stalled) connection is closed
+
+    class BoundedThreadedServer(ThreadedWSGIServer):
+        def __init__(self) -> None:
+            super().__init__(host, port, app, IdleClosingHandler)
+            self.slots = threading.BoundedSemaphore(max_threads)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            self.slots.acquire()  # full: wait here; new connections queue in the listen backlog
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    return BoundedThreadedServer()
+
+
 def serve(settings: Any, host: str, port: int, job_workers: int | None = None) -> int:
     """Serve until interrupted (SIGINT/SIGTERM); shared by `cds serve` and `cds demo`."""
-    from werkzeug.serving import make_server
-
     from cds import check_deployable, create_app
     from cds.extensions import services
     from cds.jobs.runner import start_local_runner
@@ -61,7 +106,7 @@ def serve(settings: Any, host: str, port: int, job_workers: int | None = None) -
         log.warning("CDS_CLIENTS_FILE is not set: no EHR is trusted, every hook call will get 401")
     # Werkzeug's request log prints every path, and viewer paths carry signed link tokens.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server(host, port, app, threaded=True)
+    server = make_bounded_server(host, port, app, settings.serve_max_threads)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     print(f"serving on http://{host}:{server.port}/cds-services (Ctrl-C to stop)", flush=True)
     try:
