@@ -70,6 +70,9 @@ class Settings:
     study_list_enabled: bool = False
     jobs_backend: str = "local"  # local | celery
     job_workers: int = 1
+    # `cds serve`: most requests handled at once (one thread each, each with at most one database
+    # driver connection); further connections wait in the listen backlog. Bounds PostgreSQL connections.
+    serve_max_threads: int = 32
     broker_url: str = "redis://127.0.0.1:6379/0"
     # Celery backend (cds.jobs.celery_*): the database job row stays the source of truth.
     job_soft_time_limit_s: float = 600.0  # SoftTimeLimitExceeded inside the job: a failed attempt
@@ -159,6 +162,10 @@ class Settings:
             kw["jobs_backend"] = v
         if v := env.get("CDS_JOB_WORKERS"):
             kw["job_workers"] = _int(v, "CDS_JOB_WORKERS")
+        if v := env.get("CDS_SERVE_MAX_THREADS"):
+            kw["serve_max_threads"] = _int(v, "CDS_SERVE_MAX_THREADS")
+            if kw["serve_max_threads"] < 1:
+                raise SettingsError("CDS_SERVE_MAX_THREADS must be at least 1")
         if v := env.get("CDS_BROKER_URL"):
             kw["broker_url"] = v
         for name, attr in (
