@@ -12,6 +12,10 @@ checked) write no audit row (an attacker could otherwise fill the table); they a
 log instead.
 
 Logs carry a request id, the service, status and latency: never tokens, bodies or patient ids.
+
+A hook call is served by HookFastPath (WSGI middleware inside the request-id middleware) without
+Flask's request machinery, through the same _serve_hook as the Flask route; everything unusual
+(other methods and paths, chunked bodies) still goes through Flask.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 
 from cds.domain import FeedbackOutcome
 from cds.errors import BadRequest, CdsError, NotFound, PayloadTooLarge
@@ -41,7 +47,7 @@ from cds.hooks.registry import BY_ID, discovery
 from cds.hooks.runtime import HooksRuntime, runtime
 from cds.hooks.service import HookCall, ServiceDefinition
 from cds.hooks.storecatalog import StoreCatalog
-from cds.logs import ENVIRON_KEY, request_id_for
+from cds.logs import ENVIRON_KEY, RequestIdMiddleware, StartResponse, WsgiApp, request_id_for
 from cds.ops.metrics import observe_hook
 from cds.store import queries
 from cds.store.records import HookCallRecord
@@ -71,10 +77,11 @@ def _count_unauthorized(rid: str, service_id: str) -> None:
     )
 
 
-def _request_id() -> str:
+def _request_id(environ: dict[str, Any] | None = None) -> str:
     """The request id cds.logs' middleware assigned (X-Request-ID if well-formed, else fresh)."""
-    found = request.environ.get(ENVIRON_KEY)
-    return found if isinstance(found, str) else request_id_for(request.headers.get("X-Request-ID"))
+    environ = request.environ if environ is None else environ
+    found = environ.get(ENVIRON_KEY)
+    return found if isinstance(found, str) else request_id_for(environ.get("HTTP_X_REQUEST_ID"))
 
 
 def _json_response(body: Any, status: int = 200) -> Response:
@@ -90,13 +97,14 @@ def _error_response(error: CdsError, rid: str | None = None) -> Response:
     return resp
 
 
-def _read_body(limit: int) -> bytes:
+def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     """The body, refusing more than `limit` bytes (declared or actual) with 413.
 
     With a valid Content-Length the body is read from the WSGI input directly (what werkzeug's
-    stream wrapper would do, minus its objects); otherwise (chunked) through request.stream.
+    stream wrapper would do, minus its objects); otherwise (chunked) through request.stream (only
+    under Flask: the lean path of HookFastPath takes requests with a Content-Length only).
     """
-    declared = request.environ.get("CONTENT_LENGTH")
+    declared = environ.get("CONTENT_LENGTH")
     # isdigit() alone is True for "²" (int() then raises: a 500 under the werkzeug server).
     if declared and not (declared.isascii() and declared.isdigit()):
         raise BadRequest("Content-Length is not a non-negative decimal integer")
@@ -104,7 +112,7 @@ def _read_body(limit: int) -> bytes:
         length = int(declared)
         if length > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
-        body: bytes = request.environ["wsgi.input"].read(length)
+        body: bytes = environ["wsgi.input"].read(length)
         return body
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
@@ -114,13 +122,17 @@ def _read_body(limit: int) -> bytes:
     return body
 
 
-def _require_json() -> None:
-    if request.mimetype not in {"application/json", "application/fhir+json"}:
+def _require_json(environ: dict[str, Any]) -> None:
+    """werkzeug's Request.mimetype rule: the Content-Type's value without parameters, lower case."""
+    mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
+    if mimetype not in {"application/json", "application/fhir+json"}:
         raise BadRequest("Content-Type must be application/json")
 
 
-def _audience(rt: HooksRuntime) -> str:
-    return rt.settings.public_base_url.rstrip("/") + request.path
+def _audience(rt: HooksRuntime, path: str) -> str:
+    """`aud` must be the URL called: the public base URL + the request path (werkzeug's
+    Request.path: one leading slash)."""
+    return rt.settings.public_base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
 @dataclass
@@ -189,13 +201,13 @@ def _finish(
     )
 
 
-def _authenticate(rt: HooksRuntime) -> VerifiedToken:
+def _authenticate(rt: HooksRuntime, environ: dict[str, Any], path: str) -> VerifiedToken:
     """Verify the bearer JWT for the URL called and claim its jti, before anything else happens.
 
     The claim is its own write (independent_writes): a replayed token raises 401 here, so it never
     reaches parsing, prefetch fetches or the store.
     """
-    token = rt.authenticator.verify(request.headers.get("Authorization"), _audience(rt))
+    token = rt.authenticator.verify(environ.get("HTTP_AUTHORIZATION"), _audience(rt, path))
     if not rt.store.claim(token.caller.issuer, token.jti, token.expires_at):
         raise Authenticator.replay_rejected()
     return token
@@ -253,27 +265,39 @@ def _evaluate(
     return service.decide(call), catalog
 
 
-@bp.post("/<service_id>")
-def call_service(service_id: str) -> Response:
-    started, rid = time.perf_counter(), _request_id()
-    try:
-        service = _lookup_service(service_id)
-    except NotFound as exc:
-        return _error_response(exc)
-    rt = runtime(current_app._get_current_object())  # type: ignore[attr-defined]
+@dataclass(frozen=True)
+class _Reply:
+    """A hook call's answer, before it becomes a werkzeug Response or a bare WSGI response."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _error_reply(error: CdsError, rid: str) -> _Reply:
+    """What _error_response sends, as a _Reply."""
+    headers = (("WWW-Authenticate", "Bearer"),) if error.http_status == 401 else ()
+    body = json.dumps(outcome_for_error(error), separators=(",", ":")).encode()
+    return _Reply(error.http_status, body, (*headers, ("X-Request-ID", rid)))
+
+
+def _serve_hook(
+    rt: HooksRuntime, service: ServiceDefinition, environ: dict[str, Any], path: str, started: float, rid: str
+) -> _Reply:
+    """One hook call, from the WSGI environ to the reply: shared by the Flask view and HookFastPath."""
     audit = _Audit(service)
     token: VerifiedToken | None = None
     try:
-        raw = _read_body(rt.settings.max_request_bytes)
-        token = _authenticate(rt)
-        _require_json()
+        raw = _read_body(environ, rt.settings.max_request_bytes)
+        token = _authenticate(rt, environ, path)
+        _require_json(environ)
         decided, catalog = _evaluate(rt, service, raw, audit)
         cards = [prune_empty(c) for c in decided]
         catalog.run_requests()  # register studies and enqueue analyses the decision asked for
     except CdsError as exc:
         audit.outcome, audit.status = _outcome_name(exc), exc.http_status
         _finish(rt, token, audit, started, rid)
-        return _error_response(exc, rid)
+        return _error_reply(exc, rid)
     except Exception as exc:
         # Type and request id only: an exception's text (or its traceback's locals, SQL bound
         # parameters) may carry patient identifiers. As in cds.weberrors.
@@ -285,7 +309,7 @@ def call_service(service_id: str) -> Response:
             extra={"request_id": rid, "service": service.id, "status": 500},
         )
         _finish(rt, token, audit, started, rid)
-        return _json_response(outcome_for_unexpected(), 500)
+        return _Reply(500, json.dumps(outcome_for_unexpected(), separators=(",", ":")).encode())
     viewer = rt.settings.public_base_url.rstrip("/") + "/viewer/"
     for card in cards:  # ids that prove we issued the card (feedback names cards by uuid only)
         card["uuid"] = rt.card_ids.issue(service.id)
@@ -295,9 +319,79 @@ def call_service(service_id: str) -> Response:
     audit.card_uuids = " ".join(c["uuid"] for c in cards) or None
     audit.outcome, audit.status, audit.cards = ("cards" if cards else "no_cards"), 200, len(cards)
     _finish(rt, token, audit, started, rid)
-    resp = Response(encode_cards(cards, rt.presenter.fragment), status=200, mimetype=_JSON)
-    resp.headers["X-Request-ID"] = rid
-    return resp
+    return _Reply(200, encode_cards(cards, rt.presenter.fragment), (("X-Request-ID", rid),))
+
+
+@bp.post("/<service_id>")
+def call_service(service_id: str) -> Response:
+    """The Flask route of a hook call (HookFastPath serves the usual case without Flask)."""
+    started, rid = time.perf_counter(), _request_id()
+    try:
+        service = _lookup_service(service_id)
+    except NotFound as exc:
+        return _error_response(exc)
+    rt = runtime(current_app._get_current_object())  # type: ignore[attr-defined]
+    reply = _serve_hook(rt, service, request.environ, request.path, started, rid)
+    return Response(reply.body, status=reply.status, mimetype=_JSON, headers=list(reply.headers))
+
+
+#: Exact paths of the hook calls HookFastPath may serve (PATH_INFO, as Flask routes them).
+_HOOK_PATHS = {f"{bp.url_prefix}/{service_id}": service for service_id, service in BY_ID.items()}
+
+
+class HookFastPath:
+    """WSGI middleware: the usual hook call (POST to a registered service's exact path, with a
+    Content-Length, once this app's hooks runtime exists) served by _serve_hook without Flask.
+
+    Why: a hook call needs none of Flask's request machinery (URL map, request and response
+    objects, session, before/after-request dispatch), and on the hook's hot path that machinery
+    cost more CPU than the JWT signature check. Behaviour stays the Flask route's, because both
+    run _serve_hook and everything else is reproduced here: the app context, the blueprint's CORS
+    headers, werkzeug's status line and headers, and app-wide error handling of an unexpected
+    exception (cds.weberrors.handle_unexpected's 500 OperationOutcome). Anything else (another
+    path or method, a chunked body) goes to Flask.
+    """
+
+    def __init__(self, app: Flask, inner: WsgiApp) -> None:
+        self.app = app
+        self.inner = inner
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
+        service = _HOOK_PATHS.get(environ.get("PATH_INFO", ""))
+        if service is None or environ.get("REQUEST_METHOD") != "POST" or not environ.get("CONTENT_LENGTH"):
+            return self.inner(environ, start_response)
+        started, rid = time.perf_counter(), _request_id(environ)
+        try:
+            with self.app.app_context():
+                rt = runtime(self.app)
+                reply = _serve_hook(rt, service, environ, environ["PATH_INFO"], started, rid)
+        except Exception as exc:  # what Flask answers: cds.weberrors' handler, then the CORS headers
+            from cds.weberrors import handle_unexpected
+
+            with self.app.app_context():
+                flask_response = handle_unexpected(exc)
+            flask_response.headers.extend(_CORS)
+            return flask_response(environ, start_response)
+        headers = [
+            ("Content-Type", _JSON),
+            ("Content-Length", str(len(reply.body))),
+            *reply.headers,
+            *_CORS,
+        ]
+        start_response(f"{reply.status} {HTTP_STATUS_CODES.get(reply.status, 'UNKNOWN').upper()}", headers)
+        return [reply.body]
+
+
+@bp.record_once
+def _install_fast_path(state: BlueprintSetupState) -> None:
+    """Put HookFastPath right inside cds.logs' request-id middleware (request ids and their log
+    context stay as they are), or around the app when that middleware is not installed."""
+    app = cast(Flask, state.app)
+    outer = app.wsgi_app
+    if isinstance(outer, RequestIdMiddleware):
+        outer.app = HookFastPath(app, outer.app)
+    else:
+        app.wsgi_app = HookFastPath(app, outer)  # type: ignore[method-assign]
 
 
 def _check_override_reasons(parsed: FeedbackRequest) -> None:
@@ -369,9 +463,9 @@ def feedback(service_id: str) -> Response:
     audit = _Audit(service, hook_instance="feedback", endpoint="feedback")
     token: VerifiedToken | None = None
     try:
-        raw = _read_body(rt.settings.max_request_bytes)
-        token = _authenticate(rt)
-        _require_json()
+        raw = _read_body(request.environ, rt.settings.max_request_bytes)
+        token = _authenticate(rt, request.environ, request.path)
+        _require_json(request.environ)
         parsed = parse_json_model(FeedbackRequest, raw)
         _check_cards_issued(rt, service, parsed)
         _check_override_reasons(parsed)
