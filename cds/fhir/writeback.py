@@ -2,12 +2,14 @@
 
 What is written: the DiagnosticReport (status preliminary, basedOn the order when the EHR's
 ImagingStudy names one), one Observation per finding, the Device (model versions), a Media per
-explanation heatmap when an explanation exists, and a Provenance saying which Device produced
+explanation heatmap when an explanation exists (and its verified rationale, writer named, as the
+report's presentedForm, as in the card's report), and a Provenance saying which Device produced
 which resources. Everything goes in one transaction Bundle keyed on deterministic identifiers:
 Observations, Device and Media are conditional creates (`ifNoneExist`); the DiagnosticReport and
 the Provenance are conditional updates (`PUT DiagnosticReport?identifier=...`,
 `PUT Provenance?_tag=...`). So a retried or repeated write-back creates nothing new (one report
-per analysis), and the write-back after an explanation adds its Media to the same report.
+per analysis), and the write-back after an explanation adds its Media and rationale to the same
+report.
 
 Where: the server in CDS_FHIR_WRITEBACK_URL (a system-level credential in
 CDS_FHIR_WRITEBACK_TOKEN: a hook's short-lived token is gone by the time a job finishes). The
@@ -33,17 +35,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from cds.config import Settings
-from cds.domain import AnalysisResult, AnalysisStatus, Condition, Level
+from cds.domain import AnalysisResult, AnalysisStatus, Condition, ExplanationStatus, Level
 from cds.errors import BadRequest, CdsError, UpstreamError
 from cds.fhir import codes
 from cds.fhir.client import FhirAccessDenied, FhirClient
 from cds.fhir.report import ReportContext, ReportImage, build_report_bundle
 from cds.fhir.resources import validate_resource
 from cds.fhir.roundtrip_imaging import ehr_client, resolve_imaging_study
+
+if TYPE_CHECKING:
+    from cds.store.records import ExplanationRecord
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +208,21 @@ def explanation_images(data_dir: Path, heatmaps: Mapping[str, Any]) -> tuple[Rep
     return tuple(images)
 
 
+def explanation_rationale(explanation: ExplanationRecord | None) -> tuple[str | None, str | None]:
+    """(rationale, writer) of a finished explanation for presentedForm, else (None, None).
+
+    Only the explain job stores a COMPLETE record, and only with text that passed the verifier (or
+    the template's): that text goes out as stored, with its writer, as in the card's report. A row
+    without text or writer adds nothing, so the findings are still written back.
+    """
+    if explanation is None or explanation.status is not ExplanationStatus.COMPLETE:
+        return None, None
+    text, writer = explanation.rationale, explanation.writer
+    if not text or not text.strip() or not writer:
+        return None, None
+    return text, writer
+
+
 def write_back_analysis(db: Any, settings: Settings, analysis_id: str) -> WritebackResult | None:
     """Write the stored analysis to CDS_FHIR_WRITEBACK_URL; None when write-back is not configured."""
     if not settings.fhir_writeback_url:
@@ -219,6 +239,7 @@ def write_back_analysis(db: Any, settings: Settings, analysis_id: str) -> Writeb
         issued = record.finished_at or record.updated_at or datetime.now(UTC)
         explanation = record.explanation
         heatmaps = dict(explanation.heatmaps) if explanation is not None and explanation.heatmaps else {}
+        rationale, rationale_writer = explanation_rationale(explanation)
     client = ehr_client(settings)
     found = resolve_imaging_study(client, study_uid)
     if found is not None:
@@ -236,6 +257,8 @@ def write_back_analysis(db: Any, settings: Settings, analysis_id: str) -> Writeb
             imaging_study_ref=found.reference if found is not None else None,
             study_date=study_date,
             images=explanation_images(settings.data_dir, heatmaps),
+            rationale=rationale,
+            rationale_writer=rationale_writer,
         )
     except BadRequest as exc:
         raise WritebackUnavailable(f"cannot build the report context ({exc.message})") from exc
