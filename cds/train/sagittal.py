@@ -4,6 +4,11 @@ Seeded (same data + seed + epochs -> same weights on the same machine), resumabl
 after every epoch; rerunning the command continues), and logged per epoch as JSON lines. The
 result is written as ``model.safetensors`` + ``card.json`` (cds.ml.spec) with the held-out
 Dice figures computed through the product's own inference path.
+
+With synthetic validation studies (cds.train.sagittal_validation) every epoch is scored as the
+evaluation scores the product, and the shipped weights are those of the best validation epoch
+among the epochs whose monitored SPIDER hold-out Dice stays at or above ``spider_floor``; the
+last epoch is shipped only when no validation set is given.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from cds.train import augment
 from cds.train.data import Sample, load_spider_samples, spider_patients, split_patients
 from cds.train.loop import train_epoch
 from cds.train.metrics import dice_per_class, summarise
+from cds.train.sagittal_validation import ValidationStudy, validation_dice
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,9 @@ class TrainConfig:
     base_channels: int = 16
     depth: int = 5
     version: str = "1.0.0"
+    #: an epoch whose monitored SPIDER hold-out mean Dice falls below this is never selected
+    spider_floor: float = 0.85
+    warmup_fraction: float = 0.1
     augment: augment.AugmentConfig = field(default_factory=augment.AugmentConfig)
 
 
@@ -180,6 +189,25 @@ def _initial_weights(init: Path) -> dict[str, torch.Tensor]:
     return dict(load_model(init.name, init.parent, device="cpu").network.state_dict())
 
 
+def _warm_start_optimiser(optimiser: torch.optim.Optimizer, checkpoint: Path) -> None:
+    """Take Adam's moment estimates from the checkpoint the weights come from.
+
+    Why: Adam's first steps from empty moments move every parameter by about the learning rate in
+    the sign of its gradient; on a converged network one such step at 8e-5 cost 0.14 Dice on a
+    validation study. With the previous run's moments the fine-tuning continues smoothly. Learning
+    rates and momenta are set afterwards by this run's scheduler.
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = state.get("optimiser")
+    if not saved:
+        return
+    groups = [dict(g) for g in optimiser.state_dict()["param_groups"]]
+    optimiser.load_state_dict(saved)
+    for group, mine in zip(optimiser.param_groups, groups, strict=True):
+        group.update({k: v for k, v in mine.items() if k != "params"})
+    log.info("optimiser moments warm-started from %s", checkpoint)
+
+
 def train_sagittal(
     *,
     out_dir: Path,
@@ -189,11 +217,17 @@ def train_sagittal(
     synth_description: dict[str, Any] | None,
     config: TrainConfig,
     init: Path | None = None,
+    validation: Sequence[ValidationStudy] = (),
+    validation_description: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> ModelSpec:
     """Train, write ``out_dir/model.safetensors`` + ``card.json``, and evaluate on held-out SPIDER.
 
     ``init``: a model folder (weights verified against its card) or a ``checkpoint.pt`` whose weights
     start the run, e.g. to add synthetic data to a model trained on SPIDER without starting over.
+    ``validation``: synthetic studies scored every epoch; the best eligible epoch is shipped.
+    ``resume``: insist on continuing ``work_dir/checkpoint.pt`` (an error when there is none of this
+    configuration); without it a matching checkpoint is still continued, a different one replaced.
     """
     torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
@@ -226,16 +260,20 @@ def train_sagittal(
         network.load_state_dict(_initial_weights(init))
     network.to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if init is not None and init.suffix == ".pt":
+        _warm_start_optimiser(optimiser, init)
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=0.1
+        optimiser, max_lr=config.lr, total_steps=total_steps, pct_start=config.warmup_fraction
     )
     gen = torch.Generator().manual_seed(config.seed)
     sampler = _Sampler(real, synth, config.synth_fraction, config.seed)
 
     checkpoint = work_dir / "checkpoint.pt"
+    best_path = work_dir / "best.pt"
     log_path = work_dir / "metrics.jsonl"
     start_epoch = 0
+    best: dict[str, Any] | None = None
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state["config"] == asdict(config):
@@ -245,10 +283,16 @@ def train_sagittal(
             gen.set_state(state["generator"])
             sampler.rng.setstate(state["sampler"])
             start_epoch = int(state["epoch"])
+            best = state.get("best")
             log.info("resuming after epoch %d", start_epoch)
+        elif resume:
+            raise ValueError(f"{checkpoint} was written with another configuration; cannot --resume")
         else:
             log.warning("checkpoint config differs from this run; starting afresh")
             log_path.unlink(missing_ok=True)
+            best_path.unlink(missing_ok=True)
+    elif resume:
+        raise ValueError(f"nothing to resume: no {checkpoint}")
 
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
@@ -273,6 +317,18 @@ def train_sagittal(
         }
         if val:
             record["holdout_grid_dice"] = _grid_dice(network, val, device)
+        if validation:
+            summary, _ = validation_dice(network, validation, CONTRACT, dict(DEFAULT_THRESHOLDS), device)
+            record["validation_dice"] = summary
+            spider_ok = not val or record["holdout_grid_dice"].get("mean", 0.0) >= config.spider_floor
+            if spider_ok and (best is None or summary["mean"] > best["validation_dice"]["mean"]):
+                best = {
+                    k: record[k] for k in ("epoch", "validation_dice", "holdout_grid_dice") if k in record
+                }
+                torch.save(
+                    {"config": asdict(config), "epoch": epoch + 1, "network": network.state_dict()}, best_path
+                )
+            record["selected_so_far"] = best["epoch"] if best else None
         with log_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         tqdm.write(json.dumps(record))
@@ -285,12 +341,15 @@ def train_sagittal(
                 "scheduler": scheduler.state_dict(),
                 "generator": gen.get_state(),
                 "sampler": sampler.rng.getstate(),
+                "best": best,
             },
             checkpoint,
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     network.cpu()
+    if best is not None:
+        network.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["network"])
     sha = save_weights(network, out_dir / "model.safetensors")
     training = {
         "seed": config.seed,
@@ -308,7 +367,12 @@ def train_sagittal(
         "synthetic": synth_description,
         "synthetic_slices": len(synth),
         "initialised_from": str(init) if init else None,
+        "selected_epoch": best,
+        "synthetic_validation": validation_description,
     }
+    base_metrics: dict[str, Any] = (
+        {"synthetic_validation_dice": best["validation_dice"]} if best is not None else {}
+    )
     spec = ModelSpec(
         name=out_dir.name,
         version=config.version,
@@ -317,7 +381,7 @@ def train_sagittal(
         input=CONTRACT,
         labels=LABELS,
         thresholds=DEFAULT_THRESHOLDS,
-        metrics={},
+        metrics=base_metrics,
         training=training,
         known_limits=(
             "2D slice model: no through-plane context.",
@@ -334,7 +398,9 @@ def train_sagittal(
         clear_cache()
         with shipped_layout(out_dir) as models_dir:
             result = evaluate_spider(models_dir, spider_root, holdout)
-            spec = replace(spec, metrics={f"{_metric_name(config.spider_train)}_dice": result})
+            spec = replace(
+                spec, metrics={**base_metrics, f"{_metric_name(config.spider_train)}_dice": result}
+            )
             write_card(spec, out_dir)
             save_gallery(models_dir, spider_root, holdout[:8], work_dir / "gallery.png")
         clear_cache()

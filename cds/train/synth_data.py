@@ -56,20 +56,51 @@ def central_indices(labels: np.ndarray, canal_class_mask: np.ndarray, n: int) ->
     return [k for k in range(lo, min(labels.shape[0], lo + n)) if area[k] > 0 or n == 1]
 
 
+def training_indices(
+    labels: np.ndarray, canal_class_mask: np.ndarray, n: int, centre_half_width: int
+) -> list[int]:
+    """The mid-sagittal block around the largest canal plus the stack-centre block.
+
+    Why both: quick_read (and the evaluation) segment the slices at the centre of the *stack*
+    (cds.pipeline.quick_read.central_block); in a study whose spine is off the stack centre (patient
+    position, rotation) those lie lateral to the largest-canal block, with a narrow or absent canal,
+    and a model never shown such slices mis-segments exactly what the product scores.
+    """
+    from cds.pipeline.quick_read import central_block
+
+    picked = set(central_indices(labels, canal_class_mask, n))
+    if centre_half_width >= 0:
+        picked.update(central_block(labels.shape[0], centre_half_width))
+    return sorted(picked)
+
+
 @dataclass(frozen=True)
 class SynthSource:
     roots: tuple[Path, ...]
     max_studies: int = 0
     slices_per_study: int = 7
+    #: only studies with these folder names (e.g. the "train" part of split.json); empty: all
+    include: tuple[str, ...] = ()
+    #: also the stack-centre block of this half width (-1: only the largest-canal block)
+    centre_half_width: int = -1
 
     def studies(self) -> list[Path]:
         found = sorted({s.resolve(): s for root in self.roots for s in synth_studies(root)}.values())
         unique = list({s.name: s for s in found}.values())  # the same study name is the same seed
+        if self.include:
+            wanted = set(self.include)
+            unique = [s for s in unique if s.name in wanted]
         return unique[: self.max_studies] if self.max_studies else unique
 
     def describe(self) -> dict[str, Any]:
         studies = self.studies()
         info: dict[str, Any] = {"folders": [str(r) for r in self.roots], "studies": len(studies)}
+        if self.include:
+            info["restricted_to_split_part"] = True
+        info["slices"] = {
+            "largest_canal_block": self.slices_per_study,
+            "stack_centre_half_width": self.centre_half_width,
+        }
         if studies:
             truth = json.loads((studies[0] / "truth" / "findings.json").read_text(encoding="utf-8"))
             info["generator_version"] = truth.get("generator_version")
@@ -107,7 +138,7 @@ class SynthSource:
             image = orient.apply(volume.array)
             classes = orient.apply(classes)
             spacing = orient.spacing((volume.spacing_mm[1], volume.spacing_mm[2]))
-            for k in central_indices(classes, classes == 3, self.slices_per_study):
+            for k in training_indices(classes, classes == 3, self.slices_per_study, self.centre_half_width):
                 out.append(
                     to_sample(
                         "synth", study_dir.name, f"slice{k:03d}", image[k], classes[k], spacing, contract
