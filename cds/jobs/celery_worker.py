@@ -29,6 +29,7 @@ from cds.jobs.celery_app import TASK_NAME, make_celery, queue_name, queue_names
 from cds.jobs.celery_execute import Outcome, context_for, execute, run_on_failure
 from cds.jobs.celery_lease import JobLeases
 from cds.jobs.kinds import JobKind
+from cds.jobs.memory import release_job_memory
 from cds.jobs.registry import HandlerRegistry
 from cds.store.db import Database
 
@@ -194,14 +195,17 @@ def build_worker_app(settings: Settings, state: ProcessState) -> Any:
 
     @app.task(name=TASK_NAME, bind=True, max_retries=None)
     def run_job(task: Any, job_id: int) -> str:
-        result = execute(
-            int(job_id),
-            leases=state.leases,
-            registry=state.registry,
-            settings=settings,
-            worker=state.worker_id,
-            retry_delay_s=settings.job_retry_delay_s,
-        )
+        try:
+            result = execute(
+                int(job_id),
+                leases=state.leases,
+                registry=state.registry,
+                settings=settings,
+                worker=state.worker_id,
+                retry_delay_s=settings.job_retry_delay_s,
+            )
+        finally:
+            release_job_memory()  # the pool process stays the same size job after job
         if result.outcome is Outcome.RETRY:
             # A new message that arrives when the job is due again; the database row already says
             # QUEUED with run_after, so the sweeper re-sends it should this message be lost.

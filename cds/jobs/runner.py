@@ -18,6 +18,7 @@ from typing import Any
 
 from cds.config import Settings
 from cds.jobs.kinds import JobStatus
+from cds.jobs.memory import release_job_memory
 from cds.jobs.queue import JobQueue
 from cds.jobs.registry import HandlerRegistry, JobContext, PermanentJobError
 from cds.ops.metrics import observe_job
@@ -142,6 +143,12 @@ class LocalRunner:
         return done
 
     def _run(self, job: JobRecord) -> None:
+        try:
+            self._run_handler(job)
+        finally:
+            release_job_memory()  # a long-lived worker stays the same size (cds.jobs.memory)
+
+    def _run_handler(self, job: JobRecord) -> None:
         handler = self.registry.get(job.kind)
         ctx = JobContext(
             job_id=job.id,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,13 @@ VALUE_TOLERANCE = 1e-3
 
 
 class StageRecorder:
-    """Wraps quick_read's stages and keeps their outputs for the viewer."""
+    """Wraps quick_read's stages and keeps their outputs for the viewer.
+
+    The wrappers reach the recorder through a weak reference: a closure holding `self` while
+    `self.stages` holds the closure would be a reference cycle, and the study's arrays it keeps
+    (~50 MB) would then outlive the job until the cyclic collector's rare full pass, growing a
+    worker process's memory job after job.
+    """
 
     def __init__(self, base: Stages) -> None:
         self.sagittal: Volume | None = None
@@ -60,33 +67,45 @@ class StageRecorder:
         return quick_read(study, stages=self.stages)
 
     def _wrap_sagittal(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        ref = weakref.ref(self)
+
         def wrapped(volume: Volume, models_dir: Path | None) -> Any:
             out = fn(volume, models_dir)
-            self.sagittal, self.masks = volume, out
+            if (rec := ref()) is not None:
+                rec.sagittal, rec.masks = volume, out
             return out
 
         return wrapped
 
     def _wrap_labels(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        ref = weakref.ref(self)
+
         def wrapped(masks: Any, spacing: tuple[float, float]) -> Any:
             out = fn(masks, spacing)
-            self.labelling = out
+            if (rec := ref()) is not None:
+                rec.labelling = out
             return out
 
         return wrapped
 
     def _wrap_assign(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        ref = weakref.ref(self)
+
         def wrapped(volume: Volume, centres: Any, normals: Any) -> Any:
             out = fn(volume, centres, normals)
-            self.assignments.append((volume, tuple(out)))
+            if (rec := ref()) is not None:
+                rec.assignments.append((volume, tuple(out)))
             return out
 
         return wrapped
 
     def _wrap_axial(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        ref = weakref.ref(self)
+
         def wrapped(volume: Volume, indices: Sequence[int], models_dir: Path | None) -> Any:
             out = fn(volume, indices, models_dir)
-            self.segmentations.append((volume, tuple(int(k) for k in indices), out))
+            if (rec := ref()) is not None:
+                rec.segmentations.append((volume, tuple(int(k) for k in indices), out))
             return out
 
         return wrapped
