@@ -1,14 +1,23 @@
 """Stage 3: severity grade per (level, condition), hybrid and transparent.
 
-The measurement rule of FINDINGS.md (``cds.domain.THRESHOLDS``) decides whenever its measurement
-is reliable, because a clinician can check it: the number, the unit and the threshold are all in
-the output. The learned model (the calibrated classifier's ordinal heads, see
-:class:`SeverityEstimate`) refines the grade only where the rule cannot be trusted (measurement
-missing, mask too small or fragmented). The finding is flagged ``uncertain`` whenever
+Who decides is an explicit, per-condition choice (``GradingPolicy.deciders``), made on validation
+evidence (``bench/measurement_error.py policy``) and shown in the README and model card:
+
+* ``Decider.RULE``: the measurement rule of FINDINGS.md (``cds.domain.THRESHOLDS``) decides whenever
+  its measurement is reliable, because a clinician can check it: the number, the unit and the
+  threshold are all in the output. The learned model (the calibrated classifier's ordinal heads,
+  see :class:`SeverityEstimate`) decides only where the rule cannot be trusted (measurement missing,
+  mask too small or fragmented).
+* ``Decider.MODEL``: for a condition whose measurement is known to be less accurate than the model
+  (validation kappa of the rule below the model's), the model decides; the measurement is still
+  measured and shown, and a rule grade that differs from the model's is flagged.
+
+The finding is flagged ``uncertain`` whenever
 
 1. the deciding measurement is unreliable or missing (the grade then comes from the model), or
-2. the measurement lies within a margin of a threshold (``GradingPolicy.margins``: about the
-   measurement error expected from segmentation, so the other side of the threshold is plausible), or
+2. the rule decides and the measurement lies within a margin of a threshold
+   (``GradingPolicy.margins``: about the measurement error expected from segmentation, so the
+   other side of the threshold is plausible), or
 3. the rule and the model disagree (the model's most probable grade differs from the rule's).
 
 ``Finding.probability`` is the model's probability of the *reported* grade (the FHIR report codes
@@ -82,14 +91,49 @@ def _default_margins() -> Mapping[MeasurementName, float]:
     )
 
 
+def _default_deciders() -> Mapping[Condition, Decider]:
+    # Evidence (validation part of /work/data/synth-train, 34 studies the axial U-Net never saw,
+    # bench/measurement_error.py policy): see DECIDER_EVIDENCE.
+    return MappingProxyType(
+        {
+            Condition.SPINAL_CANAL: Decider.RULE,
+            Condition.LEFT_SUBARTICULAR: Decider.RULE,
+            Condition.RIGHT_SUBARTICULAR: Decider.RULE,
+            Condition.LEFT_FORAMINAL: Decider.RULE,
+            Condition.RIGHT_FORAMINAL: Decider.RULE,
+        }
+    )
+
+
+#: Why each condition has the decider it has (shown with the policy in the model card/README).
+DECIDER_EVIDENCE: Mapping[Condition, str] = MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class GradingPolicy:
-    """The explicit knobs of the hybrid rule; shown in the model card and the README."""
+    """The explicit knobs of the hybrid rule; shown in the model card and the README.
+
+    ``deciders``: per condition, whether a reliable measurement's rule decides (RULE) or the learned
+    model does (MODEL); conditions not listed are decided by the rule. ``margins``: per measurement,
+    how close to a cut-off a rule-decided value is flagged uncertain.
+    """
 
     margins: Mapping[MeasurementName, float] = field(default_factory=_default_margins)
+    deciders: Mapping[Condition, Decider] = field(default_factory=_default_deciders)
 
     def margin(self, name: MeasurementName) -> float:
         return float(self.margins.get(name, 0.0))
+
+    def decider(self, condition: Condition) -> Decider:
+        return self.deciders.get(condition, Decider.RULE)
+
+    def describe(self) -> dict[str, object]:
+        """The policy as plain JSON (model card, README, evaluation report)."""
+        return {
+            "deciders": {c.value: self.decider(c).value for c in Condition},
+            "margins": {n.value: self.margin(n) for n in self.margins},
+            "evidence": {c.value: DECIDER_EVIDENCE[c] for c in Condition if c in DECIDER_EVIDENCE},
+        }
 
 
 DEFAULT_POLICY = GradingPolicy()
@@ -165,7 +209,12 @@ def grade_finding(
     model_grade = learned.grade
     reasons: list[str] = []
     rule: Grade | None = None
-    if deciding is not None and deciding.reliable:
+    if deciding is not None and deciding.reliable and policy.decider(condition) is Decider.MODEL:
+        rule = rule_grade(condition, deciding)
+        grade, decided_by = model_grade, Decider.MODEL
+        if model_grade is not rule:
+            reasons.append(f"model says {model_grade.display}, measurement rule says {rule.display}")
+    elif deciding is not None and deciding.reliable:
         rule = rule_grade(condition, deciding)
         grade, decided_by = rule, Decider.RULE
         cut = near_threshold(condition, deciding.value, policy)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cds.dicom.volume import SeriesKind, Volume
 from cds.domain import MeasurementName, Side
 from cds.pipeline import measure
+from cds.pipeline.axial import AxialSegmentation
 
 
 def ellipse(
@@ -119,6 +121,31 @@ def test_ap_diameter_is_taken_on_the_midline_not_the_sac_centroid() -> None:
     axes = measure.axial_axes(disc, sac, spacing, (1.0, 0.0), (0.0, 1.0))
     m = measure.canal_ap_diameter(sac, spacing, axes, 0)
     assert m.value == pytest.approx(5.0, abs=0.1)
+
+
+def test_ap_diameter_edges_at_the_calibrated_sac_probability() -> None:
+    """With the network's sac probability, the chord's edges sit where the probability crosses
+    AP_EDGE_PROBABILITY: a rim of probability 0.4 around the mask (above the 0.3 edge) lengthens the
+    chord by the rim on both ends; a rim below the edge does not; the area mask is untouched."""
+    spacing = (0.5, 0.5)
+    disc = rect((120, 120), 10, 40, 20, 100)
+    sac = rect((120, 120), 45, 65, 50, 70)  # 20 rows = 10 mm deep on the midline (col 59.5)
+    axes = measure.axial_axes(disc, sac, spacing, (1.0, 0.0), (0.0, 1.0))
+    prob = np.where(sac, 0.9, 0.0).astype(np.float32)
+    prob[43:45, 50:70] = prob[65:67, 50:70] = 0.4  # 2 rows (1 mm) each side above the edge
+    assert measure.AP_EDGE_PROBABILITY < 0.4
+    plain = measure.canal_ap_diameter(sac, spacing, axes, 0)
+    edged = measure.canal_ap_diameter(sac, spacing, axes, 0, sac_probability=prob)
+    assert plain.value == pytest.approx(10.0, abs=0.1)
+    assert edged.value == pytest.approx(12.0, abs=0.1)
+    assert "probability" in edged.provenance.method and edged.reliable
+    low = np.where(sac, 0.9, 0.0).astype(np.float32)
+    low[43:45, 50:70] = measure.AP_EDGE_PROBABILITY / 2
+    assert measure.canal_ap_diameter(sac, spacing, axes, 0, sac_probability=low).value == pytest.approx(
+        10.0, abs=0.1
+    )
+    with pytest.raises(ValueError, match="shape"):
+        measure.canal_ap_diameter(sac, spacing, axes, 0, sac_probability=prob[:10])
 
 
 def test_chord_ignores_separate_blob_on_the_same_line() -> None:
@@ -249,3 +276,70 @@ def test_foramen_ratio_from_axial_maps_the_widest_fraction_and_flags_a_missing_f
     smaller, _ = _foramina(left_px=round(side_px * 0.8), right_px=0)
     narrowed = measure.foramen_ratio_from_axial(smaller, sac, spacing, Side.LEFT, "L4-L5")
     assert narrowed.value < left.value  # monotone in the measured area
+
+
+def _level_seg_with_false_cranial_pedicle() -> tuple[Volume, AxialSegmentation]:
+    """Three canonical slices of one level: caudal (lower vertebra: body + pedicles, medial walls
+    12 mm from the midline), disc (disc + articular processes 2 mm behind the disc margin, 9-16 mm
+    out), cranial (upper vertebra: body + posterior-element pixels 6 mm out that are no pedicle)."""
+    from cds.pipeline import axial as ax
+
+    size = ax.CANONICAL_SIZE * ax.MEASURE_UPSAMPLE
+    sp = ax.CANONICAL_SPACING_MM / ax.MEASURE_UPSAMPLE
+    rows, cols = np.indices((size, size)) * sp
+    cr = cc = size * sp / 2
+    x = np.abs(cols - cc)
+    front = (rows > cr - 30) & (rows < cr - 10) & (x < 20)
+    behind = (rows >= cr - 10) & (rows < cr)
+    labels = np.zeros((3, size, size), np.uint8)
+    labels[0][front] = ax.BODY
+    labels[0][behind & (x >= 12) & (x < 17)] = ax.POSTERIOR
+    labels[1][front] = ax.DISC
+    labels[1][(rows >= cr - 8) & (rows < cr + 4) & (x >= 9) & (x < 16)] = ax.FACET
+    labels[2][front] = ax.BODY
+    labels[2][behind & (x >= 6) & (x < 9)] = ax.POSTERIOR
+    a = np.eye(4)
+    a[:3, 0] = (0.0, 0.0, 4.0)  # slices toward the head, 4 mm apart
+    a[:3, 1] = (0.0, 0.5, 0.0)
+    a[:3, 2] = (0.5, 0.0, 0.0)
+    volume = Volume(
+        np.zeros((3, 160, 160), np.float32), a, (4.0, 0.5, 0.5), "1.2.3", "AX", SeriesKind.AXIAL_T2
+    )
+    frame = ax.canonical_frame(volume.affine, volume.shape[1:])
+    seg = AxialSegmentation(
+        images=np.zeros((3, ax.CANONICAL_SIZE, ax.CANONICAL_SIZE), np.float32),
+        probs=np.zeros((3, len(ax.AXIAL_CLASSES), ax.CANONICAL_SIZE, ax.CANONICAL_SIZE), np.float32),
+        labels=labels,
+        slice_indices=(0, 1, 2),
+        frames=(frame, frame, frame),
+    )
+    return volume, seg
+
+
+def test_recess_line_is_placed_from_the_lower_vertebras_pedicle() -> None:
+    """The recess line lies 1.5 mm medial to the lower vertebra's pedicle (FINDINGS.md, the
+    generator's definition): with the slices' offsets from the disc, only caudal slices are searched
+    for the pedicle, so posterior-element pixels of the upper vertebra cannot pass for one."""
+    from cds.domain import Condition, Level
+    from cds.pipeline import quick_read as qr
+
+    volume, seg = _level_seg_with_false_cranial_pedicle()
+    disc = qr.DiscLocation(
+        centre=np.asarray(volume.voxel_to_patient(np.array([1.0, 79.5, 79.5]))),
+        normal=np.array([0.0, 0.0, 1.0]),
+        height=measure.Measurement(
+            MeasurementName.DISC_HEIGHT_MM, 10.0, measure.Provenance(measure.Plane.SAGITTAL, 0, "test")
+        ),
+    )
+    offsets = qr.slice_offsets_mm(volume, seg.slice_indices, disc)
+    assert offsets == pytest.approx((-4.0, 0.0, 4.0))
+    with_offsets = qr.measure_level(seg, None, Level.L4_L5, offsets).by_condition
+    for condition in (Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR):
+        (m,) = with_offsets[condition]
+        assert m.value == pytest.approx(2.0, abs=0.1)  # line ~10.5 mm out meets the articular process
+        assert m.reliable and m.provenance.slice_index == 1
+        assert "lower vertebra" in m.provenance.method
+    # Without offsets every slice is searched: the cranial pixels 6 mm out win, the line (4.5 mm
+    # out) passes medial to the articular process and the recess reads as open.
+    (blind,) = qr.measure_level(seg, None, Level.L4_L5).by_condition[Condition.LEFT_SUBARTICULAR]
+    assert blind.value > 5.0 and "open recess" in blind.provenance.method
