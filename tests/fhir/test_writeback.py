@@ -229,3 +229,25 @@ def test_write_back_back_off_is_long_and_capped() -> None:
 
     assert [retry_delay(n).total_seconds() / 60 for n in (1, 2, 3)] == [5, 10, 20]
     assert retry_delay(50) == RETRY_MAX_DELAY
+
+
+def test_only_a_finished_explanation_with_text_and_writer_gives_a_rationale(db: Database) -> None:
+    """presentedForm comes from a COMPLETE record with text and writer; anything else adds nothing
+    (and never makes the findings' write-back fail)."""
+    from cds.domain import ExplanationStatus
+    from cds.fhir.writeback import explanation_rationale
+
+    with db.session() as s:
+        queries.upsert_study(s, "1.2.3.4", patient_ref="Patient/p-1")
+        analysis_id = queries.ensure_analysis(s, "1.2.3.4").id
+        record = queries.save_explanation(
+            s, analysis_id, status=ExplanationStatus.COMPLETE, rationale="L4-L5: severe.", writer="template"
+        )
+        assert explanation_rationale(record) == ("L4-L5: severe.", "template")
+        record.writer = None
+        assert explanation_rationale(record) == (None, None)
+        record.writer, record.rationale = "template", "  "
+        assert explanation_rationale(record) == (None, None)
+        record.status, record.rationale = ExplanationStatus.RUNNING, "L4-L5: severe."
+        assert explanation_rationale(record) == (None, None)
+    assert explanation_rationale(None) == (None, None)
