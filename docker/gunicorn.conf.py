@@ -3,8 +3,20 @@
     gunicorn -c docker/gunicorn.conf.py
 
 Knobs come from the environment (CDS_WEB_*); the app itself reads its CDS_* settings in
-create_app(). Threads per worker matter more than processes here: a hook call mostly waits on
-the database, and each process holds its own engine, key cache and result cache.
+create_app().
+
+Workers and threads. A patient-view call answered from the store is mostly Python CPU (about
+0.5-1 ms: JWT check, card building) and only microseconds of SQLite I/O, so throughput needs at
+least one process per core (the GIL serialises a process's threads). Spare processes (2 x cores
++ 1) keep every core busy while some workers wait: on PostgreSQL round trips, on FHIR fetches when
+the EHR did not prefetch (up to CDS_FHIR_TIMEOUT_S), or while a worker is being recycled. The cap
+of 8 bounds memory: each process holds its own engine, key cache, result and report caches
+(~100-150 MiB RSS). 4 threads per worker let one process overlap such waits; more threads only
+queue CPU-bound calls behind the GIL. On the 2-core development box (5 workers x 4 threads) the
+hooks bench could not tell 5x4, 2x4, 2x1, 3x2 and 2x8 apart under the shared load of the day
+(bench/hooks_bench.py --web-workers/--web-threads; per-round ratios 9-47 %, server CPU per hook
+call 1.9-2.4 ms for every configuration), so the general rule stays the default; re-measure with
+those options on the target host before changing it.
 Access logs are off by default: viewer URLs carry a signed token, and the hooks blueprint logs
 one PHI-free line per call itself. Every log line (gunicorn's own and the app's) is one JSON
 object (cds.logs.JsonFormatter: ts, level, logger, msg, request_id, service, status,
