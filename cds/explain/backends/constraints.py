@@ -35,7 +35,7 @@ GRADE_WORDS: dict[Grade, tuple[str, ...]] = {
     Grade.NORMAL_MILD: ("mild", "mildly", "normal"),
 }
 BILATERAL_WORDS = ("bilateral", "bilaterally", "bilater", "bilat", "both")
-UNCERTAIN_WORDS = ("uncertain", "uncertainty", "uncert")
+UNCERTAIN_WORDS = ("uncertain", "uncertainty", "uncert", "flagged", "flag")
 
 _ASCII_DIGITS = frozenset("0123456789")
 _PAIRS = (

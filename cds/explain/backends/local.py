@@ -334,6 +334,52 @@ class LocalBackend:
         text = self._tok.decode(new, skip_special_tokens=True)
         return Generation(text=text, seconds=seconds, new_tokens=int(new.numel()), prompt_tokens=prompt_len)
 
+    def _encode_batch(self, prompts: Sequence[ClausePrompt]) -> tuple[dict[str, Any], Any]:
+        """Batch ids and mask, plus a copy of the KV cache of the rows' shared prefix.
+
+        Every row shares the system turn and the worked examples (~75 % of a row's prompt); their
+        keys/values are computed once per process and repeated per row, so only each row's own
+        findings are prefilled. Rows are padded between the shared prefix and their own part; the
+        positions come from the mask (transformers derives position ids from its cumsum).
+        """
+        import copy
+
+        import torch
+
+        chats = [[m.to_json() for m in p.messages] for p in prompts]
+        fulls = [
+            self._tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) + p.prefill
+            for c, p in zip(chats, prompts, strict=True)
+        ]
+        prefixes = {self._tok.apply_chat_template(c[:-1], tokenize=False) for c in chats}
+        prefix = prefixes.pop() if len(prefixes) == 1 else ""
+        if not prefix or not all(f.startswith(prefix) for f in fulls):
+            enc = self._tok(fulls, return_tensors="pt", padding=True, add_special_tokens=False)
+            return dict(enc), None
+        if self._prefix is None or self._prefix[0] != prefix:
+            ids = self._tok(prefix, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            out = self._model(input_ids=ids, use_cache=True)
+            self._prefix = (prefix, ids, out.past_key_values)
+        _, prefix_ids, prefix_cache = self._prefix
+        rest = self._tok(
+            [f[len(prefix) :] for f in fulls], return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        n = len(prompts)
+        input_ids = torch.cat([prefix_ids.expand(n, -1), rest["input_ids"]], dim=1)
+        mask = torch.cat([torch.ones_like(prefix_ids).expand(n, -1), rest["attention_mask"]], dim=1)
+        cache = copy.deepcopy(prefix_cache)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        return {"input_ids": input_ids, "attention_mask": mask}, cache
+
+    def _shared_len(self, enc: dict[str, Any]) -> int:
+        """Length of the cached shared prefix in `enc` (0 when no prefix cache was used)."""
+        if self._prefix is None:
+            return 0
+        n = int(self._prefix[1].shape[1])
+        ids = enc["input_ids"]
+        return n if ids.shape[1] > n and bool((ids[0, :n] == self._prefix[1][0]).all()) else 0
+
     def generate_clauses(
         self, prompts: Sequence[ClausePrompt], *, max_new_tokens: int
     ) -> tuple[list[str], Generation]:
@@ -354,20 +400,14 @@ class LocalBackend:
             with self._gen_lock, torch.inference_mode():
                 if self._vocab is None:
                     self._vocab = VocabIndex(self._tok)
-                texts = [
-                    self._tok.apply_chat_template(
-                        [m.to_json() for m in p.messages], add_generation_prompt=True, tokenize=False
-                    )
-                    + p.prefill
-                    for p in prompts
-                ]
                 self._tok.padding_side = "left"
                 if self._tok.pad_token is None:
                     self._tok.pad_token = self._tok.eos_token
-                enc = self._tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                enc, cache = self._encode_batch(prompts)
                 prompt_len = int(enc["input_ids"].shape[1])
                 out = self._model.generate(
                     **enc,
+                    past_key_values=cache,
                     do_sample=False,
                     max_new_tokens=max_new_tokens,
                     logits_processor=LogitsProcessorList(
@@ -386,7 +426,7 @@ class LocalBackend:
             p.prefill + self._tok.decode(row, skip_special_tokens=True)
             for p, row in zip(prompts, new, strict=True)
         ]
-        prompt_tokens = int(enc["attention_mask"].sum())
+        prompt_tokens = int(enc["attention_mask"][:, self._shared_len(enc) :].sum())
         return clauses, Generation(
             text="\n".join(clauses), seconds=seconds, new_tokens=n_new, prompt_tokens=prompt_tokens
         )
