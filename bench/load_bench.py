@@ -14,8 +14,12 @@ Tokens: every request needs a fresh jti (a replayed one is a 401, as it must be)
 signed up front, `--max-rps` x duration per run; if a run ever needed more, the wrapped-around
 tokens show up as 401 errors, never as silent successes.
 
+The worker runs at the product's default CPU priority for analyses (CDS_WORKER_NICE=10: hook
+requests are scheduled first where both share CPUs); `--worker-nice 0` measures the worker at the
+web tier's priority, for comparison.
+
 Run:  .venv/bin/python bench/load_bench.py [--duration 60] [--connections 16,64] [--alg RS384]
-      [--studies 3] [--feed-interval 5] [--studies-dir DIR]
+      [--studies 3] [--feed-interval 5] [--studies-dir DIR] [--worker-nice N]
 Needs: wrk (apt-get install -y wrk), the models in models/ (the worker runs real quick reads).
 """
 
@@ -121,15 +125,16 @@ def _finished_between(db_path: Path, start: float, end: float) -> str:
     return f"{counts.get('complete', 0)}/{sum(counts.values())}"
 
 
-def _split_tokens(work: Path, alg: str, threads: int, runs: list[int], per_run: int) -> None:
-    """Cut the signed token files into one set per run: `<alg>_c<connections>_<thread>.txt`
-    (each wrk thread walks its own file; `per_run` tokens per run in all)."""
-    size = per_run // threads
+def _split_tokens(work: Path, alg: str, threads: int, parts: list[tuple[str, int]]) -> None:
+    """Cut the signed token files into one set per run: `<alg>_<name>_<thread>.txt` (each wrk
+    thread walks its own file; `count` tokens for the run in all), e.g. names warm, c16, c64."""
     for t in range(threads):
         tokens = (work / f"{alg}_tokens_{t}.txt").read_text().split()
-        for i, connections in enumerate(runs):
-            part = tokens[i * size : (i + 1) * size]
-            (work / f"{alg}_c{connections}_{t}.txt").write_text("\n".join(part) + "\n")
+        start = 0
+        for name, count in parts:
+            part = tokens[start : start + count // threads]
+            start += count // threads
+            (work / f"{alg}_{name}_{t}.txt").write_text("\n".join(part) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies-dir", type=Path, default=None, help="reuse/generate studies here")
     parser.add_argument("--feed-interval", type=float, default=5.0, help="seconds between new analyses")
     parser.add_argument("--worker-threads", type=int, default=1, help="`cds worker --threads`")
+    parser.add_argument(
+        "--worker-nice", type=int, default=10, help="CDS_WORKER_NICE of the analysis worker (default 10)"
+    )
     parser.add_argument("--gunicorn-config", type=Path, default=ROOT / "docker" / "gunicorn.conf.py")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -162,22 +170,21 @@ def main(argv: list[str] | None = None) -> int:
         folders = _synth(studies_dir, args.studies, seed=7007)
         print(f"{len(folders)} synthetic studies ready in {time.perf_counter() - t0:.0f} s")
         per_run = args.max_rps * args.duration
+        parts = [("warm", args.max_rps * max(1, args.warmup)), *((f"c{c}", per_run) for c in runs)]
+        n_tokens = sum(count for _, count in parts)
         t0 = time.perf_counter()
-        env, warm = hb._prepare(
-            work, db_url, per_run * len(runs), 2000 * max(1, args.warmup), args.threads, base, (args.alg,)
-        )
-        _split_tokens(work, args.alg, args.threads, runs, per_run)
-        print(
-            f"signed {per_run * len(runs)} {args.alg} tokens + database in {time.perf_counter() - t0:.0f} s"
-        )
+        env, warm = hb._prepare(work, db_url, n_tokens, args.threads, base, (args.alg,))
+        _split_tokens(work, args.alg, args.threads, parts)
+        print(f"signed {n_tokens} {args.alg} tokens + database in {time.perf_counter() - t0:.0f} s")
         uids = _register(db_url, folders)  # first analyses of each study: queued for the worker
         env = {**env, "CDS_JOBS_BACKEND": "local", "CDS_LOG_LEVEL": "WARNING"}
+        worker_env = {**env, "CDS_WORKER_NICE": str(args.worker_nice)}
         cds = Path(sys.executable).with_name("cds")
         worker_log = (work / "worker.log").open("wb")
         worker = subprocess.Popen(
             [str(cds), "worker", "--threads", str(args.worker_threads)],
             cwd=ROOT,
-            env=env,
+            env=worker_env,
             stdout=worker_log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -227,7 +234,8 @@ def _report(args: argparse.Namespace, results: dict[int, dict[str, Any]], reques
     shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
     print(
         f"\npatient-view hook, JWT {args.alg}, gunicorn config {shown}, SQLite; a `cds worker` "
-        f"({args.worker_threads} thread) analysing meanwhile ({requested} analyses requested, one every "
+        f"({args.worker_threads} thread, nice +{args.worker_nice}) analysing meanwhile "
+        f"({requested} analyses requested, one every "
         f"{args.feed_interval:g} s); wrk {args.duration} s per run; CPUs {os.cpu_count()}"
     )
     print(

@@ -73,6 +73,9 @@ class Settings:
     # `cds serve`: most requests handled at once (one thread each, each with at most one database
     # driver connection); further connections wait in the listen backlog. Bounds PostgreSQL connections.
     serve_max_threads: int = 32
+    # `cds worker` adds this to its nice value (pool processes and torch threads inherit it): where
+    # analyses share CPUs with the web tier, hook requests are then scheduled first. 0 = unchanged.
+    worker_nice: int = 10
     broker_url: str = "redis://127.0.0.1:6379/0"
     # Celery backend (cds.jobs.celery_*): the database job row stays the source of truth.
     job_soft_time_limit_s: float = 600.0  # SoftTimeLimitExceeded inside the job: a failed attempt
@@ -162,6 +165,10 @@ class Settings:
             kw["jobs_backend"] = v
         if v := env.get("CDS_JOB_WORKERS"):
             kw["job_workers"] = _int(v, "CDS_JOB_WORKERS")
+        if v := env.get("CDS_WORKER_NICE"):
+            kw["worker_nice"] = _int(v, "CDS_WORKER_NICE")
+            if not 0 <= kw["worker_nice"] <= 19:
+                raise SettingsError("CDS_WORKER_NICE must be 0..19")
         if v := env.get("CDS_SERVE_MAX_THREADS"):
             kw["serve_max_threads"] = _int(v, "CDS_SERVE_MAX_THREADS")
             if kw["serve_max_threads"] < 1:

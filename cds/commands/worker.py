@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 import time
@@ -119,6 +120,12 @@ def _worker(args: argparse.Namespace) -> int:
     if threads < 1:
         raise SettingsError("--threads must be >= 1")
     url = settings.resolved_database_url
+    if settings.worker_nice and not args.until_idle:
+        # Analyses are batch work; hook calls are answered while a clinician waits. Where both share
+        # CPUs, the scheduler should serve the web tier first (a lower priority is inherited by the
+        # Celery pool processes and torch's threads). On a dedicated worker host this changes nothing.
+        os.nice(settings.worker_nice)
+        log.info("worker CPU priority lowered: nice +%d (CDS_WORKER_NICE)", settings.worker_nice)
     wait_for_schema(url, args.schema_wait_s)
     if settings.jobs_backend == "celery":
         from cds.jobs.celery_worker import run_worker
