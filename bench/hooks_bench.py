@@ -519,7 +519,21 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             _stop(floor)
             _stop(hook)
+        boots = {name: _worker_boots(work / f"gunicorn-{name}.log") for name in ("floor", "hook")}
+    print(
+        f"gunicorn worker boots (the first ones + max_requests recycling): floor {boots['floor']}, "
+        f"hook {boots['hook']}"
+    )
     return _report(args, runs, inproc, algs)
+
+
+def _worker_boots(log: Path) -> int:
+    """Workers gunicorn started, from its log: each one past the first set is a recycled worker
+    whose successor paid for imports and a cold first call during the runs."""
+    try:
+        return log.read_text(errors="replace").count("Booting worker")
+    except OSError:
+        return -1
 
 
 _HEADER = (
