@@ -104,7 +104,14 @@ def run(args: argparse.Namespace) -> int:
     if result.status is AnalysisStatus.COMPLETE:
         targets = [t for t in select_targets(result, all_findings=args.all) if t.level in traced.inputs]
         out_dir = args.out / _safe(study.study_uid)
-        made = heatmaps_for_study(result, traced.inputs, out_dir, targets=targets, models_dir=args.models_dir)
+        made = heatmaps_for_study(
+            result,
+            traced.inputs,
+            out_dir,
+            targets=targets,
+            models_dir=args.models_dir,
+            foramina=traced.foramina,
+        )
         gradcam_ms = sum(made.timings_ms.values())
         notes = made.notes()
         heatmaps = [

@@ -68,6 +68,13 @@ def register(subparsers: Any) -> None:
     seg.add_argument(
         "--resume", action="store_true", help="continue the checkpoint in --work-dir (error when none)"
     )
+    seg.add_argument(
+        "--export",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="train nothing: write this checkpoint (e.g. <work-dir>/best.pt of a cut-short run) as --out "
+        "and evaluate it; the data flags describe the data it was trained on",
+    )
     seg.set_defaults(handler=_run_sagittal)
     train_pipeline.register_models(models)  # axial-seg, classifier (owner: pipeline)
     train_foraminal.register_model(models)  # foraminal (owner: H2, session 10)
@@ -102,6 +109,8 @@ def _run_sagittal(args: argparse.Namespace) -> int:
     include: tuple[str, ...] = ()
     if args.synth_split:
         include = tuple(n for root in args.data_synth for n in split_names(root, args.synth_split))
+    if args.export is not None:
+        return _export(args, include)
     validation = []
     validation_info = None
     if args.validation_split:
@@ -138,8 +147,46 @@ def _run_sagittal(args: argparse.Namespace) -> int:
         validation_description=validation_info,
         resume=args.resume,
     )
-    print(f"wrote {args.out}/model.safetensors ({spec.tag}, sha256 {spec.sha256[:12]})")
+    _print_spec(args.out, spec)
+    return 0
+
+
+def _export(args: argparse.Namespace, include: tuple[str, ...]) -> int:
+    from cds.train.sagittal import export_checkpoint
+    from cds.train.sagittal_validation import split_names
+    from cds.train.synth_data import SynthSource
+
+    synth = (
+        SynthSource(
+            tuple(args.data_synth),
+            max_studies=args.max_synth_studies,
+            slices_per_study=args.synth_slices,
+            include=include,
+            centre_half_width=args.centre_half_width,
+        )
+        if args.data_synth
+        else None
+    )
+    validation_info = None
+    if args.validation_split:
+        root = args.data_synth[0]
+        names = split_names(root, args.validation_split)
+        validation_info = {"folder": str(root), "split_part": args.validation_split, "studies": len(names)}
+    spec = export_checkpoint(
+        args.export,
+        args.out,
+        args.data_spider,
+        args.version,
+        synth_description=synth.describe() if synth else None,
+        validation_description=validation_info,
+        init=args.init,
+    )
+    _print_spec(args.out, spec)
+    return 0
+
+
+def _print_spec(out: Path, spec: Any) -> None:
+    print(f"wrote {out}/model.safetensors ({spec.tag}, sha256 {spec.sha256[:12]})")
     for name, value in spec.metrics.items():
         summary = value.get("summary", value) if isinstance(value, dict) else value
         print(f"{name}: {summary}")
-    return 0

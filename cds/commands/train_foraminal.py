@@ -31,6 +31,9 @@ def register_model(models: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
     p.add_argument("--ratio-weight", type=float, default=4.0, help="weight of the area-ratio regression")
+    p.add_argument("--stem", type=int, default=12, help="channels of the strided stem convolution")
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 24, 32], help="channels per conv block")
+    p.add_argument("--members", type=int, default=1, help="seeded networks averaged (seed, seed+1, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1: on a shared CPU, 2 threads spin-wait)"
@@ -55,6 +58,9 @@ def run_foraminal(args: argparse.Namespace) -> int:
         ratio_weight=args.ratio_weight,
         seed=args.seed,
         threads=args.threads,
+        stem=args.stem,
+        widths=tuple(args.widths),
+        members=args.members,
         version=args.version,
     )
     spec = train_foraminal(

@@ -14,12 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from cds.domain import Level
+from cds.domain import Level, Side
 
 if TYPE_CHECKING:
     from cds.dicom.volume import Volume
     from cds.pipeline.axial import AxialSegmentation
     from cds.pipeline.classify import LevelProbabilities
+    from cds.pipeline.grade import SeverityEstimate
     from cds.pipeline.levels import LevelLabelling
     from cds.pipeline.quick_read import Stages
     from cds.pipeline.segment import SagittalMasks
@@ -61,6 +62,12 @@ class StageRecord:
     def probabilities(self) -> Mapping[Level, LevelProbabilities]:
         call = self._last("classify")
         return {p.level: p for p in call.result} if call else {}
+
+    def foraminal(self) -> Mapping[tuple[Level, Side], SeverityEstimate]:
+        """The foraminal model's estimates per (level, side), which replace the classifier's
+        foraminal estimates in the findings (empty when the stage gave none)."""
+        call = self._last("foraminal")
+        return {key: reading.estimate for key, reading in call.result.items()} if call else {}
 
 
 def _wrap(name: str, fn: Callable[..., Any], record: StageRecord) -> Callable[..., Any]:

@@ -226,6 +226,7 @@ def compare_findings(truth: StudyTruth, analysis: Any, record: StageRecord) -> d
     """Per level: analysed?, per condition truth vs reported grade + classifier probabilities,
     measurements next to the generator's."""
     probabilities = record.probabilities()
+    foraminal = record.foraminal()  # the foraminal model's estimates replace the classifier's
     out: dict[str, Any] = {}
     for level in Level:
         conditions: dict[str, Any] = {}
@@ -234,6 +235,9 @@ def compare_findings(truth: StudyTruth, analysis: Any, record: StageRecord) -> d
             true_grade = truth.grade(level, condition)
             finding = analysis.finding(level, condition)
             est = estimates.estimates.get(condition) if estimates else None
+            side = condition.side
+            if condition in (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL) and side is not None:
+                est = foraminal.get((level, side), est)
             conditions[condition.value] = {
                 "truth": true_grade.value if true_grade else None,
                 "grade": finding.grade.value if finding else None,

@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
-from cds.domain import AnalysisResult, Level
+from cds.domain import AnalysisResult, Level, Side
 from cds.explain.gradcam_geometry import CropPlacement, placement_for
 from cds.pipeline import axial as ax
 
 if TYPE_CHECKING:
     from cds.dicom.study import Study
     from cds.dicom.volume import Volume
+    from cds.explain.gradcam_foramen import ForamenInput
     from cds.pipeline.classify import LevelProbabilities
-    from cds.pipeline.quick_read import Stages
+    from cds.pipeline.foraminal import ForaminalReading
+    from cds.pipeline.quick_read import DiscLocation, Stages
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class TracedRead:
     result: AnalysisResult
     inputs: Mapping[Level, LevelInput]
     seconds: float
+    #: The foraminal model's inputs (cds.explain.gradcam_foramen), when that stage ran: the
+    #: foraminal findings it graded are explained from these, never from the classifier's crops.
+    foramina: Mapping[tuple[Level, Side], ForamenInput] = field(default_factory=dict)
 
 
 def level_input(level: Level, seg: ax.AxialSegmentation, volume: Volume) -> LevelInput:
@@ -93,7 +98,17 @@ def traced_quick_read(
         classified.update(segs)
         return base.classify(segs, mdir)
 
-    traced = replace(base, segment_axial=segment_axial, classify=classify)
+    read_foramina: list[tuple[Volume, Mapping[Level, DiscLocation]]] = []
+
+    def foraminal(
+        sagittal: Volume, discs: Mapping[Level, DiscLocation], mdir: Path | None
+    ) -> Mapping[tuple[Level, Side], ForaminalReading]:
+        readings = base.foraminal(sagittal, discs, mdir)
+        if readings:
+            read_foramina.append((sagittal, discs))
+        return readings
+
+    traced = replace(base, segment_axial=segment_axial, classify=classify, foraminal=foraminal)
     start = time.perf_counter()
     result = quick_read(study, models_dir=models_dir, stages=traced)
     seconds = time.perf_counter() - start
@@ -101,4 +116,11 @@ def traced_quick_read(
     for level, seg in classified.items():
         volume = next(v for s, v in seen if s is seg)
         inputs[level] = level_input(level, seg, volume)
-    return TracedRead(result, inputs, seconds)
+    foramina = {}
+    if read_foramina:
+        from cds.explain.gradcam_foramen import foramen_inputs
+
+        sagittal, discs = read_foramina[-1]
+        centres = {lv: d.centre for lv, d in discs.items()}
+        foramina = foramen_inputs(sagittal, centres, {lv: d.normal for lv, d in discs.items()})
+    return TracedRead(result, inputs, seconds, foramina)

@@ -145,23 +145,35 @@ def heatmaps_for_study(
     *,
     targets: Sequence[CamTarget] | None = None,
     models_dir: Path | None = None,
+    foramina: Mapping[Any, Any] | None = None,
 ) -> StudyHeatmaps:
     """Grad-CAM for ``targets`` (default: the moderate/severe findings) in one batched pass;
     writes ``<level>_<condition>.png`` and ``.npz`` under ``out_dir``. Targets at levels that
-    were not analysed raise ValueError."""
+    were not analysed raise ValueError.
+
+    Foraminal findings graded by the foraminal model (``foraminal`` in the analysis's model
+    versions) are explained by that model's Grad-CAM on its parasagittal crops (``foramina``,
+    from the traced read; cds.explain.gradcam_foramen), never by the classifier's; without
+    ``foramina`` they get no heatmap."""
+    from cds.explain.gradcam_foramen import SIDE_OF, foramen_heatmaps
     from cds.ml.classifier import load_classifier
     from cds.pipeline.classify import MODEL_NAME
 
     chosen = list(select_targets(result) if targets is None else targets)
+    by_foramen_model = [t for t in chosen if t.condition in SIDE_OF and "foraminal" in result.model_versions]
+    chosen = [t for t in chosen if t not in by_foramen_model]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    loaded = load_classifier(MODEL_NAME, models_dir)
-    maps = compute_maps(loaded, {lv: i.crop for lv, i in inputs.items()}, chosen)
+    crops = {lv: i.crop for lv, i in inputs.items()}
+    maps = compute_maps(load_classifier(MODEL_NAME, models_dir), crops, chosen) if chosen else []
     timings["gradcam_ms"] = (time.perf_counter() - t0) * 1000.0
     t1 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     heatmaps = tuple(_one(m, inputs[m.target.level], result, out_dir) for m in maps)
     timings["map_render_ms"] = (time.perf_counter() - t1) * 1000.0
+    t2 = time.perf_counter()
+    heatmaps += foramen_heatmaps(result, foramina or {}, by_foramen_model, out_dir, models_dir=models_dir)
+    timings["gradcam_foramen_ms"] = (time.perf_counter() - t2) * 1000.0
     return StudyHeatmaps(heatmaps, timings)
 
 

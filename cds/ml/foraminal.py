@@ -30,6 +30,7 @@ from cds.errors import ModelError
 from cds.ml.spec import ModelSpec, model_dir, read_card
 
 ARCHITECTURE = "ForaminalNet"
+ENSEMBLE = "ForaminalEnsemble"
 OUTPUT_LABELS = ("foraminal:present", "foraminal:severe", "foraminal_area_ratio")
 
 
@@ -93,6 +94,11 @@ class ForaminalNet(nn.Module):
             x = nn.functional.max_pool2d(block(x), 2)
         return self.last_conv(x)
 
+    @property
+    def cam_layers(self) -> list[nn.Module]:
+        """The layers Grad-CAM explains (cds/explain/gradcam_foramen.py)."""
+        return [self.last_conv]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, 3): calibrated present and severe logits, then the area ratio (linear)."""
         f = self.features(x)
@@ -101,9 +107,37 @@ class ForaminalNet(nn.Module):
         return torch.cat([out[:, :2] / self.temperature, out[:, 2:]], dim=1)
 
 
-def build_foraminal(spec: ModelSpec) -> ForaminalNet:
+class ForaminalEnsemble(nn.Module):
+    """Several ForaminalNets trained with different seeds; outputs are the members' mean.
+
+    Why: a few thousand training foramina leave each small network's ranking noisy; the mean of
+    independently seeded members is steadier, and each member costs only ~2 ms per study.
+    ``temperature`` (fitted on validation data) divides the mean ordinal logits.
+    """
+
+    def __init__(self, config: ForaminalConfig | None = None, members: int = 2) -> None:
+        super().__init__()
+        self.config = config or ForaminalConfig()
+        self.members = nn.ModuleList([ForaminalNet(self.config) for _ in range(members)])
+        self.temperature: torch.Tensor
+        self.register_buffer("temperature", torch.ones(2))
+
+    def set_temperature(self, values: Sequence[float] | np.ndarray) -> None:
+        with torch.no_grad():
+            self.temperature.copy_(torch.as_tensor(np.asarray(values, dtype=np.float32)))
+
+    @property
+    def cam_layers(self) -> list[nn.Module]:
+        return [layer for m in self.members if isinstance(m, ForaminalNet) for layer in m.cam_layers]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.stack([m(x) for m in self.members]).mean(dim=0)
+        return torch.cat([out[:, :2] / self.temperature, out[:, 2:]], dim=1)
+
+
+def build_foraminal(spec: ModelSpec) -> ForaminalNet | ForaminalEnsemble:
     arch = dict(spec.architecture)
-    if arch.get("type") != ARCHITECTURE:
+    if arch.get("type") not in (ARCHITECTURE, ENSEMBLE):
         raise ModelError(f"{spec.name}: expected architecture {ARCHITECTURE}, got {arch.get('type')!r}")
     try:
         config = ForaminalConfig(
@@ -115,13 +149,15 @@ def build_foraminal(spec: ModelSpec) -> ForaminalNet:
         raise ModelError(f"{spec.name}: architecture does not match ForaminalConfig: {exc!r}") from exc
     if tuple(spec.labels) != OUTPUT_LABELS:
         raise ModelError(f"{spec.name}: card labels do not match the foraminal network's outputs")
+    if arch["type"] == ENSEMBLE:
+        return ForaminalEnsemble(config, members=int(arch.get("members", 2)))
     return ForaminalNet(config)
 
 
 @dataclass(frozen=True)
 class LoadedForaminal:
     spec: ModelSpec
-    network: ForaminalNet
+    network: ForaminalNet | ForaminalEnsemble
     device: torch.device
 
 

@@ -1,7 +1,8 @@
 """quick_read(study): the whole analysis in one readable function over typed stage results.
 
     models -> sagittal segmentation -> level labelling -> axial slice-to-level mapping
-    -> axial segmentation -> measurements -> classification -> grading
+    -> axial segmentation -> measurements -> classification
+    -> foraminal model (parasagittal sagittal-T2 crops; replaces the foraminal estimates) -> grading
 
 Each stage runs inside :func:`_stage`, which times it (``timings_ms``) and turns any unexpected
 exception into a :class:`StageError` naming the stage, so a failed analysis always says where
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from cds.dicom.study import Study
     from cds.dicom.volume import Volume
     from cds.pipeline.classify import LevelProbabilities
+    from cds.pipeline.foraminal import ForaminalReading
     from cds.pipeline.levels import LevelLabelling
     from cds.pipeline.segment import SagittalMasks
 
@@ -352,6 +354,11 @@ class Stages:
     ]
     segment_axial: Callable[[Volume, Sequence[int], Path | None], ax.AxialSegmentation]
     classify: Callable[[Mapping[Level, ax.AxialSegmentation], Path | None], Sequence[LevelProbabilities]]
+    #: Foraminal readings from the parasagittal model (cds.pipeline.foraminal); the default (no
+    #: readings) keeps the classifier's foraminal estimates, for stand-in stages in tests.
+    foraminal: Callable[
+        [Volume, Mapping[Level, DiscLocation], Path | None], Mapping[tuple[Level, Side], ForaminalReading]
+    ] = lambda _v, _d, _m: {}
 
 
 def _load_models(models_dir: Path | None) -> dict[str, str]:
@@ -364,6 +371,10 @@ def _load_models(models_dir: Path | None) -> dict[str, str]:
     for name in (segment.MODEL_NAME, ax.MODEL_NAME):
         versions[name] = load_model(name, models_dir).spec.tag
     versions[classify.MODEL_NAME] = load_classifier(classify.MODEL_NAME, models_dir).spec.tag
+    from cds.ml.foraminal import load_foraminal
+    from cds.pipeline import foraminal
+
+    versions[foraminal.MODEL_NAME] = load_foraminal(foraminal.MODEL_NAME, models_dir).spec.tag
     return versions
 
 
@@ -421,8 +432,35 @@ def _classify(
     return classify_levels(crops, models_dir=models_dir)
 
 
+def _foraminal(
+    sagittal: Volume, discs: Mapping[Level, DiscLocation], models_dir: Path | None
+) -> Mapping[tuple[Level, Side], ForaminalReading]:
+    from cds.pipeline.foraminal import estimate_foramina
+
+    centres = {lv: d.centre for lv, d in discs.items()}
+    normals = {lv: d.normal for lv, d in discs.items()}
+    return estimate_foramina(sagittal, centres, normals, models_dir=models_dir)
+
+
+def _with_foramina(
+    probabilities: LevelProbabilities,
+    measured: LevelMeasurements,
+    readings: Mapping[tuple[Level, Side], ForaminalReading],
+) -> tuple[LevelProbabilities, LevelMeasurements]:
+    """One level's classifier estimates and measurements with the foraminal model's readings
+    (severity estimate and model-estimated area ratio) in place of the foraminal ones."""
+    estimates = dict(probabilities.estimates)
+    groups = dict(measured.by_condition)
+    for side, condition in ((Side.LEFT, Condition.LEFT_FORAMINAL), (Side.RIGHT, Condition.RIGHT_FORAMINAL)):
+        reading = readings.get((probabilities.level, side))
+        if reading is not None:
+            estimates[condition] = reading.estimate
+            groups[condition] = (reading.ratio,)
+    return replace(probabilities, estimates=estimates), LevelMeasurements(groups)
+
+
 DEFAULT_STAGES = Stages(
-    _load_models, _segment_sagittal, _label_levels, _assign_axial, _segment_axial, _classify
+    _load_models, _segment_sagittal, _label_levels, _assign_axial, _segment_axial, _classify, _foraminal
 )
 
 
@@ -508,6 +546,10 @@ def _analyse(
             raise StageError(
                 "classify", f"no probabilities for {', '.join(sorted(m.value for m in missing))}"
             )
+    with _stage(clock, "foraminal"):
+        readings = stages.foraminal(sagittal, {lv: discs[lv] for lv in segs if lv in discs}, models_dir)
+        for lv in segs:
+            probabilities[lv], measured[lv] = _with_foramina(probabilities[lv], measured[lv], readings)
     with _stage(clock, "grade"):
         findings: list[Finding] = []
         for lv in sorted(segs, key=lambda x: x.index):

@@ -18,10 +18,9 @@ import hashlib
 import json
 import logging
 import random
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cds.domain import THRESHOLDS, Condition, Grade, Side
-from cds.ml.foraminal import ARCHITECTURE, OUTPUT_LABELS, ForaminalConfig, ForaminalNet
+from cds.ml.foraminal import (
+    ARCHITECTURE,
+    ENSEMBLE,
+    OUTPUT_LABELS,
+    ForaminalConfig,
+    ForaminalEnsemble,
+    ForaminalNet,
+)
 from cds.ml.loading import save_weights
 from cds.ml.spec import InputContract, ModelSpec, write_card
 from cds.pipeline import foramen_crop as fc
@@ -55,6 +61,8 @@ class ForaminalTrainConfig:
     version: str = "1.0.0"
     stem: int = 12
     widths: tuple[int, ...] = (16, 24, 32)
+    #: Independently seeded networks (seed, seed + 1, ...) averaged into one ForaminalEnsemble.
+    members: int = 1
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,7 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out * gain + offset + noise, 0.0, 1.5)
 
 
-def predict(network: ForaminalNet, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def predict(network: ForaminalNet | ForaminalEnsemble, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """(N, 3) raw outputs (present logit, severe logit, ratio) on the inference windows."""
     network.eval()
     outs = []
@@ -180,7 +188,10 @@ def _seed(seed: int) -> None:
 
 
 def _fingerprint(config: ForaminalTrainConfig, train: Sequence[str], val: Sequence[str]) -> str:
-    blob = json.dumps({"config": asdict(config), "train": list(train), "val": list(val)}, sort_keys=True)
+    """One member's identity: what changes its weights (not the member count, the version label
+    or the thread count), so a finished member can be reused by a larger ensemble."""
+    cfg = {k: v for k, v in asdict(config).items() if k not in ("members", "version", "threads")}
+    blob = json.dumps({"config": cfg, "train": list(train), "val": list(val)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -206,7 +217,25 @@ def train_foraminal(
     train = to_arrays(build_cache(data_root, cache_dir, train_names))
     val = to_arrays(build_cache(data_root, cache_dir, val_names))
     log.info("%d training and %d validation foramina", len(train), len(val))
+    trained: list[tuple[ForaminalNet, dict[str, Any], Path]] = []
+    for k in range(config.members):
+        member = replace(config, seed=config.seed + k, members=1)
+        member_dir = work_dir if config.members == 1 else work_dir / f"member_{k}"
+        fingerprint = _fingerprint(member, train_names, val_names)
+        trained.append(_train_member(train, val, member, member_dir, fingerprint, resume))
+    return finish(trained, val, out_dir, config, data_root, train_names, val_names)
 
+
+def _train_member(
+    train: Arrays,
+    val: Arrays,
+    config: ForaminalTrainConfig,
+    work_dir: Path,
+    fingerprint: str,
+    resume: bool,
+) -> tuple[ForaminalNet, dict[str, Any], Path]:
+    """One seeded network, checkpointed every epoch; returns it, its best epoch and its log."""
+    _seed(config.seed)
     network = ForaminalNet(
         ForaminalConfig(in_channels=fc.IN_CHANNELS, stem=config.stem, widths=config.widths)
     )
@@ -218,7 +247,6 @@ def train_foraminal(
     rng = np.random.default_rng(config.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = work_dir / "checkpoint.pt", work_dir / "training_log.jsonl"
-    fingerprint = _fingerprint(config, train_names, val_names)
     start_epoch = 0
     best: dict[str, Any] = {"score": -np.inf, "epoch": 0, "state": None, "record": None}
     if resume and ckpt_path.is_file():
@@ -285,23 +313,30 @@ def train_foraminal(
             },
             ckpt_path,
         )
-    return finish(network, best, val, out_dir, log_path, config, data_root, train_names, val_names)
+    if best["state"] is not None:
+        network.load_state_dict(best["state"])
+    return network, best, log_path
 
 
 def finish(
-    network: ForaminalNet,
-    best: dict[str, Any],
+    trained: Sequence[tuple[ForaminalNet, dict[str, Any], Path]],
     val: Arrays,
     out_dir: Path,
-    log_path: Path,
     config: ForaminalTrainConfig,
     data_root: Path,
     train_names: Sequence[str],
     val_names: Sequence[str],
 ) -> ModelSpec:
-    """Best epoch's weights + validation temperature -> safetensors + card in ``out_dir``."""
-    if best["state"] is not None:
-        network.load_state_dict(best["state"])
+    """Best epochs' weights (one network or the ensemble of the members) + validation
+    temperature -> safetensors + card + training log in ``out_dir``."""
+    network: ForaminalNet | ForaminalEnsemble
+    if len(trained) == 1:
+        network = trained[0][0]
+    else:
+        network = ForaminalEnsemble(trained[0][0].config, members=len(trained))
+        for slot, (member, _best, _log) in zip(network.members, trained, strict=True):
+            slot.load_state_dict(member.state_dict())
+    network.eval()
     network.set_temperature(np.ones(2))
     raw = predict(network, val.x)
     temps = fit_temperature(raw[:, :2], val.y)
@@ -315,7 +350,8 @@ def finish(
         version=config.version,
         sha256=sha,
         architecture={
-            "type": ARCHITECTURE,
+            "type": ARCHITECTURE if len(trained) == 1 else ENSEMBLE,
+            "members": len(trained),
             "in_channels": fc.IN_CHANNELS,
             "stem": config.stem,
             "widths": list(config.widths),
@@ -345,7 +381,8 @@ def finish(
         },
         metrics={
             "validation": val_metrics,
-            "best_epoch": int(best["epoch"]),
+            "best_epoch": [int(best["epoch"]) for _net, best, _log in trained],
+            "members_validation": [best["record"]["validation"]["all"] for _net, best, _log in trained],
             "temperature": [float(t) for t in temps],
             "grading": "ratio rule" if uses_rule else "ordinal heads",
         },
@@ -367,5 +404,8 @@ def finish(
         ),
     )
     write_card(spec, out_dir)
-    shutil.copyfile(log_path, out_dir / "training_log.jsonl")
+    with (out_dir / "training_log.jsonl").open("w", encoding="utf-8") as fh:
+        for k, (_net, _best, log_path) in enumerate(trained):
+            for line in log_path.read_text(encoding="utf-8").splitlines():
+                fh.write(json.dumps({"member": k, **json.loads(line)}) + "\n")
     return spec

@@ -50,9 +50,20 @@ def test_heatmaps_for_study_writes_labelled_overlays_and_raw_maps(traced: Traced
     from cds.explain.gradcam_study import heatmaps_for_study
 
     level = sorted(traced.inputs, key=lambda lv: lv.index)[0]
-    targets = [CamTarget(level, c) for c in Condition]
+    # The foraminal findings are graded (and so explained) by the foraminal model on parasagittal
+    # crops (tests/explain/test_gradcam_foramen.py); this test covers the classifier's axial maps.
+    foraminal = (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL)
+    targets = [CamTarget(level, c) for c in Condition if c not in foraminal]
     made = heatmaps_for_study(traced.result, traced.inputs, tmp_path / "gc", targets=targets)
     assert [h.key for h in made.heatmaps] == [t.key for t in targets]
+    both = [CamTarget(level, c) for c in foraminal]
+    sagittal = heatmaps_for_study(
+        traced.result, traced.inputs, tmp_path / "gf", targets=both, foramina=traced.foramina
+    )
+    assert [h.key for h in sagittal.heatmaps] == [t.key for t in both]
+    assert all(
+        h.series_uid != inp.placement.series_uid for h in sagittal.heatmaps for inp in [traced.inputs[level]]
+    )
     inp = traced.inputs[level]
     for h in made.heatmaps:
         with Image.open(h.overlay) as img:

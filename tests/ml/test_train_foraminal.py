@@ -93,3 +93,17 @@ def test_training_writes_a_verified_model_and_resumes_after_an_interruption(
 def test_grade_helpers_follow_findings_thresholds() -> None:
     assert list(tf.ratio_grade(np.array([0.2, 0.5, 0.7]))) == [2, 1, 0]
     assert list(tf.ordinal_grade(np.array([0.1, 0.9, 0.95]), np.array([0.05, 0.2, 0.9]))) == [0, 1, 2]
+
+
+def test_members_are_averaged_into_one_verified_ensemble(data: tuple[Path, Path], tmp_path: Path) -> None:
+    root, cache = data
+    out = tmp_path / "models" / "foraminal"
+    config = tf.ForaminalTrainConfig(epochs=1, batch_size=8, stem=4, widths=(4, 6), members=2)
+    spec = tf.train_foraminal(root, cache, out, tmp_path / "work", config)
+    assert spec.architecture["type"] == fm.ENSEMBLE and spec.architecture["members"] == 2
+    assert (tmp_path / "work" / "member_1" / "checkpoint.pt").is_file()
+    members = [json.loads(x)["member"] for x in (out / "training_log.jsonl").read_text().splitlines()]
+    assert members == [0, 1]
+    fm.clear_cache()
+    loaded = fm.load_foraminal("foraminal", out.parent)
+    assert isinstance(loaded.network, fm.ForaminalEnsemble) and len(loaded.network.cam_layers) == 2

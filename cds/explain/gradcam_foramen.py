@@ -1,0 +1,335 @@
+"""Grad-CAM of the foraminal model (cds.ml.foraminal): the explanation of the grades it decided.
+
+Since the foraminal findings are graded by the parasagittal foraminal model, not by the axial
+classifier, their heatmaps must come from that model: a classifier heatmap next to a grade the
+classifier did not decide would explain nothing. Same discipline as cds.explain.gradcam:
+
+* one forward + one backward pass for all of a study's foraminal targets (one batch row per
+  target; rows never interact: BatchNorm uses running statistics in eval mode, dropout is off);
+* on a private frozen copy of the loaded network (the shared one serves quick reads), with a
+  forward hook that makes the last block's output a leaf, so no parameter gradient is computed;
+* inside :func:`foramen_session`, a context manager that always releases the library's hooks.
+
+Target: the "present" logit (P(grade >= moderate)) at ``ForaminalNet.last_conv``. The map lives on
+the parasagittal crop (rows cranial -> caudal, columns anterior -> posterior); it is carried back
+onto the native sagittal slice nearest the reported foramen plane (the slice the finding's
+``foraminal_area_ratio`` provenance names) through the crop's patient-space frame, and its peak
+is given in patient millimetres.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cds.domain import Condition, Level, Side
+from cds.pipeline import foramen_crop as fc
+
+if TYPE_CHECKING:
+    from pytorch_grad_cam import GradCAM
+
+    from cds.dicom.volume import Volume
+    from cds.ml.foraminal import ForaminalEnsemble, ForaminalNet, LoadedForaminal
+
+SUBTITLE = (
+    "Grad-CAM of the foraminal model's 'present' output, parasagittal (+ = peak; decision support only)"
+)
+SIDE_OF: Mapping[Condition, Side] = {
+    Condition.LEFT_FORAMINAL: Side.LEFT,
+    Condition.RIGHT_FORAMINAL: Side.RIGHT,
+}
+
+
+@dataclass(frozen=True)
+class ForamenInput:
+    """One foramen's model input and where it lies: the crop, its frame and its sagittal slice."""
+
+    level: Level
+    side: Side
+    crop: NDArray[np.float32]  # (channels, SIZE, SIZE), exactly what the stage gave the model
+    frame: fc.ForamenFrame
+    slice_index: int  # sagittal slice nearest the reported foramen plane
+    slice_image: NDArray[np.float32]  # that slice (model-oriented: head up, anterior left)
+    affine: NDArray[np.float64]  # of the model-oriented sagittal volume
+    series_uid: str
+
+
+def foramen_inputs(
+    sagittal: Volume, centres: Mapping[Level, np.ndarray], normals: Mapping[Level, np.ndarray]
+) -> dict[tuple[Level, Side], ForamenInput]:
+    """Rebuild the stage's crops (same deterministic functions) with their placement."""
+    from cds.pipeline.foraminal import reported_slice
+
+    crops = fc.foramen_crops(sagittal, centres, normals)
+    out: dict[tuple[Level, Side], ForamenInput] = {}
+    for (level, side), crop in crops.items():
+        k = reported_slice(sagittal, centres[level], side)
+        out[(level, side)] = ForamenInput(
+            level=level,
+            side=side,
+            crop=crop,
+            frame=fc.frame_for(sagittal, centres[level], normals[level]),
+            slice_index=k,
+            slice_image=np.asarray(sagittal.array[k], dtype=np.float32),
+            affine=np.asarray(sagittal.affine, dtype=np.float64),
+            series_uid=sagittal.series_uid,
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class ForamenCam:
+    level: Level
+    side: Side
+    crop_map: NDArray[np.float32]  # (SIZE, SIZE), [0, 1]
+    raw: NDArray[np.float32]  # unscaled ReLU(sum w A) at the layer's resolution
+    logit: float  # calibrated present logit
+
+
+_COPY_LOCK = threading.Lock()
+_COPIES: dict[int, tuple[tuple[ForaminalNet | ForaminalEnsemble, Any], threading.Lock]] = {}
+
+
+def _private_copy(loaded: LoadedForaminal) -> tuple[ForaminalNet | ForaminalEnsemble, threading.Lock]:
+    key = id(loaded.network)
+    with _COPY_LOCK:
+        entry = _COPIES.get(key)
+        if entry is None or entry[0][1] is not loaded.network:
+            net = copy.deepcopy(loaded.network).eval()
+            for p in net.parameters():
+                p.requires_grad_(False)
+            entry = ((net, loaded.network), threading.Lock())
+            _COPIES[key] = entry
+        (net, _source), lock = entry
+        return net, lock
+
+
+def _activation_leaf(_module: Any, _inputs: Any, output: Any) -> Any:
+    return output.detach().requires_grad_(True)
+
+
+@contextmanager
+def foramen_session(loaded: LoadedForaminal) -> Iterator[GradCAM]:
+    """A GradCAM on the private frozen copy of ``loaded``, its hooks released on exit."""
+    import torch
+
+    from cds.explain.torchvision_compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from pytorch_grad_cam import GradCAM
+
+    net, lock = _private_copy(loaded)
+    with lock, torch.enable_grad():
+        layers = net.cam_layers
+        leaves = [layer.register_forward_hook(_activation_leaf) for layer in layers]
+        cam = GradCAM(model=net, target_layers=layers)
+        try:
+            yield cam.__enter__()
+        finally:
+            cam.__exit__(None, None, None)
+            for leaf in leaves:
+                leaf.remove()
+
+
+def compute_foramen_maps(
+    loaded: LoadedForaminal,
+    inputs: Mapping[tuple[Level, Side], ForamenInput],
+    targets: Sequence[tuple[Level, Side]],
+) -> list[ForamenCam]:
+    """All targets in one forward + one backward pass (a batch row per target)."""
+    import torch
+
+    from cds.explain.torchvision_compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    missing = sorted(f"{lv.value} {s.value}" for lv, s in targets if (lv, s) not in inputs)
+    if missing:
+        raise ValueError(f"no foraminal crop for {', '.join(missing)}")
+    if not targets:
+        return []
+    batch = np.stack([inputs[t].crop for t in targets]).astype(np.float32)
+    with foramen_session(loaded) as cam:
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(0) for _ in targets])
+        pairs = zip(cam.activations_and_grads.activations, cam.activations_and_grads.gradients, strict=True)
+        per_layer = [
+            np.maximum((g.numpy().mean(axis=(2, 3))[:, :, None, None] * a.numpy()).sum(axis=1), 0.0)
+            for a, g in pairs
+        ]
+        logits = cam.outputs.detach().cpu().numpy()
+    raw = np.mean(per_layer, axis=0)  # ensemble members: the mean of their maps
+    return [
+        ForamenCam(lv, side, np.asarray(maps[i], np.float32), raw[i].astype(np.float32), float(logits[i, 0]))
+        for i, (lv, side) in enumerate(targets)
+    ]
+
+
+def crop_coordinates(inp: ForamenInput, ij: NDArray[np.float64]) -> NDArray[np.float64]:
+    """(N, 2) native (row, col) on the input's slice -> (N, 2) crop (row, col)."""
+    kij = np.column_stack([np.full(len(ij), float(inp.slice_index)), ij, np.ones(len(ij))])
+    patient = kij @ inp.affine[:3, :].T
+    d = patient - inp.frame.origin
+    rows = (fc.CRANIAL_TOP_MM - d @ inp.frame.cranial) / fc.SPACING_MM
+    cols = (d @ inp.frame.posterior - fc.POSTERIOR_START_MM) / fc.SPACING_MM
+    return np.column_stack([rows, cols])
+
+
+def native_map(cam: ForamenCam, inp: ForamenInput) -> NDArray[np.float32]:
+    """The crop map on the whole native sagittal slice (0 outside the crop)."""
+    from scipy import ndimage
+
+    rows, cols = inp.slice_image.shape
+    ii, jj = np.indices((rows, cols), dtype=np.float64)
+    rc = crop_coordinates(inp, np.column_stack([ii.ravel(), jj.ravel()]))
+    values = ndimage.map_coordinates(cam.crop_map, rc.T, order=1, mode="constant", cval=0.0)
+    return values.reshape(rows, cols).astype(np.float32)
+
+
+def peak(
+    native: NDArray[np.float32], inp: ForamenInput
+) -> tuple[tuple[int, int], tuple[float, float, float]] | None:
+    """Pixel and patient millimetres of the map's maximum; None for an empty map."""
+    if native.size == 0 or float(native.max()) <= 0.0:
+        return None
+    i, j = (int(v) for v in np.unravel_index(int(np.argmax(native)), native.shape))
+    mm = inp.affine[:3, :] @ np.array([float(inp.slice_index), float(i), float(j), 1.0])
+    return (i, j), (round(float(mm[0]), 2), round(float(mm[1]), 2), round(float(mm[2]), 2))
+
+
+def render(
+    slice_image: NDArray[np.float32],
+    native: NDArray[np.float32],
+    peak_ij: tuple[int, int] | None,
+    title: str,
+    out_path: Path,
+) -> Path:
+    """Overlay PNG on the sagittal slice (head up, anterior left), with a relative colour bar."""
+    from PIL import Image, ImageDraw
+
+    from cds.explain import gradcam_render as gr
+
+    rows, cols = slice_image.shape
+    scale = max(1, int(np.ceil(gr.MIN_IMAGE_PX / max(rows, cols))))
+    grey = (gr._grey(np.asarray(slice_image, dtype=np.float32)) * 255.0).astype(np.uint8)
+    heat = np.clip(native, 0.0, 1.0)
+    colour = gr._lut()[(heat * 255.0).astype(np.uint8)].astype(np.float32)
+    alpha = np.where(heat >= gr.SHOW_ABOVE, gr.MAX_ALPHA * heat, 0.0)[..., None]
+    rgb = (grey[..., None].astype(np.float32) * (1.0 - alpha) + colour * alpha).round().astype(np.uint8)
+    image = Image.fromarray(rgb, "RGB").resize((cols * scale, rows * scale), Image.Resampling.BILINEAR)
+    width, height = image.size
+    canvas = Image.new("RGB", (width + gr.LEGEND_PX, height + gr.HEADER_PX), (0, 0, 0))
+    canvas.paste(image, (0, gr.HEADER_PX))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((6, 4), title, fill=(255, 255, 255), font=gr._font(16))
+    draw.text((6, 24), SUBTITLE, fill=(190, 190, 190), font=gr._font(12))
+    # model-oriented sagittal: head up, anterior left
+    for letter, (x, y) in {
+        "H": (width / 2, 4),
+        "F": (width / 2, height - 18),
+        "A": (4, height / 2),
+        "P": (width - 14, height / 2),
+    }.items():
+        draw.text((x, y + gr.HEADER_PX), letter, fill=(255, 255, 0), font=gr._font(14))
+    if peak_ij is not None:
+        y = (peak_ij[0] + 0.5) * scale + gr.HEADER_PX
+        x = (peak_ij[1] + 0.5) * scale
+        draw.line([(x - 7, y), (x + 7, y)], fill=(0, 255, 255), width=2)
+        draw.line([(x, y - 7), (x, y + 7)], fill=(0, 255, 255), width=2)
+    top, bottom = gr.HEADER_PX + 24, gr.HEADER_PX + height - 24
+    lut = gr._lut()
+    for y in range(top, bottom):
+        value = 1.0 - (y - top) / max(bottom - top, 1)
+        draw.line([(width + 12, y), (width + 28, y)], fill=tuple(int(c) for c in lut[int(value * 255)]))
+    draw.text((width + 8, top - 16), "high", fill=(255, 255, 255), font=gr._font(11))
+    draw.text((width + 10, bottom + 4), "low", fill=(255, 255, 255), font=gr._font(11))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out_path, format="PNG", compress_level=gr.PNG_COMPRESS_LEVEL)
+    return out_path
+
+
+def region_words(cam: ForamenCam, peak_rc: tuple[float, float] | None) -> str:
+    """Where the crop map peaks, in words without numbers (the rationale verifier checks every
+    number against the findings): the side's foraminal region, above/at/below the disc."""
+    side = cam.side.value
+    if peak_rc is None:
+        return "no region (empty map)"
+    cranial_mm = fc.CRANIAL_TOP_MM - peak_rc[0] * fc.SPACING_MM
+    where = (
+        "above the disc" if cranial_mm > 4.0 else ("below the disc" if cranial_mm < -4.0 else "at the disc")
+    )
+    return f"{side} neural foramen region {where} (parasagittal)"
+
+
+def foramen_heatmaps(
+    result: Any,
+    foramina: Mapping[tuple[Level, Side], ForamenInput],
+    targets: Sequence[Any],
+    out_dir: Path,
+    *,
+    models_dir: Path | None = None,
+) -> tuple[Any, ...]:
+    """Heatmaps (cds.explain.gradcam_study.Heatmap) of foraminal targets (CamTarget) that have a
+    foraminal input, all in one batched pass; writes ``<level>_<condition>.png`` and ``.npz``."""
+    from cds.explain.gradcam_study import Heatmap
+    from cds.ml.foraminal import load_foraminal
+    from cds.pipeline.foraminal import MODEL_NAME
+
+    keyed = [(t, (t.level, SIDE_OF[t.condition])) for t in targets if t.condition in SIDE_OF]
+    keyed = [(t, k) for t, k in keyed if k in foramina]
+    if not keyed:
+        return ()
+    loaded = load_foraminal(MODEL_NAME, models_dir)
+    cams = compute_foramen_maps(loaded, foramina, [k for _, k in keyed])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grades = {(f.level, f.condition): f.grade for f in result.findings}
+    made = []
+    for (target, key), cam in zip(keyed, cams, strict=True):
+        inp = foramina[key]
+        native = native_map(cam, inp)
+        found = peak(native, inp)
+        peak_ij, peak_mm = (found[0], found[1]) if found else (None, None)
+        grade = grades.get((target.level, target.condition))
+        stem = f"{target.level.value}_{target.condition.value}"
+        title = f"{target.level.value} {target.condition.display}" + (f": {grade.display}" if grade else "")
+        overlay = render(inp.slice_image, native, peak_ij, title, out_dir / f"{stem}.png")
+        raw_path = out_dir / f"{stem}.npz"
+        np.savez_compressed(
+            raw_path,
+            raw=cam.raw,
+            crop_map=cam.crop_map,
+            native_map=native.astype(np.float16),
+            frame_origin=inp.frame.origin,
+            frame_cranial=inp.frame.cranial,
+            frame_posterior=inp.frame.posterior,
+            frame_lateral_left=inp.frame.lateral_left,
+            slice_index=np.asarray(inp.slice_index),
+            affine=inp.affine,
+            logit=np.asarray(cam.logit),
+        )
+        crop_peak = np.unravel_index(int(np.argmax(cam.crop_map)), cam.crop_map.shape)
+        made.append(
+            Heatmap(
+                level=target.level,
+                condition=target.condition,
+                grade=grade,
+                overlay=overlay,
+                raw=raw_path,
+                series_uid=inp.series_uid,
+                slice_index=inp.slice_index,
+                peak_ij=peak_ij,
+                peak_mm=peak_mm,
+                region=region_words(cam, (float(crop_peak[0]), float(crop_peak[1])) if found else None),
+                logit=cam.logit,
+            )
+        )
+    return tuple(made)
