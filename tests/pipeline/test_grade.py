@@ -133,3 +133,51 @@ def test_grade_level_needs_every_learned_estimate() -> None:
     with pytest.raises(StageError) as err:
         grade_level(Level.L2_L3, {}, learned)
     assert err.value.stage == "grade"
+
+
+def test_default_policy_lets_the_model_decide_subarticular_and_the_rule_the_canal() -> None:
+    """The shipped choice (validation evidence in DECIDER_EVIDENCE): DSCA decides the canal; the
+    classifier decides lateral recess grades, whose measurement is less accurate than the model."""
+    policy = GradingPolicy()
+    assert policy.decider(Condition.SPINAL_CANAL) is Decider.RULE
+    assert policy.decider(Condition.LEFT_SUBARTICULAR) is Decider.MODEL
+    assert policy.decider(Condition.RIGHT_SUBARTICULAR) is Decider.MODEL
+    described = policy.describe()
+    deciders = described["deciders"]
+    evidence = described["evidence"]
+    assert isinstance(deciders, dict) and isinstance(evidence, dict)
+    assert set(deciders) == {c.value for c in Condition}
+    assert deciders["left_subarticular"] == Decider.MODEL.value
+    assert set(evidence) == {c.value for c in Condition} and "kappa" in evidence["spinal_canal"]
+    assert GradingPolicy(deciders={}).decider(Condition.LEFT_SUBARTICULAR) is Decider.RULE  # unlisted
+
+
+def test_model_decider_keeps_showing_the_measurement_and_flags_a_disagreeing_rule() -> None:
+    recess = m(MeasurementName.LATERAL_RECESS_DEPTH_MM, 2.0, Side.LEFT)  # rule: severe
+    d = grade_finding(Level.L4_L5, Condition.LEFT_SUBARTICULAR, [recess], MODERATE)
+    assert d.decided_by is Decider.MODEL and d.finding.grade is Grade.MODERATE
+    assert d.rule_grade is Grade.SEVERE and d.deciding is recess
+    assert d.finding.uncertain and d.reasons == ("model says moderate, measurement rule says severe",)
+    assert d.finding.measurements == {MeasurementName.LATERAL_RECESS_DEPTH_MM: 2.0}
+    assert d.finding.probability == pytest.approx(MODERATE.distribution[Grade.MODERATE])
+    assert "by learned model" in d.explanation and "2.0 mm" in d.explanation
+
+
+def test_model_decider_agreeing_is_certain_even_near_a_cut_off() -> None:
+    """Near-threshold flags belong to the rule: when the model decides and the rule agrees, the
+    finding is certain; the same value under a rule decider is flagged near the 3 mm cut-off."""
+    recess = m(MeasurementName.LATERAL_RECESS_DEPTH_MM, 3.2, Side.RIGHT)  # rule: moderate
+    d = grade_finding(Level.L3_L4, Condition.RIGHT_SUBARTICULAR, [recess], MODERATE)
+    assert d.decided_by is Decider.MODEL and not d.finding.uncertain
+    rule_policy = GradingPolicy(deciders={Condition.RIGHT_SUBARTICULAR: Decider.RULE})
+    r = grade_finding(Level.L3_L4, Condition.RIGHT_SUBARTICULAR, [recess], MODERATE, rule_policy)
+    assert r.decided_by is Decider.RULE and r.finding.uncertain and "3 cut-off" in r.reasons[0]
+
+
+def test_model_decider_with_unreliable_or_missing_measurement_flags_why() -> None:
+    bad = m(MeasurementName.LATERAL_RECESS_DEPTH_MM, 0.0, Side.LEFT, reliable=False)
+    d = grade_finding(Level.L4_L5, Condition.LEFT_SUBARTICULAR, [bad], NORMAL)
+    assert d.decided_by is Decider.MODEL and d.finding.grade is Grade.NORMAL_MILD
+    assert d.finding.uncertain and "unreliable" in d.reasons[0]
+    none = grade_finding(Level.L4_L5, Condition.LEFT_SUBARTICULAR, [], NORMAL)
+    assert none.finding.uncertain and "not measured" in none.reasons[0]

@@ -131,7 +131,9 @@ def test_quick_read_composes_all_stages_with_real_geometry() -> None:
     left = result.finding(Level.L4_L5, Condition.LEFT_SUBARTICULAR)
     assert left is not None
     assert left.measurements[MeasurementName.LATERAL_RECESS_DEPTH_MM] == pytest.approx(4.0, abs=0.45)
-    assert left.grade is Grade.MODERATE and left.uncertain  # the rule decides; the model (severe) disagrees
+    # GradingPolicy: the learned model decides subarticular grades (cds.pipeline.grade.DECIDER_EVIDENCE);
+    # the measured 4 mm (rule: moderate) is still shown and the disagreement flags the finding
+    assert left.grade is Grade.SEVERE and left.uncertain
     foraminal = result.finding(Level.L4_L5, Condition.LEFT_FORAMINAL)
     assert foraminal is not None and foraminal.uncertain  # not measured: the model decides, flagged
     assert set(result.timings_ms) >= {
