@@ -383,12 +383,7 @@ def train_sagittal(
         thresholds=DEFAULT_THRESHOLDS,
         metrics=base_metrics,
         training=training,
-        known_limits=(
-            "2D slice model: no through-plane context.",
-            "Trained on SPIDER sagittal T2 SPACE (1.5 T Siemens) and synthetic slices; other sequences, "
-            "field strengths or strongly different fields of view are untested.",
-            "Vertebra class includes posterior elements (SPIDER convention).",
-        ),
+        known_limits=KNOWN_LIMITS,
     )
     write_card(spec, out_dir)
     (out_dir / "training_log.jsonl").write_text(log_path.read_text(encoding="utf-8"), encoding="utf-8")
@@ -411,13 +406,44 @@ def _metric_name(spider_train: bool) -> str:
     return "spider_holdout" if spider_train else "spider_all_patients"
 
 
-def export_checkpoint(checkpoint: Path, out_dir: Path, spider_root: Path | None, version: str) -> ModelSpec:
+KNOWN_LIMITS: tuple[str, ...] = (
+    "2D slice model: no through-plane context.",
+    "Trained on SPIDER sagittal T2 SPACE (1.5 T Siemens) and synthetic slices; other sequences, "
+    "field strengths or strongly different fields of view are untested.",
+    "Vertebra class includes posterior elements (SPIDER convention).",
+)
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    out_dir: Path,
+    spider_root: Path | None,
+    version: str,
+    *,
+    synth_description: dict[str, Any] | None = None,
+    validation_description: dict[str, Any] | None = None,
+    init: Path | None = None,
+    known_limits: Sequence[str] = KNOWN_LIMITS,
+) -> ModelSpec:
     """Write the weights of a (possibly interrupted) run's checkpoint as a model folder and evaluate it.
 
-    Why: on a shared CPU a long schedule may have to be cut short; the last completed epoch is then
-    shipped or used to initialise the next run, with its held-out figures measured like any model's.
+    Why: on a shared CPU a long schedule may have to be cut short; the last completed epoch (or the
+    best validation epoch, ``best.pt``) is then shipped or used to initialise the next run, with its
+    held-out figures measured like any model's. The run's ``metrics.jsonl`` beside the checkpoint is
+    copied as the training log, and the exported epoch's validation figures go into the card.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    epoch = int(state["epoch"])
+    log_path = checkpoint.parent / "metrics.jsonl"
+    record: dict[str, Any] = {}
+    if log_path.is_file():
+        lines = log_path.read_text(encoding="utf-8").splitlines()
+        (out_dir / "training_log.jsonl").write_text("".join(f"{x}\n" for x in lines), encoding="utf-8")
+        record = next((r for r in map(json.loads, lines) if int(r["epoch"]) == epoch), {})
+    base_metrics: dict[str, Any] = (
+        {"synthetic_validation_dice": record["validation_dice"]} if "validation_dice" in record else {}
+    )
     cfg = dict(state["config"])
     arch = UNetConfig(
         base_channels=int(cfg["base_channels"]), depth=int(cfg["depth"]), num_classes=len(LABELS)
@@ -441,15 +467,26 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, spider_root: Path | None,
         input=CONTRACT,
         labels=LABELS,
         thresholds=DEFAULT_THRESHOLDS,
+        metrics=base_metrics,
         training={
-            "exported_from_checkpoint": {"epoch": int(state["epoch"]), "of_epochs": int(cfg["epochs"])},
+            "exported_from_checkpoint": {"epoch": epoch, "of_epochs": int(cfg["epochs"])},
+            "seed": int(cfg["seed"]),
             "config": {k: v for k, v in cfg.items() if k != "augment"},
+            "augment": cfg.get("augment"),
             "spider": {
                 "credit": SPIDER_CREDIT,
                 "train_patients": train_patients,
                 "held_out_patients": holdout,
             },
+            "synthetic": synth_description,
+            "synthetic_validation": validation_description,
+            "selected_epoch": {
+                k: record[k] for k in ("epoch", "validation_dice", "holdout_grid_dice") if k in record
+            }
+            or None,
+            "initialised_from": str(init) if init else None,
         },
+        known_limits=tuple(known_limits),
     )
     write_card(spec, out_dir)
     if holdout and spider_root is not None:
@@ -457,7 +494,9 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, spider_root: Path | None,
         with shipped_layout(out_dir) as models_dir:
             result = evaluate_spider(models_dir, spider_root, holdout)
         clear_cache()
-        spec = replace(spec, metrics={f"{_metric_name(bool(cfg['spider_train']))}_dice": result})
+        spec = replace(
+            spec, metrics={**base_metrics, f"{_metric_name(bool(cfg['spider_train']))}_dice": result}
+        )
         write_card(spec, out_dir)
     return spec
 

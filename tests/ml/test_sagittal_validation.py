@@ -125,6 +125,16 @@ def test_validation_split_scores_every_epoch_and_ships_the_best(synth: Path, tmp
     assert main([*args, "--resume"]) == 0
     assert read_card("sagittal_seg", out.parent).sha256 == card.sha256
 
+    # a cut-short run's best epoch exported as a model folder: same weights, its figures in the card
+    exported = tmp_path / "export" / "sagittal_seg"
+    assert main([*args, "--export", str(work / "best.pt"), "--out", str(exported)]) == 0
+    card2 = read_card("sagittal_seg", exported.parent)
+    assert card2.sha256 == card.sha256
+    assert card2.training["selected_epoch"]["epoch"] == best["epoch"]
+    assert card2.metrics["synthetic_validation_dice"] == best["validation_dice"]
+    assert card2.training["synthetic"]["studies"] == 2
+    assert (exported / "training_log.jsonl").read_text() == (out / "training_log.jsonl").read_text()
+
 
 def test_validation_split_requires_a_training_split(synth: Path, tmp_path: Path) -> None:
     args = ["train", "sagittal-seg", "--data-synth", str(synth), "--validation-split", "validation"]
