@@ -48,7 +48,10 @@ timeout = _int("CDS_WEB_TIMEOUT_S", 30)
 graceful_timeout = _int("CDS_WEB_GRACEFUL_TIMEOUT_S", 20)
 keepalive = _int("CDS_WEB_KEEPALIVE_S", 5)
 # Recycle workers now and then (bounded memory growth), staggered so they never restart together.
-max_requests = _int("CDS_WEB_MAX_REQUESTS", 20000)
+# Not too often: a fresh worker pays ~1-1.5 s of CPU for imports and create_app plus ~0.3 s for its
+# first hook call (runtime, result, FHIR report), so at full load (~200 hook calls/s per worker on
+# 2 cores) the former 20000 meant a cold start per worker every ~100 s, in the middle of traffic.
+max_requests = _int("CDS_WEB_MAX_REQUESTS", 100000)
 max_requests_jitter = max(1, max_requests // 10) if max_requests else 0
 limit_request_line = 8190
 limit_request_fields = 100
