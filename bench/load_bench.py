@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", default="16,64", help="comma-separated client counts, one run each")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--alg", choices=("RS384", "ES384"), default="RS384", help="client JWT algorithm")
-    parser.add_argument("--max-rps", type=int, default=700, help="tokens signed per run = this x duration")
+    parser.add_argument("--max-rps", type=int, default=1500, help="tokens signed per run = this x duration")
     parser.add_argument("--warmup", type=int, default=5, help="seconds of unmeasured load first")
     parser.add_argument("--studies", type=int, default=3, help="synthetic studies the worker analyses")
     parser.add_argument("--studies-dir", type=Path, default=None, help="reuse/generate studies here")
