@@ -212,14 +212,20 @@ def slice_offsets_mm(volume: Volume, indices: Sequence[int], disc: DiscLocation)
     return tuple(out)
 
 
-def _sac_probability(seg: ax.AxialSegmentation, row: int) -> np.ndarray | None:
-    """The sac probability of one slice on the measurement grid (None when the segmentation
-    carries no probabilities of the expected shape, e.g. a stand-in in tests)."""
+def _sac_probability(seg: ax.AxialSegmentation) -> np.ndarray | None:
+    """The level's sac probability on the measurement grid (slices, 2H, 2W), or None when the
+    segmentation carries no probabilities that match its labels (a stand-in in tests, a label map
+    without its network output): every sac label must then have a sac probability above 0.5."""
     probs = np.asarray(seg.probs)
     if probs.ndim != 4 or probs.shape[0] != seg.labels.shape[0] or probs.shape[1] <= ax.SAC:
         return None
-    up = ax.upsample2(probs[row : row + 1, ax.SAC])[0]
-    return up if up.shape == seg.labels.shape[1:] else None
+    up = ax.upsample2(probs[:, ax.SAC])
+    if up.shape != seg.labels.shape:
+        return None
+    labelled = seg.labels == ax.SAC
+    if labelled.any() and float((up[labelled] > 0.5).mean()) < 0.99:
+        return None
+    return up
 
 
 def measure_level(
@@ -250,9 +256,11 @@ def measure_level(
     axes = [
         ms.axial_axes(anterior[i], sac[i], spacing, POSTERIOR_RC, LEFT_RC, use_shape=False) for i in range(n)
     ]
-    dsca = ms.dural_sac_area(sac, spacing)
+    p_sac = _sac_probability(seg)
+    area_sac = sac if p_sac is None else sac & (p_sac > ms.DSCA_SAC_PROBABILITY)
+    dsca = ms.dural_sac_area(area_sac, spacing)
     k = dsca.provenance.slice_index
-    ap = ms.canal_ap_diameter(sac[k], spacing, axes[k], k, _sac_probability(seg, k))
+    ap = ms.canal_ap_diameter(area_sac[k], spacing, axes[k], k, None if p_sac is None else p_sac[k])
     canal: list[ms.Measurement] = [_with_native_slice(dsca, seg), _with_native_slice(ap, seg)]
     if disc_height is not None:
         canal.append(disc_height)

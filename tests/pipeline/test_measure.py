@@ -343,3 +343,32 @@ def test_recess_line_is_placed_from_the_lower_vertebras_pedicle() -> None:
     # out) passes medial to the articular process and the recess reads as open.
     (blind,) = qr.measure_level(seg, None, Level.L4_L5).by_condition[Condition.LEFT_SUBARTICULAR]
     assert blind.value > 5.0 and "open recess" in blind.provenance.method
+
+
+def test_dsca_counts_pixels_above_the_calibrated_sac_probability() -> None:
+    """With the network's probabilities, DSCA counts sac pixels above DSCA_SAC_PROBABILITY: a block
+    the network calls sac at 0.51 (labelled sac at 0.5) is left out; without matching
+    probabilities (a label map alone) the labels are measured as they are."""
+    from cds.domain import Condition, Level
+    from cds.pipeline import axial as ax
+    from cds.pipeline import quick_read as qr
+
+    n, size = 1, ax.CANONICAL_SIZE
+    probs = np.zeros((n, len(ax.AXIAL_CLASSES), size, size), np.float32)
+    probs[:, ax.BACKGROUND] = 1.0
+    probs[:, ax.SAC, 60:80, 70:90] = 0.9  # 20 x 20 coarse pixels of 0.64 mm2: 256 mm2
+    probs[:, ax.SAC, 80:100, 70:90] = 0.51  # labelled sac at 0.5, below the calibrated 0.52
+    probs[:, ax.BACKGROUND] -= probs[:, ax.SAC]
+    labels = ax.postprocess(probs)
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = (0, 0, 4.0), (0, 0.8, 0), (0.8, 0, 0)  # axial
+    frame = ax.canonical_frame(affine, (size, size))
+    seg = AxialSegmentation(np.zeros((n, size, size), np.float32), probs, labels, (0,), (frame,))
+    assert measure.DSCA_SAC_PROBABILITY > 0.51
+    (dsca, *_rest) = qr.measure_level(seg, None, Level.L4_L5).by_condition[Condition.SPINAL_CANAL]
+    assert dsca.value == pytest.approx(256.0, rel=0.06)
+    label_area = float((labels == ax.SAC).sum()) * 0.4 * 0.4
+    assert label_area == pytest.approx(512.0, rel=0.06)
+    no_probs = AxialSegmentation(seg.images, np.zeros(0, np.float32), labels, (0,), (frame,))
+    (plain, *_rest) = qr.measure_level(no_probs, None, Level.L4_L5).by_condition[Condition.SPINAL_CANAL]
+    assert plain.value == pytest.approx(label_area)
