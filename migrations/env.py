@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import Connection
 
 from cds.config import Settings
 from cds.store.db import Database, normalise_url
@@ -31,6 +32,24 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _set_sqlite_foreign_keys(connection: Connection, on: bool) -> None:
+    # Straight to the driver: through SQLAlchemy the statement would autobegin a transaction
+    # (BEGIN IMMEDIATE), and PRAGMA foreign_keys is a no-op inside one.
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
+def _check_sqlite_foreign_keys(connection: Connection) -> None:
+    """Refuse to commit a migration that left rows pointing at nothing (checks were off)."""
+    violations = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if violations:
+        tables = sorted({str(row[0]) for row in violations})
+        raise RuntimeError(
+            f"migration left {len(violations)} foreign key violation(s) in {', '.join(tables)}; rolled back"
+        )
+
+
 def run_migrations_online() -> None:
     db = Database(_url())
     try:
@@ -44,8 +63,23 @@ def run_migrations_online() -> None:
                 transactional_ddl=True,
                 compare_type=True,
             )
-            with context.begin_transaction():
-                context.run_migrations()
+            if not db.is_sqlite:
+                with context.begin_transaction():
+                    context.run_migrations()
+                return
+            # SQLite: batch_alter_table rebuilds a table (copy, DROP TABLE, rename). With foreign
+            # keys on (Database turns them on for every connection), that DROP TABLE runs the
+            # ON DELETE CASCADE of every child table: a downgrade dropping a column of analyses
+            # would silently delete all findings and explanations. So checks are off while the
+            # migrations run (set before BEGIN: the pragma cannot change inside a transaction),
+            # verified with foreign_key_check before commit, and restored afterwards.
+            _set_sqlite_foreign_keys(connection, on=False)
+            try:
+                with context.begin_transaction():
+                    context.run_migrations()
+                    _check_sqlite_foreign_keys(connection)
+            finally:
+                _set_sqlite_foreign_keys(connection, on=True)
     finally:
         db.dispose()
 

@@ -7,7 +7,10 @@ its hook call, keyed by the uuid. It is filled by a trigger on INSERT into hook_
 database wherever card_uuids is written (the hook hot path's driver-level INSERT included), in the
 same statement: no writer can forget it and no second round trip is added to the hook path.
 Existing audit rows are backfilled. Caution for later migrations: a batch_alter_table of
-hook_calls on SQLite recreates the table, which drops its triggers: re-create them (TRIGGER_SQL).
+hook_calls on SQLite recreates the table, which drops its triggers: such a migration must
+re-create the issued_cards trigger (TRIGGER_SQL) AND re-run this migration's backfill (rows
+inserted in between, e.g. by a server still running on the old schema, would otherwise never
+reach issued_cards).
 
 pacs_instances_seen: the number of instances the PACS held when an analysis was requested (next
 to pacs_series_seen from 0007): a study that grows by instances within its series (a series

@@ -72,3 +72,49 @@ def test_feedback_migration_keeps_the_first_of_duplicate_card_outcomes(database_
     finally:
         db.dispose()
     assert [tuple(r) for r in rows] == [(1, "overridden"), (3, "accepted")]
+
+
+def test_downgrade_and_upgrade_keep_child_rows(database_url: str) -> None:
+    """On SQLite a batch_alter_table of analyses rebuilds it with DROP TABLE; with foreign keys on
+    that cascaded into findings and explanations (0008's downgrade deleted them all)."""
+    import sys
+    from pathlib import Path
+
+    from alembic import command
+
+    hooks_tests = str(Path(__file__).resolve().parents[1] / "hooks")
+    if hooks_tests not in sys.path:
+        sys.path.append(hooks_tests)
+    from hooks_support import STUDY_UID, analysis
+
+    from cds.domain import ExplanationStatus
+    from cds.store import queries
+    from cds.store.migrate import alembic_config
+
+    upgrade(database_url)
+    db = Database(database_url)
+    tables = ("analyses", "findings", "explanations")
+
+    def counts() -> dict[str, int]:
+        with db.engine.connect() as conn:
+            return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
+
+    try:
+        with db.session() as s:
+            queries.upsert_study(s, STUDY_UID, patient_ref="Patient/1", source_uri="/x")
+            analysis_id = queries.save_analysis(s, STUDY_UID, analysis()).id
+        with db.session() as s:
+            queries.save_explanation(
+                s, analysis_id, status=ExplanationStatus.COMPLETE, rationale="x", writer="template"
+            )
+        before = counts()
+        assert before["findings"] > 0 and before["explanations"] == 1
+        command.downgrade(alembic_config(database_url), "0007")
+        assert counts() == before
+        upgrade(database_url)
+        assert counts() == before
+        if db.is_sqlite:  # the migration restored the connection's foreign key enforcement
+            with db.engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+    finally:
+        db.dispose()
