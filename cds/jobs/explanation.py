@@ -82,7 +82,15 @@ def _write_back(ctx: JobContext, analysis_id: str) -> None:
     write_back_in_job(ctx.db, ctx.settings, analysis_id, attempt=ctx.attempt, final_attempt=ctx.final_attempt)
 
 
+#: Stored as the explanation's reason and shown to clinicians on the card: fixed, PHI-free wording.
+#: Exception text (file paths naming patients, database hosts) stays in the job's last_error only.
+REASON_EXPLAIN_FAILED = "an internal error stopped the computation"
+
+
 def on_explain_failure(ctx: JobContext, error: str) -> None:
+    """Final failure of an EXPLAIN job. `error` (exception type and text) is already in the job's
+    last_error for operators; it never reaches the record clinicians see (see REASON_EXPLAIN_FAILED)."""
+    del error
     try:
         analysis_id = _analysis_id(ctx)
     except PermanentJobError:
@@ -91,5 +99,5 @@ def on_explain_failure(ctx: JobContext, error: str) -> None:
         explanation = queries.ensure_explanation(s, analysis_id)
         if explanation.status is not ExplanationStatus.FAILED:
             queries.save_explanation(
-                s, analysis_id, status=ExplanationStatus.FAILED, reason=f"explanation failed: {error}"
+                s, analysis_id, status=ExplanationStatus.FAILED, reason=REASON_EXPLAIN_FAILED
             )

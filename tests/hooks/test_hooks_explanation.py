@@ -356,3 +356,44 @@ def test_the_card_follows_the_explanation_from_pending_to_complete(caller: Calle
     card = _card(caller)
     assert "Reason: re\\-run disagreed" in card["detail"]
     assert "presentedForm" not in _report(card)
+
+
+def test_a_crashed_explanation_shows_no_exception_text_on_the_card(
+    caller: Caller, hooks_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exception text can carry PHI (a patient's name in a file path) or infrastructure detail:
+    the stored reason, shown on the card, is a fixed sentence; the detail stays in the job."""
+    import sys
+    import types
+
+    from cds.hooks.markdown import escape
+    from cds.jobs.explanation import REASON_EXPLAIN_FAILED, request_explanation
+    from cds.jobs.handlers import default_registry
+    from cds.jobs.queue import JobQueue
+    from cds.jobs.runner import LocalRunner
+
+    secret = "/data/incoming/DOE^JANE_1961/axial.dcm @ db-prod-7.hospital.internal"
+
+    def explain_analysis(*_args: Any) -> None:
+        raise OSError(f"cannot read {secret}")
+
+    fake = types.ModuleType("cds.explain.job")
+    fake.explain_analysis = explain_analysis  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cds.explain.job", fake)
+    analysis_id = _store_analysis(hooks_app)
+    db = services(hooks_app).db
+    queue = JobQueue(db)
+    request_explanation(db, queue, analysis_id)
+    runner = LocalRunner(queue, default_registry(), services(hooks_app).settings, retry_delay_s=0)
+    while runner.run_until_idle():
+        pass
+    with db.session(readonly=True) as s:
+        explanation = queries.ensure_explanation(s, analysis_id)
+        (job,) = s.scalars(sa.select(JobRecord).where(JobRecord.kind == JobKind.EXPLAIN)).all()
+        assert explanation.status is ExplanationStatus.FAILED
+        assert explanation.reason == REASON_EXPLAIN_FAILED
+        assert job.last_error is not None and "DOE^JANE" in job.last_error  # kept for operators
+    detail = _card(caller)["detail"]
+    assert "could not be produced. Reason: " + escape(REASON_EXPLAIN_FAILED) in detail
+    for leak in ("DOE", "JANE", "/data/incoming", "db-prod", "OSError"):
+        assert leak not in detail
