@@ -98,7 +98,8 @@ def _error_response(error: CdsError, rid: str | None = None) -> Response:
 
 
 def _read_body(environ: dict[str, Any], limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes (declared or actual) with 413.
+    """The body, refusing more than `limit` bytes (declared or actual) with 413, and a body
+    shorter than its Content-Length with 400.
 
     With a valid Content-Length the body is read from the WSGI input directly (what werkzeug's
     stream wrapper would do, minus its objects); otherwise (chunked) through request.stream (only
@@ -113,6 +114,10 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
         if length > limit:
             raise PayloadTooLarge(f"request body larger than {limit} bytes")
         body: bytes = environ["wsgi.input"].read(length)
+        if len(body) < length:
+            # The client closed (or half-closed) its side before sending what it declared: what
+            # arrived is a prefix, and a prefix can still be valid JSON. Never evaluate it.
+            raise BadRequest("incomplete body: fewer bytes than Content-Length")
         return body
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")

@@ -168,3 +168,28 @@ def test_other_requests_go_to_flask(
     assert caller.client.get("/cds-services").status_code == 200
     assert caller.post(PV + "/", _body()).status_code in {308, 404}
     assert len(reached) == 4
+
+
+def test_body_shorter_than_content_length_is_400(
+    hooks_app: Flask, caller: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that half-closes after part of its body: the bytes read fall short of the declared
+    Content-Length. That is an incomplete request (400), on both paths, never parsed as if whole."""
+    full = json.dumps(_body()).encode()
+
+    def send() -> Any:
+        return caller.client.post(
+            PV,
+            data=full[: len(full) // 2],
+            headers={"Authorization": "Bearer " + caller.token(PV)},
+            content_type="application/json",
+            environ_overrides={"CONTENT_LENGTH": str(len(full))},
+        )
+
+    via_fast, via_flask = _both(hooks_app, monkeypatch, send)
+    for resp in (via_fast, via_flask):
+        assert resp.status_code == 400, resp.get_data(as_text=True)
+        outcome = resp.get_json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert "incomplete body" in json.dumps(outcome)
+    _assert_alike(via_fast, via_flask)
