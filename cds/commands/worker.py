@@ -147,7 +147,7 @@ def _local_worker(settings: Any, url: str, threads: int, until_idle: bool) -> in
 
     db = Database(url)
     queue = JobQueue(db)
-    runner = LocalRunner(queue, default_registry(), settings, workers=threads)
+    runner = LocalRunner(queue, default_registry(), settings, workers=threads, dedicated_process=True)
     try:
         if until_idle:
             done = runner.run_until_idle()

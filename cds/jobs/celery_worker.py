@@ -205,7 +205,9 @@ def build_worker_app(settings: Settings, state: ProcessState) -> Any:
                 retry_delay_s=settings.job_retry_delay_s,
             )
         finally:
-            release_job_memory()  # the pool process stays the same size job after job
+            # The pool process stays the same size job after job; it runs nothing but jobs, so it
+            # may freeze (cds.jobs.memory).
+            release_job_memory(freeze=True)
         if result.outcome is Outcome.RETRY:
             # A new message that arrives when the job is due again; the database row already says
             # QUEUED with run_after, so the sweeper re-sends it should this message be lost.

@@ -11,9 +11,13 @@ net for any handler, e.g. a failed job whose traceback frames still reference it
 
 After each job:
 1. gc.collect(): frees whatever the job left in cycles, now rather than some jobs later;
-2. gc.freeze() once, after the first job: the imports and models alive by then are moved out of
-   the collector's sight, so every later full collection scans only new objects (~0 ms instead of
-   100-400 ms for the ~220k objects of torch + the pipeline);
+2. gc.freeze() once, after the first job, in dedicated worker processes only (`freeze=True`:
+   `cds worker`'s runner, Celery pool children): the imports and models alive by then are moved
+   out of the collector's sight, so every later full collection scans only new objects (~0 ms
+   instead of 100-400 ms for the ~220k objects of torch + the pipeline). Never in the web process
+   (`cds serve` runs a LocalRunner in-process): there the freeze would also catch the request
+   objects in flight at that moment, and frozen objects are never collected, so their cycles
+   would leak for the life of the process;
 3. glibc malloc_trim(0): returns the freed pages to the OS (glibc otherwise keeps freed heap
    memory below its top, so resident size would stay at the high-water mark of the largest study).
 """
@@ -42,12 +46,13 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-def release_job_memory() -> None:
-    """Collect the finished job's garbage, freeze the survivors of the first job, trim the heap."""
+def release_job_memory(*, freeze: bool = False) -> None:
+    """Collect the finished job's garbage, trim the heap; with `freeze` (only a process that does
+    nothing but run jobs may pass it) also freeze the survivors of the first job."""
     global _frozen
     with _lock:  # several runner threads may finish at once: one collection is enough
         gc.collect()
-        if not _frozen:
+        if freeze and not _frozen:
             gc.freeze()
             _frozen = True
         trim = _malloc_trim()

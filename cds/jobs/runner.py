@@ -45,7 +45,10 @@ class LocalRunner:
         retry_delay_s: float = 5.0,
         stale_after_s: float = 3600.0,
         writeback_retry_s: float = 60.0,
+        dedicated_process: bool = False,
     ) -> None:
+        """`dedicated_process`: this process only runs jobs (`cds worker`), so it may gc.freeze
+        after the first job (cds.jobs.memory); False when it shares the process with the web app."""
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.queue = queue
@@ -55,6 +58,7 @@ class LocalRunner:
         self.poll_interval_s = poll_interval_s
         self.retry_delay_s = retry_delay_s
         self.stale_after_s = stale_after_s
+        self.dedicated_process = dedicated_process
         self._stop = threading.Event()
         self._wake = threading.Condition()
         self._pending_wakeups = 0
@@ -146,7 +150,8 @@ class LocalRunner:
         try:
             self._run_handler(job)
         finally:
-            release_job_memory()  # a long-lived worker stays the same size (cds.jobs.memory)
+            # A long-lived worker stays the same size (cds.jobs.memory).
+            release_job_memory(freeze=self.dedicated_process)
 
     def _run_handler(self, job: JobRecord) -> None:
         handler = self.registry.get(job.kind)
