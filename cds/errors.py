@@ -59,6 +59,13 @@ class PayloadTooLarge(CdsError):
     issue_code = "too-costly"
 
 
+class RequestTimeout(CdsError):
+    """The client stopped sending its request body (socket timeout mid-body): 408."""
+
+    http_status = 408
+    issue_code = "timeout"
+
+
 class UpstreamError(CdsError):
     """A server we depend on (FHIR, PACS) failed or timed out."""
 

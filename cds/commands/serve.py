@@ -18,8 +18,11 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from cds.errors import RequestTimeout
 
 if TYPE_CHECKING:
     from werkzeug.serving import ThreadedWSGIServer
@@ -48,6 +51,59 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 KEEPALIVE_IDLE_S = 5.0
 
 
+class StallGuardedInput:
+    """wsgi.input whose socket timeout (a client pausing more than KEEPALIVE_IDLE_S mid-body)
+    becomes RequestTimeout: the app answers 408 with an OperationOutcome (cds.weberrors, or the
+    hook path's own CdsError handling) instead of a 500 and a TimeoutError traceback in the log.
+
+    Why here: the socket timeout that closes idle keep-alive connections also applies to reading
+    the body; only this server knows that a TimeoutError from its input means a stalled client.
+    `on_timeout` lets the handler close the connection (the timed-out socket cannot be read again).
+    """
+
+    def __init__(self, stream: Any, on_timeout: Callable[[], None]) -> None:
+        self._stream = stream
+        self._on_timeout = on_timeout
+
+    def _stalled(self) -> RequestTimeout:
+        self._on_timeout()
+        return RequestTimeout(f"request body not received within {KEEPALIVE_IDLE_S:g} s")
+
+    def read(self, *args: Any) -> bytes:
+        try:
+            data: bytes = self._stream.read(*args)
+        except TimeoutError:
+            raise self._stalled() from None
+        return data
+
+    def readinto(self, buffer: Any) -> int | None:
+        try:
+            count: int | None = self._stream.readinto(buffer)
+        except TimeoutError:
+            raise self._stalled() from None
+        return count
+
+    def readline(self, *args: Any) -> bytes:
+        try:
+            line: bytes = self._stream.readline(*args)
+        except TimeoutError:
+            raise self._stalled() from None
+        return line
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        try:
+            lines: list[bytes] = self._stream.readlines(*args)
+        except TimeoutError:
+            raise self._stalled() from None
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def make_bounded_server(host: str, port: int, app: Any, max_threads: int) -> ThreadedWSGIServer:
     """Werkzeug's threaded server with at most `max_threads` connections served at once."""
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
@@ -57,6 +113,14 @@ def make_bounded_server(host: str, port: int, app: Any, max_threads: int) -> Thr
 
     class IdleClosingHandler(WSGIRequestHandler):
         timeout = KEEPALIVE_IDLE_S  # socket timeout: an idle (or stalled) connection is closed
+
+        def make_environ(self) -> dict[str, Any]:
+            environ = super().make_environ()
+            environ["wsgi.input"] = StallGuardedInput(environ["wsgi.input"], self._body_stalled)
+            return environ
+
+        def _body_stalled(self) -> None:
+            self.close_connection = True
 
     class BoundedThreadedServer(ThreadedWSGIServer):
         def __init__(self) -> None:

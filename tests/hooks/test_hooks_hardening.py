@@ -143,3 +143,40 @@ def test_hook_call_succeeds_after_the_server_dropped_the_threads_connection(
     resp = caller.post(PV, _pv_body())
     assert resp.status_code == 200, resp.get_data(as_text=True)
     assert db.driver_connection().info.backend_pid != pid
+
+
+def test_hook_call_stalling_mid_body_under_cds_serve_is_408(
+    hooks_app: Flask, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """cds serve's socket timeout also bounds the hook body read (HookFastPath reads wsgi.input
+    directly): a client pausing mid-body gets a 408 OperationOutcome, not a 500 and a traceback."""
+    import json
+    import logging
+    import socket
+    import threading
+
+    from cds.commands import serve
+
+    monkeypatch.setattr(serve, "KEEPALIVE_IDLE_S", 0.3)
+    server = serve.make_bounded_server("127.0.0.1", 0, hooks_app, 2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    caplog.set_level(logging.INFO)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            head = (
+                f"POST {PV} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                "Content-Length: 500\r\n\r\n"
+            )
+            sock.sendall(head.encode() + b'{"hook": "patient-view", ')
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+    finally:
+        server.shutdown()
+        server.server_close()
+    status, _, body = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 408"), reply
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "timeout"
+    assert "Traceback" not in caplog.text and "TimeoutError" not in caplog.text

@@ -128,3 +128,52 @@ def test_the_cap_is_a_setting() -> None:
     assert Settings.from_env({"CDS_SERVE_MAX_THREADS": "8"}).serve_max_threads == 8
     with pytest.raises(SettingsError):
         Settings.from_env({"CDS_SERVE_MAX_THREADS": "0"})
+
+
+def _post_and_stall(base: str, path: str, declared: int, sent: bytes) -> bytes:
+    """A POST whose client sends part of the body and then pauses (connection left open)."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + sent)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_a_client_stalling_mid_body_gets_408_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The idle timeout also bounds reading a body: a client pausing longer gets a 408
+    OperationOutcome (not a 500 from an unhandled TimeoutError) and the connection is closed."""
+    import json
+    import logging
+
+    from flask import request
+
+    from cds.weberrors import register_error_handlers
+
+    monkeypatch.setattr(serve, "KEEPALIVE_IDLE_S", 0.3)
+    app = Flask(__name__)
+    register_error_handlers(app)
+
+    @app.post("/echo")
+    def echo() -> str:
+        return str(len(request.get_data()))
+
+    caplog.set_level(logging.INFO)
+    with running(app, max_threads=2) as base:
+        reply = _post_and_stall(base, "/echo", 100, b'{"a": "')
+        assert requests.post(f"{base}/echo", data=b"{}", timeout=5).text == "2"  # slot given back
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), reply
+    outcome = json.loads(body)
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["code"] == "timeout"
+    assert "Traceback" not in caplog.text and "Error on request" not in caplog.text
