@@ -30,7 +30,6 @@ bias and the summary term. Why this shape:
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +38,8 @@ from torch import nn
 
 from cds.domain import Condition
 from cds.errors import ModelError
-from cds.ml.spec import ModelSpec, model_dir, read_card
+from cds.ml.loading import VerifiedModelCache
+from cds.ml.spec import ModelSpec
 
 ARCHITECTURE = "LevelClassifier"
 #: Output order: for each condition in Condition order, (present, severe) logits.
@@ -240,29 +240,15 @@ class LoadedClassifier:
     device: torch.device
 
 
-_LOCK = threading.Lock()
-_CACHE: dict[tuple[str, str], LoadedClassifier] = {}
+_LOADED: VerifiedModelCache[LevelClassifier, LoadedClassifier] = VerifiedModelCache(
+    build_classifier, LoadedClassifier, freeze=False
+)
 
 
 def load_classifier(name: str, models_dir: Path | None = None, device: str | None = None) -> LoadedClassifier:
     """Verified (sha256 from the card), loaded once per process, eval mode, CPU unless CUDA."""
-    from cds.ml.loading import load_verified_weights, select_device
-
-    directory = model_dir(name, models_dir).resolve()
-    key = (str(directory), device or "")
-    with _LOCK:
-        cached = _CACHE.get(key)
-        if cached is None:
-            spec = read_card(name, models_dir)
-            network = build_classifier(spec)
-            load_verified_weights(network, directory, spec)
-            dev = select_device(device)
-            network.eval().to(dev)
-            cached = LoadedClassifier(spec, network, dev)
-            _CACHE[key] = cached
-        return cached
+    return _LOADED.get(name, models_dir, device)
 
 
 def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
+    _LOADED.clear()

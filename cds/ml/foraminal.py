@@ -17,7 +17,6 @@ Why small: ten crops per study, one batched pass, tens of milliseconds on a shar
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ import torch
 from torch import nn
 
 from cds.errors import ModelError
-from cds.ml.spec import ModelSpec, model_dir, read_card
+from cds.ml.loading import VerifiedModelCache
+from cds.ml.spec import ModelSpec
 
 ARCHITECTURE = "ForaminalNet"
 ENSEMBLE = "ForaminalEnsemble"
@@ -161,31 +161,15 @@ class LoadedForaminal:
     device: torch.device
 
 
-_LOCK = threading.Lock()
-_CACHE: dict[tuple[str, str], LoadedForaminal] = {}
+_LOADED: VerifiedModelCache[ForaminalNet | ForaminalEnsemble, LoadedForaminal] = VerifiedModelCache(
+    build_foraminal, LoadedForaminal, freeze=True
+)
 
 
 def load_foraminal(name: str, models_dir: Path | None = None, device: str | None = None) -> LoadedForaminal:
     """Verified (sha256 from the card), loaded once per process, eval mode, CPU unless CUDA."""
-    from cds.ml.loading import load_verified_weights, select_device
-
-    directory = model_dir(name, models_dir).resolve()
-    key = (str(directory), device or "")
-    with _LOCK:
-        cached = _CACHE.get(key)
-        if cached is None:
-            spec = read_card(name, models_dir)
-            network = build_foraminal(spec)
-            load_verified_weights(network, directory, spec)
-            dev = select_device(device)
-            network.eval().to(dev)
-            for p in network.parameters():
-                p.requires_grad_(False)
-            cached = LoadedForaminal(spec, network, dev)
-            _CACHE[key] = cached
-        return cached
+    return _LOADED.get(name, models_dir, device)
 
 
 def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
+    _LOADED.clear()

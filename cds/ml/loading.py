@@ -9,8 +9,10 @@ CPU by default; CUDA when available (``CDS`` workers on a GPU host need no confi
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -20,8 +22,8 @@ from cds.errors import ModelError
 from cds.ml.spec import WEIGHTS_FILE, ModelSpec, model_dir, read_card, sha256_file
 from cds.ml.unet import UNet2D, UNetConfig
 
-_LOCK = threading.Lock()
-_CACHE: dict[tuple[str, str], LoadedModel] = {}
+N = TypeVar("N", bound=torch.nn.Module)
+L = TypeVar("L")
 
 
 @dataclass(frozen=True)
@@ -91,20 +93,59 @@ def load_from_dir(directory: Path, spec: ModelSpec, device: torch.device) -> Loa
     return LoadedModel(spec=spec, network=network, device=device)
 
 
+class VerifiedModelCache(Generic[N, L]):
+    """Networks of one kind, each built from its card, hash-verified and loaded once per process.
+
+    Why one class for every model kind: the lock, the (directory, device) key, the verification and
+    eval mode must be the same for all of them; each kind only says how its network is built
+    (``build``) and what it hands out (``wrap``: one object per process, the same on every call).
+    ``freeze`` turns off parameter gradients (inference-only models; Grad-CAM works on private copies).
+    """
+
+    def __init__(
+        self,
+        build: Callable[[ModelSpec], N],
+        wrap: Callable[[ModelSpec, N, torch.device], L],
+        *,
+        freeze: bool = True,
+    ) -> None:
+        self._build = build
+        self._wrap = wrap
+        self._freeze = freeze
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], L] = {}
+
+    def get(self, name: str, models_dir: Path | None = None, device: str | None = None) -> L:
+        directory = model_dir(name, models_dir).resolve()
+        key = (str(directory), device or "")
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is None:
+                spec = read_card(name, models_dir)
+                network = self._build(spec)
+                load_verified_weights(network, directory, spec)
+                dev = select_device(device)
+                network.eval().to(dev)
+                if self._freeze:
+                    for p in network.parameters():
+                        p.requires_grad_(False)
+                cached = self._wrap(spec, network, dev)
+                self._cache[key] = cached
+            return cached
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+_UNETS: VerifiedModelCache[UNet2D, LoadedModel] = VerifiedModelCache(build_network, LoadedModel)
+
+
 def load_model(name: str, models_dir: Path | None = None, device: str | None = None) -> LoadedModel:
     """The named model, verified and loaded once per process (thread-safe)."""
-    directory = model_dir(name, models_dir).resolve()
-    key = (str(directory), device or "")
-    with _LOCK:
-        cached = _CACHE.get(key)
-        if cached is None:
-            spec = read_card(name, models_dir)
-            cached = load_from_dir(directory, spec, select_device(device))
-            _CACHE[key] = cached
-        return cached
+    return _UNETS.get(name, models_dir, device)
 
 
 def clear_cache() -> None:
     """Forget loaded models (tests; a worker that must pick up new weights)."""
-    with _LOCK:
-        _CACHE.clear()
+    _UNETS.clear()
