@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from pytorch_grad_cam import GradCAM
     from torch import nn
 
-    from cds.ml.classifier import LevelClassifier, LoadedClassifier
+    from cds.ml.classifier import LoadedClassifier
 
 
 @dataclass(frozen=True)
@@ -83,23 +83,24 @@ def output_index(condition: Condition) -> int:
 
 
 _COPY_LOCK = threading.Lock()
-_COPIES: dict[int, tuple[Any, threading.Lock]] = {}
+_COPIES: dict[int, tuple[tuple[nn.Module, nn.Module], threading.Lock]] = {}
 
 
-def _private_copy(loaded: LoadedClassifier) -> tuple[LevelClassifier, threading.Lock]:
-    """A frozen copy of the loaded network (one per loaded model per process) and its lock.
+def private_copy(network: nn.Module) -> tuple[nn.Module, threading.Lock]:
+    """A frozen copy of a loaded network (one per loaded network per process) and its lock.
 
     Why a lock: the session adds hooks to the copy; two concurrent explain jobs must not share
-    them. A Grad-CAM call takes tens of milliseconds, so serialising them costs little.
+    them. A Grad-CAM call takes tens of milliseconds, so serialising them costs little. Every
+    explained model (the classifier, the foraminal model) goes through this one cache.
     """
-    key = id(loaded.network)
+    key = id(network)
     with _COPY_LOCK:
         entry = _COPIES.get(key)
-        if entry is None or entry[0][1] is not loaded.network:
-            net = copy.deepcopy(loaded.network).eval()
+        if entry is None or entry[0][1] is not network:
+            net = copy.deepcopy(network).eval()
             for p in net.parameters():
                 p.requires_grad_(False)
-            entry = ((net, loaded.network), threading.Lock())
+            entry = ((net, network), threading.Lock())
             _COPIES[key] = entry
         (net, _source), lock = entry
         return net, lock
@@ -111,8 +112,11 @@ def _activation_leaf(_module: nn.Module, _inputs: Any, output: Any) -> Any:
 
 
 @contextmanager
-def gradcam_session(loaded: LoadedClassifier) -> Iterator[GradCAM]:
-    """A GradCAM on the private frozen copy of ``loaded``, its hooks released on exit."""
+def frozen_cam_session(
+    network: nn.Module, layers_of: Callable[[Any], Sequence[nn.Module]]
+) -> Iterator[GradCAM]:
+    """A GradCAM at ``layers_of(copy)`` of the private frozen copy of ``network``, its hooks
+    (the library's and ours) released on exit, also on errors."""
     import torch
 
     from cds.explain.torchvision_compat import ensure_torchvision_importable
@@ -120,16 +124,24 @@ def gradcam_session(loaded: LoadedClassifier) -> Iterator[GradCAM]:
     ensure_torchvision_importable()
     from pytorch_grad_cam import GradCAM
 
-    net, lock = _private_copy(loaded)
+    net, lock = private_copy(network)
     with lock, torch.enable_grad():
-        layer = net.cam_layer
-        leaf = layer.register_forward_hook(_activation_leaf)  # before the library's hooks
-        cam = GradCAM(model=net, target_layers=[layer])
+        layers = list(layers_of(net))
+        leaves = [layer.register_forward_hook(_activation_leaf) for layer in layers]  # before the library's
+        cam = GradCAM(model=net, target_layers=layers)
         try:
             yield cam.__enter__()
         finally:
             cam.__exit__(None, None, None)  # releases the library's hooks; never swallows errors
-            leaf.remove()
+            for leaf in leaves:
+                leaf.remove()
+
+
+@contextmanager
+def gradcam_session(loaded: LoadedClassifier) -> Iterator[GradCAM]:
+    """A GradCAM at the classifier's ``cam_layer`` on its private frozen copy."""
+    with frozen_cam_session(loaded.network, lambda net: [net.cam_layer]) as cam:
+        yield cam
 
 
 def _maps_from_session(

@@ -19,8 +19,6 @@ is given in patient millimetres.
 
 from __future__ import annotations
 
-import copy
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ if TYPE_CHECKING:
     from pytorch_grad_cam import GradCAM
 
     from cds.dicom.volume import Volume
-    from cds.ml.foraminal import ForaminalEnsemble, ForaminalNet, LoadedForaminal
+    from cds.ml.foraminal import LoadedForaminal
 
 SUBTITLE = (
     "Grad-CAM of the foraminal model's 'present' output, parasagittal (+ = peak; decision support only)"
@@ -94,49 +92,13 @@ class ForamenCam:
     logit: float  # calibrated present logit
 
 
-_COPY_LOCK = threading.Lock()
-_COPIES: dict[int, tuple[tuple[ForaminalNet | ForaminalEnsemble, Any], threading.Lock]] = {}
-
-
-def _private_copy(loaded: LoadedForaminal) -> tuple[ForaminalNet | ForaminalEnsemble, threading.Lock]:
-    key = id(loaded.network)
-    with _COPY_LOCK:
-        entry = _COPIES.get(key)
-        if entry is None or entry[0][1] is not loaded.network:
-            net = copy.deepcopy(loaded.network).eval()
-            for p in net.parameters():
-                p.requires_grad_(False)
-            entry = ((net, loaded.network), threading.Lock())
-            _COPIES[key] = entry
-        (net, _source), lock = entry
-        return net, lock
-
-
-def _activation_leaf(_module: Any, _inputs: Any, output: Any) -> Any:
-    return output.detach().requires_grad_(True)
-
-
 @contextmanager
 def foramen_session(loaded: LoadedForaminal) -> Iterator[GradCAM]:
-    """A GradCAM on the private frozen copy of ``loaded``, its hooks released on exit."""
-    import torch
+    """A GradCAM at the foraminal model's ``cam_layers`` on its private frozen copy."""
+    from cds.explain.gradcam import frozen_cam_session
 
-    from cds.explain.torchvision_compat import ensure_torchvision_importable
-
-    ensure_torchvision_importable()
-    from pytorch_grad_cam import GradCAM
-
-    net, lock = _private_copy(loaded)
-    with lock, torch.enable_grad():
-        layers = net.cam_layers
-        leaves = [layer.register_forward_hook(_activation_leaf) for layer in layers]
-        cam = GradCAM(model=net, target_layers=layers)
-        try:
-            yield cam.__enter__()
-        finally:
-            cam.__exit__(None, None, None)
-            for leaf in leaves:
-                leaf.remove()
+    with frozen_cam_session(loaded.network, lambda net: net.cam_layers) as cam:
+        yield cam
 
 
 def compute_foramen_maps(

@@ -63,7 +63,9 @@ def test_all_targets_in_one_pass_and_the_hooks_are_released(tmp_path: Path) -> N
     for cam in cams:
         assert cam.crop_map.shape == (fc.SIZE, fc.SIZE)
         assert float(cam.crop_map.min()) >= 0.0 and float(cam.crop_map.max()) <= 1.0 + 1e-6
-    net, _lock = gf._private_copy(loaded)
+    from cds.explain.gradcam import private_copy
+
+    net, _lock = private_copy(loaded.network)
     assert not any(m._forward_hooks for m in net.modules())
     assert not any(p.grad is not None for p in loaded.network.parameters())
 
