@@ -28,7 +28,6 @@ from cds.evaluation.report import render
 from cds.evaluation.targets import anchors, verdicts
 from cds.evaluation.truth import StudyTruth, read_truth, study_folders
 
-PIPELINE_MODELS = ("sagittal_seg", "axial_seg", "classifier")
 #: Code whose change invalidates cached study records (see cds.evaluation.cache.code_digest).
 PIPELINE_CODE = (
     "cds.pipeline",
@@ -68,11 +67,29 @@ class EvaluationConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def model_cards(models_dir: Path | None) -> dict[str, dict[str, Any]]:
+def pipeline_models() -> tuple[str, ...]:
+    """Every model the quick read loads and verifies up front (cds.pipeline.quick_read's
+    ``_load_models``), by the stage modules' own names. Their cards make the metrics' "models"
+    list and their sha256 the record cache keys, so every model that shapes a record is named in
+    EVALUATION.json and a retrained one invalidates cached records (the foraminal model was
+    missing from both). tests/evaluation/test_pipeline_models.py fails when the quick read loads
+    a model that is not listed here; models named by the records themselves are added to the
+    report in any case (:func:`models_used`)."""
+    from cds.pipeline import axial, classify, foraminal, segment
+
+    return (segment.MODEL_NAME, axial.MODEL_NAME, classify.MODEL_NAME, foraminal.MODEL_NAME)
+
+
+def models_used(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Names of the models the analyses say they used (each record's ``model_versions``)."""
+    return sorted({str(name) for r in records for name in dict(r.get("model_versions") or {})})
+
+
+def model_cards(models_dir: Path | None, names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
     from cds.ml.spec import read_card
 
     out = {}
-    for name in PIPELINE_MODELS:
+    for name in pipeline_models() if names is None else names:
         spec = read_card(name, models_dir)
         out[name] = {
             "version": spec.version,
@@ -441,9 +458,9 @@ def run_evaluation(cfg: EvaluationConfig) -> dict[str, Any]:
     import cds.pipeline.segment  # noqa: F401
 
     pipeline_code = code_digest(*PIPELINE_CODE)
-    pipeline_cache = RecordCache(cfg.cache_root, models_key(shas, PIPELINE_MODELS, pipeline_code))
+    pipeline_cache = RecordCache(cfg.cache_root, models_key(shas, list(cards), pipeline_code))
     explain_code = pipeline_code + code_digest("cds.explain")
-    explain_cache = RecordCache(cfg.cache_root, models_key(shas, PIPELINE_MODELS, explain_code))
+    explain_cache = RecordCache(cfg.cache_root, models_key(shas, list(cards), explain_code))
     explain = [t.name for t in (truths if cfg.explain_n is None else truths[: cfg.explain_n])]
     if explanation.faithfulness_available() is not None:
         explain = []
@@ -453,6 +470,7 @@ def run_evaluation(cfg: EvaluationConfig) -> dict[str, Any]:
 
         replay_dir = str(cfg.cache_root / "replay" / replay_key(shas))
     records, blobs = run_jobs(truths, explain, cfg, pipeline_cache, explain_cache, replay_dir)
+    cards.update(model_cards(cfg.models_dir, [m for m in models_used(records) if m not in cards]))
 
     spider_code = code_digest("cds.pipeline.segment", "cds.ml", "cds.evaluation.spider")
     spider_cache = RecordCache(cfg.cache_root, models_key(shas, ("sagittal_seg",), spider_code))
