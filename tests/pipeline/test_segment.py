@@ -60,16 +60,20 @@ def test_preprocess_validates_input() -> None:
         seg.preprocess_slice(bad, (1.0, 1.0), CONTRACT)
 
 
-def test_small_components_are_removed_and_canal_keeps_its_largest_part() -> None:
+def test_small_components_are_removed_and_canal_keeps_every_part_above_its_threshold() -> None:
     labels = np.zeros((60, 60), dtype=np.uint8)
     labels[5:25, 5:25] = seg.VERTEBRA
     labels[30:32, 30:32] = seg.VERTEBRA  # 4 px speckle
-    labels[5:50, 40:46] = seg.CANAL
-    labels[55:59, 40:46] = seg.CANAL  # detached canal fragment above the area threshold
+    labels[5:40, 40:46] = seg.CANAL
+    labels[45:51, 40:46] = seg.CANAL  # canal piece beyond a stenosis, above the area threshold
+    labels[55:58, 52:55] = seg.CANAL  # 9 px canal speckle, below it
     labels[28:31, 5:25] = seg.DISC
-    masks = seg.clean_labels(labels, pixel_area_mm2=1.0, thresholds={"min_vertebra_area_mm2": 10.0})
+    masks = seg.clean_labels(
+        labels, pixel_area_mm2=1.0, thresholds={"min_vertebra_area_mm2": 10.0, "min_canal_area_mm2": 30.0}
+    )
     assert masks.vertebra.sum() == 400
-    assert masks.canal.sum() == 45 * 6
+    assert masks.canal.sum() == 35 * 6 + 6 * 6
+    assert masks.canal[45:51, 40:46].all() and not masks.canal[55:58, 52:55].any()
     assert masks.disc.sum() == 60
     assert np.array_equal(masks.label_map() == seg.DISC, masks.disc)
 
