@@ -8,6 +8,10 @@ a level the pipeline did not find counts as wrong. Uncertain labellings are coun
 (the figure is over all levels; the flagged ones are listed with their reasons).
 
 Run:  .venv/bin/python bench/level_accuracy.py --data /tmp/pipe40 [--n 40] [--verbose]
+      .venv/bin/python bench/level_accuracy.py --data /work/data/synth-train --split validation
+
+``--split PART`` restricts the studies to one part of ``DATA/split.json`` (choose on "validation";
+never tune on the evaluation's test split).
 
 ``--spider DIR`` (e.g. ../shared/data/spider-t2-sagittal) adds a check of the labelling logic alone
 on real anatomy: SPIDER's own masks (no network) have no per-level labels, so it counts the patients
@@ -77,6 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--n", type=int, default=0, help="studies to use (0: all)")
+    parser.add_argument("--split", help="only the studies of this part of DATA/split.json (e.g. validation)")
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--spider", type=Path, help="also check the labelling on SPIDER truth masks")
@@ -91,6 +96,11 @@ def main() -> int:
     from cds.pipeline.segment import SagittalOrientation
 
     studies = sorted(p for p in args.data.iterdir() if (p / "truth" / "labels.json").is_file())
+    if args.split:
+        from cds.train.sagittal_validation import split_names
+
+        wanted = set(split_names(args.data, args.split))
+        studies = [p for p in studies if p.name in wanted]
     if args.n:
         studies = studies[: args.n]
     correct = total = flagged = flagged_correct = 0
