@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cds.commands import train_foraminal, train_pipeline
+from cds.commands import train_foraminal, train_pipeline, train_sac_fine, train_subarticular
 
 
 def register(subparsers: Any) -> None:
@@ -66,6 +66,9 @@ def register(subparsers: Any) -> None:
     seg.add_argument("--spider-floor", type=float, default=0.85, help="never select an epoch below this")
     seg.add_argument("--warmup-fraction", type=float, default=0.1, help="OneCycle warm-up share of steps")
     seg.add_argument(
+        "--canal-weight", type=float, default=1.0, help="weight of the canal class in the loss (1: plain)"
+    )
+    seg.add_argument(
         "--resume", action="store_true", help="continue the checkpoint in --work-dir (error when none)"
     )
     seg.add_argument(
@@ -78,6 +81,8 @@ def register(subparsers: Any) -> None:
     seg.set_defaults(handler=_run_sagittal)
     train_pipeline.register_models(models)  # axial-seg, classifier (owner: pipeline)
     train_foraminal.register_model(models)  # foraminal (owner: H2, session 10)
+    train_subarticular.register_model(models)  # subarticular (owner: S11-E, session 11)
+    train_sac_fine.register_model(models)  # sac-fine (owner: S11-C, session 11)
 
 
 def _run_sagittal(args: argparse.Namespace) -> int:
@@ -105,6 +110,7 @@ def _run_sagittal(args: argparse.Namespace) -> int:
         monitor_patients=args.monitor_patients,
         spider_floor=args.spider_floor,
         warmup_fraction=args.warmup_fraction,
+        canal_weight=args.canal_weight,
     )
     include: tuple[str, ...] = ()
     if args.synth_split:

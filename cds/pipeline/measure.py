@@ -175,6 +175,44 @@ def chord_through(
     return float(length), start, end
 
 
+def soft_area_mm2(probability: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """Area of a structure from its probability map: summed probability times pixel area.
+
+    Why not a thresholded count: a pixel half covered by the structure is worth half a pixel, so
+    a calibrated probability map gives the area to a fraction of a pixel, where a count is off by
+    up to half the boundary's pixels (cds/pipeline/sac_refine.py, models/sac_fine/card.json).
+    """
+    return float(np.asarray(probability, dtype=np.float64).sum()) * pixel_area_mm2(spacing_mm)
+
+
+def soft_chord_mm(
+    probability: np.ndarray, spacing_mm: Sequence[float], point_mm: np.ndarray, direction_mm: Vector
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Extent (mm) of a structure along a line from its probability map, and the end points to draw.
+
+    The map is sampled bilinearly every LINE_STEP_MM along the whole line through ``point_mm`` and
+    the probabilities are summed (times the step): the structure's length on that line counted as
+    the generator counts it (every structure sample on the line, cds/synth/measure.py), with edges
+    at sub-pixel precision. The end points are centred on the probability's centre of mass along
+    the line, one length apart.
+    """
+    d = _unit(direction_mm)
+    sp = np.asarray(spacing_mm, dtype=np.float64)
+    extent = float(np.hypot(probability.shape[0] * sp[0], probability.shape[1] * sp[1]))
+    t = np.arange(-extent, extent + LINE_STEP_MM, LINE_STEP_MM)
+    pts = point_mm[None, :] + t[:, None] * d[None, :]
+    px = pts / sp[None, :]
+    p = ndimage.map_coordinates(
+        np.asarray(probability, dtype=np.float64), px.T, order=1, mode="constant", cval=0.0, prefilter=False
+    )
+    total = float(p.sum())
+    if total <= 0.0:
+        return 0.0, point_mm.copy(), point_mm.copy()
+    length = total * LINE_STEP_MM
+    tc = float((t * p).sum() / total)
+    return length, point_mm + (tc - length / 2) * d, point_mm + (tc + length / 2) * d
+
+
 def _to_px(point_mm: np.ndarray, spacing_mm: Sequence[float]) -> tuple[float, float]:
     return (round(float(point_mm[0] / spacing_mm[0]), 2), round(float(point_mm[1] / spacing_mm[1]), 2))
 

@@ -1,7 +1,7 @@
 """quick_read(study): the whole analysis in one readable function over typed stage results.
 
     models -> sagittal segmentation -> level labelling -> axial slice-to-level mapping
-    -> axial segmentation -> measurements -> classification
+    -> axial segmentation -> [fine dural sac, when a stage is given] -> measurements -> classification
     -> foraminal model (parasagittal sagittal-T2 crops; replaces the foraminal estimates) -> grading
 
 Each stage runs inside :func:`_stage`, which times it (``timings_ms``) and turns any unexpected
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from cds.pipeline.classify import LevelProbabilities
     from cds.pipeline.foraminal import ForaminalReading
     from cds.pipeline.levels import LevelLabelling
+    from cds.pipeline.sac_refine import FineSac
     from cds.pipeline.segment import SagittalMasks
 
 #: Canonical-grid directions (see cds.pipeline.axial): rows run posterior, columns run patient left.
@@ -233,6 +234,7 @@ def measure_level(
     disc_height: ms.Measurement | None,
     level: Level | None = None,
     slice_offsets: Sequence[float] | None = None,
+    fine: FineSac | None = None,
 ) -> LevelMeasurements:
     """DSCA and AP diameter on the narrowest slice, lateral recess depth per side (narrowest
     slice through the disc), foraminal area ratio per side (widest axial foramen cross-section
@@ -241,7 +243,11 @@ def measure_level(
 
     ``slice_offsets`` (one per slice, see :func:`slice_offsets_mm`) say which slices lie caudal
     to the disc: the recess line is placed from the pedicle of the *lower* vertebra (FINDINGS.md,
-    cds/synth/measure.py), which only those slices cross; without them every slice is searched."""
+    cds/synth/measure.py), which only those slices cross; without them every slice is searched.
+
+    ``fine`` (the refine_sac stage's sac probabilities, cds/pipeline/sac_refine.py) replaces the
+    DSCA and AP diameter with their measurements on the fine map; without it both come from
+    axial_seg's sac."""
     spacing = seg.label_spacing_mm
     sac = seg.mask(ax.SAC)
     disc = seg.mask(ax.DISC)
@@ -256,11 +262,7 @@ def measure_level(
     axes = [
         ms.axial_axes(anterior[i], sac[i], spacing, POSTERIOR_RC, LEFT_RC, use_shape=False) for i in range(n)
     ]
-    p_sac = _sac_probability(seg)
-    area_sac = sac if p_sac is None else sac & (p_sac > ms.DSCA_SAC_PROBABILITY)
-    dsca = ms.dural_sac_area(area_sac, spacing)
-    k = dsca.provenance.slice_index
-    ap = ms.canal_ap_diameter(area_sac[k], spacing, axes[k], k, None if p_sac is None else p_sac[k])
+    dsca, ap = _dsca_and_ap(seg, sac, spacing, axes, fine)
     canal: list[ms.Measurement] = [_with_native_slice(dsca, seg), _with_native_slice(ap, seg)]
     if disc_height is not None:
         canal.append(disc_height)
@@ -291,6 +293,29 @@ def measure_level(
         ratio = ms.foramen_ratio_from_axial(foramen, sac, spacing, side, level.value if level else None)
         groups[condition] = (_with_native_slice(ratio, seg),)
     return LevelMeasurements(groups)
+
+
+def _dsca_and_ap(
+    seg: ax.AxialSegmentation,
+    sac: np.ndarray,
+    spacing: tuple[float, float],
+    axes: Sequence[ms.AxialAxes],
+    fine: FineSac | None,
+) -> tuple[ms.Measurement, ms.Measurement]:
+    """DSCA and AP diameter (rows of the level): on the fine sac map when there is one, else on
+    axial_seg's sac (probability-calibrated thresholds, see the measure constants)."""
+    if fine is not None:
+        from cds.pipeline.sac_refine import canal_measurements
+
+        refined = canal_measurements(fine, spacing, axes)
+        if refined is not None:
+            return refined
+    p_sac = _sac_probability(seg)
+    area_sac = sac if p_sac is None else sac & (p_sac > ms.DSCA_SAC_PROBABILITY)
+    dsca = ms.dural_sac_area(area_sac, spacing)
+    k = dsca.provenance.slice_index
+    ap = ms.canal_ap_diameter(area_sac[k], spacing, axes[k], k, None if p_sac is None else p_sac[k])
+    return dsca, ap
 
 
 def _recess(
@@ -367,6 +392,12 @@ class Stages:
     foraminal: Callable[
         [Volume, Mapping[Level, DiscLocation], Path | None], Mapping[tuple[Level, Side], ForaminalReading]
     ] = lambda _v, _d, _m: {}
+    #: Fine dural sac probabilities per level (cds.pipeline.sac_refine) for the DSCA and AP
+    #: diameter. Not in DEFAULT_STAGES: no sac_fine model is trained and shipped yet, so both are
+    #: measured on axial_seg's sac (the default returns no fine maps).
+    refine_sac: Callable[
+        [Mapping[Level, tuple[Volume, ax.AxialSegmentation]], Path | None], Mapping[Level, FineSac]
+    ] = lambda _levels, _m: {}
 
 
 def _load_models(models_dir: Path | None) -> dict[str, str]:
@@ -468,7 +499,13 @@ def _with_foramina(
 
 
 DEFAULT_STAGES = Stages(
-    _load_models, _segment_sagittal, _label_levels, _assign_axial, _segment_axial, _classify, _foraminal
+    _load_models,
+    _segment_sagittal,
+    _label_levels,
+    _assign_axial,
+    _segment_axial,
+    _classify,
+    _foraminal,
 )
 
 
@@ -537,6 +574,8 @@ def _analyse(
         segs = {
             lv: stages.segment_axial(s.volume, s.indices, models_dir) for lv, s in sorted(per_level.items())
         }
+    with _stage(clock, "refine_sac"):
+        fine = stages.refine_sac({lv: (per_level[lv].volume, seg) for lv, seg in segs.items()}, models_dir)
     with _stage(clock, "measure"):
         measured = {
             lv: measure_level(
@@ -544,6 +583,7 @@ def _analyse(
                 discs[lv].height if lv in discs else None,
                 lv,
                 slice_offsets_mm(per_level[lv].volume, seg.slice_indices, discs[lv]) if lv in discs else None,
+                fine.get(lv),
             )
             for lv, seg in segs.items()
         }

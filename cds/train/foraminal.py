@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -42,6 +41,7 @@ from cds.ml.loading import save_weights
 from cds.ml.spec import InputContract, ModelSpec, write_card
 from cds.pipeline import foramen_crop as fc
 from cds.train.foraminal_data import MARGIN, ForamenExample, build_cache, read_split
+from cds.train.ordinal import fit_temperature, ordinal_grade, seed_everything, sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -122,22 +122,11 @@ def ratio_grade(ratio: np.ndarray) -> np.ndarray:
     return np.where(ratio < th.severe_below, 2, np.where(ratio < th.moderate_below, 1, 0))
 
 
-def ordinal_grade(p_present: np.ndarray, p_severe: np.ndarray) -> np.ndarray:
-    """Most probable grade of the ordinal pair (as cds.pipeline.grade.SeverityEstimate.grade)."""
-    ps = np.minimum(p_severe, p_present)
-    dist = np.stack([1 - p_present, p_present - ps, ps], axis=1)
-    return np.argmax(dist, axis=1)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 def metrics(out: np.ndarray, data: Arrays) -> dict[str, Any]:
     """Per side and overall: AUROC of present, quadratic kappa (ordinal heads and ratio rule), ratio MAE."""
     from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-    p_present, p_severe, ratio = _sigmoid(out[:, 0]), _sigmoid(out[:, 1]), out[:, 2]
+    p_present, p_severe, ratio = sigmoid(out[:, 0]), sigmoid(out[:, 1]), out[:, 2]
     rec: dict[str, Any] = {}
     for name, sel in (
         ("left", data.side == 0),
@@ -166,27 +155,6 @@ def selection_score(m: dict[str, Any]) -> float:
     return float((a["auroc_present"] or 0.0) + max(a["kappa_ordinal"], a["kappa_ratio_rule"]))
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-output temperature minimising the validation binary NLL (grid over 0.25..8)."""
-    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 121))
-    out = np.ones(logits.shape[1])
-    for j in range(logits.shape[1]):
-        best, best_t = np.inf, 1.0
-        for t in grid:
-            p = np.clip(_sigmoid(logits[:, j] / t), 1e-6, 1 - 1e-6)
-            nll = -np.mean(y[:, j] * np.log(p) + (1 - y[:, j]) * np.log(1 - p))
-            if nll < best:
-                best, best_t = nll, float(t)
-        out[j] = best_t
-    return out
-
-
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _fingerprint(config: ForaminalTrainConfig, train: Sequence[str], val: Sequence[str]) -> str:
     """One member's identity: what changes its weights (not the member count, the version label
     or the thread count), so a finished member can be reused by a larger ensemble."""
@@ -207,7 +175,7 @@ def train_foraminal(
     cached_only: bool = False,
 ) -> ModelSpec:
     torch.set_num_threads(config.threads)
-    _seed(config.seed)
+    seed_everything(config.seed)
     split = read_split(data_root)
     train_names = split["train"][: max_studies or None]
     val_names = split["validation"][: max_studies or None]
@@ -235,7 +203,7 @@ def _train_member(
     resume: bool,
 ) -> tuple[ForaminalNet, dict[str, Any], Path]:
     """One seeded network, checkpointed every epoch; returns it, its best epoch and its log."""
-    _seed(config.seed)
+    seed_everything(config.seed)
     network = ForaminalNet(
         ForaminalConfig(in_channels=fc.IN_CHANNELS, stem=config.stem, widths=config.widths)
     )
