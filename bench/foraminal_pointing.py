@@ -240,11 +240,21 @@ def rates(scores: Sequence[Score]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument(
+        "--split", default=None, help="score this split.json part (e.g. validation) instead of all folders"
+    )
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="first N study folders, sorted")
     parser.add_argument("--models", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     args = parser.parse_args(argv)
-    names = sorted(p.name for p in args.data.iterdir() if (p / "truth" / "findings.json").is_file())[: args.n]
+    if args.split is not None:
+        parts = json.loads((args.data / "split.json").read_text(encoding="utf-8"))
+        if args.split not in parts:
+            parser.error(f"split.json has no {args.split!r} part")
+        pool = sorted(Path(str(s)).name for s in parts[args.split])
+    else:
+        pool = sorted(p.name for p in args.data.iterdir() if (p / "truth" / "findings.json").is_file())
+    names = pool[: args.n]
     saliency: list[Score] = []
     end_to_end: list[Score] = []
     skipped: dict[str, int] = {}

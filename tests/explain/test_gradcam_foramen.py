@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from cds.dicom.selection import SeriesKind
@@ -102,3 +103,46 @@ def test_foraminal_findings_of_the_foraminal_model_get_its_heatmaps(tmp_path: Pa
     # without the foraminal inputs the finding gets no heatmap at all (not the classifier's)
     none = heatmaps_for_study(result, {}, tmp_path / "out2", targets=[target], models_dir=root)
     assert none.heatmaps == ()
+
+
+def test_the_map_is_read_at_the_last_block_before_the_final_pooling(tmp_path: Path) -> None:
+    # the test network: stride-2 stem (24 x 24), blocks[0] (24 x 24), pool, last_conv (12 x 12)
+    root = write_model(tmp_path, rule=True)
+    loaded = fm.load_foraminal("foraminal", root)
+    assert isinstance(loaded.network, fm.ForaminalNet)
+    assert gf.cam_layers(loaded.network) == [loaded.network.blocks[-1]]
+    inputs = gf.foramen_inputs(sagittal(), CENTRES, NORMALS)
+    (cam,) = gf.compute_foramen_maps(loaded, inputs, [(Level.L3_L4, Side.LEFT)])
+    stride, _offset = gf.layer_grid(loaded.network)
+    assert cam.raw.shape == (fc.SIZE // stride, fc.SIZE // stride) == (24, 24)
+
+
+@pytest.mark.parametrize(
+    ("widths", "grid"),
+    [((24, 32, 48), (4, 1)), ((4, 6), (2, 0)), ((8,), (2, 0)), ((4, 6, 8, 10), (8, 3))],
+)
+def test_layer_grid_follows_the_poolings(widths: tuple[int, ...], grid: tuple[int, int]) -> None:
+    net = fm.ForaminalNet(fm.ForaminalConfig(in_channels=fc.IN_CHANNELS, stem=4, widths=widths)).eval()
+    assert gf.layer_grid(net) == grid
+    stride, _ = grid
+    store: list[torch.Tensor] = []
+    (layer,) = gf.cam_layers(net)
+    handle = layer.register_forward_hook(lambda _m, _i, out: store.append(out))
+    with torch.no_grad():
+        net(torch.zeros(1, fc.IN_CHANNELS, fc.SIZE, fc.SIZE))
+    handle.remove()
+    assert tuple(store[0].shape[-2:]) == (fc.SIZE // stride, fc.SIZE // stride)
+    ensemble = fm.ForaminalEnsemble(fm.ForaminalConfig(in_channels=fc.IN_CHANNELS, stem=4, widths=widths), 2)
+    assert gf.layer_grid(ensemble) == grid and len(gf.cam_layers(ensemble)) == 2
+
+
+def test_a_layer_cell_lands_on_its_receptive_field_centre_in_the_crop() -> None:
+    # a stride-2 stem centres cell u on pixel 2u; a 2x pooling then centres cell v between
+    # pixels 4v and 4v + 2, i.e. on 4v + 1 (the library's resize would put it on 4v + 1.5)
+    raw = np.zeros((12, 12), np.float32)
+    raw[5, 7] = 2.0
+    crop_map = gf.layer_to_crop(raw, 4, 1)
+    assert crop_map.shape == (fc.SIZE, fc.SIZE)
+    assert np.unravel_index(int(np.argmax(crop_map)), crop_map.shape) == (21, 29)
+    assert float(crop_map.max()) == pytest.approx(1.0) and float(crop_map.min()) == 0.0
+    assert float(gf.layer_to_crop(np.zeros((12, 12)), 4, 1).max()) == 0.0  # empty stays empty
