@@ -44,6 +44,13 @@ class FhirAccessDenied(UpstreamError):
         self.status = status
 
 
+class FhirVersionConflict(UpstreamError):
+    """409/412: a conditional or versioned write lost to another writer (If-Match no longer holds).
+
+    The caller re-reads and decides again (cds.fhir.writeback); retrying the same request cannot help.
+    """
+
+
 class ResourceNotFound(NotFound):
     """The FHIR server answered 404/410 to a read."""
 
@@ -205,6 +212,10 @@ class FhirClient:
                 raise FhirAccessDenied(f"FHIR server {host!r} refused access ({status})", status)
             if status in (404, 410):
                 raise ResourceNotFound(f"FHIR server {host!r}: resource not found ({status})")
+            if status in (409, 412):
+                raise FhirVersionConflict(
+                    f"FHIR server {host!r} refused a stale or conflicting write ({status})"
+                )
             if 300 <= status < 400:
                 raise UpstreamError(f"FHIR server {host!r} redirected ({status}); redirects are not followed")
             if status >= 400:

@@ -5,11 +5,24 @@ ImagingStudy names one), one Observation per finding, the Device (model versions
 explanation heatmap when an explanation exists (and its verified rationale, writer named, as the
 report's presentedForm, as in the card's report), and a Provenance saying which Device produced
 which resources. Everything goes in one transaction Bundle keyed on deterministic identifiers:
-Observations, Device and Media are conditional creates (`ifNoneExist`); the DiagnosticReport and
-the Provenance are conditional updates (`PUT DiagnosticReport?identifier=...`,
-`PUT Provenance?_tag=...`). So a retried or repeated write-back creates nothing new (one report
-per analysis), and the write-back after an explanation adds its Media and rationale to the same
-report.
+Observations, Device and Media are conditional creates (`ifNoneExist`). So a retried or repeated
+write-back creates nothing new (one report per analysis), and the write-back after an explanation
+adds its Media and rationale to the same report.
+
+Newest wins (no lost update). An analysis is written back several times: after the analysis,
+after its explanation (rationale and Media added), and by retries; two of these can be in flight
+at once, each sending content it read from the store earlier. Every write-back request bumps
+analyses.writeback_generation (migration 0010); a write-back reads the generation together with
+the content, and the report carries it (extension GENERATION_EXTENSION). Before writing, the
+report is looked up by the analysis identifier: a report of a newer generation is left alone
+(the write-back is "superseded"); otherwise the transaction replaces it as a versioned update
+(`PUT DiagnosticReport/<id>` with `ifMatch` on the version just read, and the Provenance as a
+conditional update in the same transaction), or creates it (`POST` with `ifNoneExist`, the
+Provenance likewise). A writer that lost a race in between (412/409 on the If-Match, or its
+create matched a report someone else created first) looks again. The whole transaction is atomic,
+so an older writer changes nothing at all. Only the writer of the newest generation records the
+outcome (compare-and-set on the generation), so an older writer's "done" or "failed" can never
+hide the newer write-back's state.
 
 Where: the server in CDS_FHIR_WRITEBACK_URL (a system-level credential in
 CDS_FHIR_WRITEBACK_TOKEN: a hook's short-lived token is gone by the time a job finishes). The
@@ -27,22 +40,23 @@ A write-back left "pending" by a worker that died is picked up the same way afte
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from cds.config import Settings
 from cds.domain import AnalysisResult, AnalysisStatus, Condition, ExplanationStatus, Level
 from cds.errors import BadRequest, CdsError, UpstreamError
 from cds.fhir import codes
-from cds.fhir.client import FhirAccessDenied, FhirClient
+from cds.fhir.client import FhirAccessDenied, FhirClient, FhirVersionConflict
 from cds.fhir.report import ReportContext, ReportImage, build_report_bundle
 from cds.fhir.resources import validate_resource
 from cds.fhir.roundtrip_imaging import ehr_client, resolve_imaging_study
@@ -51,8 +65,13 @@ if TYPE_CHECKING:
     from cds.store.records import ExplanationRecord
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PROVENANCE_TAG_SYSTEM = f"{codes.PROJECT_BASE}/sid/analysis-provenance"
+#: DiagnosticReport extension (valueInteger): the write-back generation the report was written at.
+GENERATION_EXTENSION = f"{codes.PROJECT_BASE}/StructureDefinition/writeback-generation"
+#: Look-then-write rounds when other writers keep getting in between (each round re-reads).
+CONFLICT_ROUNDS = 5
 
 #: analyses.writeback_state values (None: never attempted).
 STATE_PENDING = "pending"  # being written (or its writer died: retried after PENDING_GRACE)
@@ -79,12 +98,48 @@ class WritebackUnavailable(CdsError):
 class WritebackResult:
     report_id: str  # the server's DiagnosticReport id
     created: int  # entries the server created
-    existing: int  # entries matched by ifNoneExist (already written before)
-    attempts: int
+    existing: int  # entries matched by ifNoneExist or updated (already written before)
+    attempts: int  # transactions sent (transient retries and lost races included)
+    #: The write-back generation this content was read at (analyses.writeback_generation).
+    generation: int = 0
+    #: The server already held a report of a newer generation: nothing was written.
+    superseded: bool = False
 
     @property
     def idempotent_repeat(self) -> bool:
         return self.created == 0 and self.existing > 0
+
+
+@dataclass(frozen=True)
+class ServerReport:
+    """The analysis's DiagnosticReport as the FHIR server holds it now."""
+
+    id: str
+    version: str | None  # meta.versionId (None: the server does not version resources)
+    generation: int  # GENERATION_EXTENSION (0: written before generations existed)
+
+    @classmethod
+    def of(cls, resource: Mapping[str, Any]) -> ServerReport:
+        generation = 0
+        for ext in resource.get("extension") or ():
+            if isinstance(ext, Mapping) and ext.get("url") == GENERATION_EXTENSION:
+                value = ext.get("valueInteger")
+                generation = value if isinstance(value, int) else 0
+        version = (resource.get("meta") or {}).get("versionId")
+        return cls(str(resource.get("id") or ""), str(version) if version else None, generation)
+
+
+def find_report(client: FhirClient, analysis_id: str) -> ServerReport | None:
+    """The report carrying this analysis's identifier on the server, or None."""
+    found = client.search_resources(
+        "DiagnosticReport", {"identifier": f"{codes.ANALYSIS_IDENTIFIER_SYSTEM}|{analysis_id}"}
+    )
+    reports = [r for r in found if r.get("resourceType") == "DiagnosticReport" and r.get("id")]
+    if len(reports) > 1:
+        raise UpstreamError(
+            f"{len(reports)} DiagnosticReports on the FHIR server carry one analysis identifier"
+        )
+    return ServerReport.of(reports[0]) if reports else None
 
 
 def _entry(bundle: Mapping[str, Any], resource_type: str) -> list[dict[str, Any]]:
@@ -92,14 +147,27 @@ def _entry(bundle: Mapping[str, Any], resource_type: str) -> list[dict[str, Any]
 
 
 def writeback_bundle(
-    analysis: AnalysisResult, ctx: ReportContext, *, based_on: Sequence[str] = ()
+    analysis: AnalysisResult,
+    ctx: ReportContext,
+    *,
+    based_on: Sequence[str] = (),
+    generation: int = 0,
+    current: ServerReport | None = None,
 ) -> dict[str, Any]:
-    """build_report_bundle plus basedOn and a Provenance entry; validated as an R4 Bundle."""
+    """build_report_bundle plus basedOn, the generation and a Provenance entry; validated as R4.
+
+    `current`: the report already on the server (found by find_report), replaced by a versioned
+    update; None: the report is created unless one appeared meanwhile (conditional create).
+    """
     bundle = build_report_bundle(analysis, ctx)
     (report,) = _entry(bundle, "DiagnosticReport")
     orders = [ref for ref in based_on if ref.startswith("ServiceRequest/")]
     if orders:
         report["resource"]["basedOn"] = [{"reference": ref} for ref in orders]
+    report["resource"]["extension"] = [
+        *report["resource"].get("extension", []),
+        {"url": GENERATION_EXTENSION, "valueInteger": generation},
+    ]
     (device,) = _entry(bundle, "Device")
     targets = [report, *_entry(bundle, "Observation"), *_entry(bundle, "Media")]
     tag = {"system": PROVENANCE_TAG_SYSTEM, "code": ctx.analysis_id}
@@ -117,20 +185,25 @@ def writeback_bundle(
         ],
     }
     provenance_key = f"{PROVENANCE_TAG_SYSTEM}/{ctx.analysis_id}"
+    provenance_query = urlencode({"_tag": f"{tag['system']}|{tag['code']}"}, safe=":/|")
+    if current is None:
+        # Create both, unless a concurrent writer created them first: then nothing of ours
+        # replaces theirs (the report entry answers 200 and write_back looks again).
+        provenance_request = {"method": "POST", "url": "Provenance", "ifNoneExist": provenance_query}
+    else:
+        # Replace both: guarded by the report's If-Match in the same (atomic) transaction.
+        provenance_request = {"method": "PUT", "url": f"Provenance?{provenance_query}"}
+        report["resource"]["id"] = current.id
+        report["request"] = {"method": "PUT", "url": f"DiagnosticReport/{current.id}"}
+        if current.version is not None:
+            report["request"]["ifMatch"] = f'W/"{current.version}"'
     bundle["entry"].append(
         {
             "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, provenance_key)}",
             "resource": provenance,
-            "request": {
-                "method": "PUT",
-                "url": "Provenance?" + urlencode({"_tag": f"{tag['system']}|{tag['code']}"}, safe=":/|"),
-            },
+            "request": provenance_request,
         }
     )
-    # The report (and its Provenance) are conditional *updates* on the analysis identifier: still
-    # one resource per analysis however often this runs, and a later write-back (after the
-    # explanation, with Media) updates it instead of being ignored like a matched create.
-    report["request"] = {"method": "PUT", "url": f"DiagnosticReport?{report['request']['ifNoneExist']}"}
     return validate_resource(bundle, "Bundle", normalise=False)
 
 
@@ -143,43 +216,77 @@ def _location_id(response: Mapping[str, Any]) -> str:
     return parts[-1] if parts else ""
 
 
+def _retrying(call: Callable[[], _T], attempts: int, backoff_s: float) -> _T:
+    """call(), retried on transient failures (not on refused access or a version conflict)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except (FhirAccessDenied, FhirVersionConflict):
+            raise
+        except UpstreamError:
+            if attempt == attempts:
+                raise
+            log.warning("FHIR write-back request failed (attempt %d); retrying", attempt)
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def write_back(
     client: FhirClient,
     analysis: AnalysisResult,
     ctx: ReportContext,
     *,
     based_on: Sequence[str] = (),
+    generation: int = 0,
     attempts: int = 3,
     backoff_s: float = 1.0,
 ) -> WritebackResult:
-    """POST the transaction; retry transient failures (safe: every entry is a conditional create)."""
-    bundle = writeback_bundle(analysis, ctx, based_on=based_on)
-    report_index = next(
-        i for i, e in enumerate(bundle["entry"]) if e["resource"]["resourceType"] == "DiagnosticReport"
-    )
-    for attempt in range(1, attempts + 1):
+    """Write the report of `generation` unless the server holds a newer one (module docstring).
+
+    Each request is retried on transient failures (`attempts`, safe: the transaction is
+    idempotent); a lost race (version conflict, or a report created meanwhile) re-reads the report
+    and decides again, up to CONFLICT_ROUNDS times.
+    """
+    sent = 0
+
+    def send(bundle: dict[str, Any]) -> dict[str, Any]:
+        nonlocal sent
+        sent += 1
+        return client.transaction(bundle)
+
+    for _round in range(CONFLICT_ROUNDS):
+        current = _retrying(lambda: find_report(client, ctx.analysis_id), attempts, backoff_s)
+        if current is not None and current.generation > generation:
+            log.info(
+                "FHIR write-back superseded: the server holds generation %d, this one is %d",
+                current.generation, generation,
+            )  # fmt: skip
+            return WritebackResult(current.id, 0, 0, sent, generation, superseded=True)
+        bundle = writeback_bundle(analysis, ctx, based_on=based_on, generation=generation, current=current)
+        report_index = next(
+            i for i, e in enumerate(bundle["entry"]) if e["resource"]["resourceType"] == "DiagnosticReport"
+        )
         try:
-            response = client.transaction(bundle)
-            break
-        except FhirAccessDenied:
-            raise
-        except UpstreamError:
-            if attempt == attempts:
-                raise
-            log.warning("FHIR write-back attempt %d failed; retrying", attempt)
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-    entries = response.get("entry") or []
-    if len(entries) != len(bundle["entry"]):
-        raise UpstreamError("FHIR server answered the transaction with a different number of entries")
-    statuses = [str((e.get("response") or {}).get("status", "")) for e in entries]
-    created = sum(s.startswith("201") for s in statuses)
-    existing = sum(s.startswith("200") for s in statuses)
-    if created + existing != len(statuses):
-        raise UpstreamError("FHIR server did not accept every entry of the write-back")
-    report_id = _location_id(entries[report_index])
-    if not report_id:
-        raise UpstreamError("FHIR server did not say where the DiagnosticReport is")
-    return WritebackResult(report_id, created, existing, attempt)
+            response = _retrying(functools.partial(send, bundle), attempts, backoff_s)
+        except FhirVersionConflict:
+            log.info("FHIR write-back: the report changed since it was read; looking again")
+            continue
+        entries = response.get("entry") or []
+        if len(entries) != len(bundle["entry"]):
+            raise UpstreamError("FHIR server answered the transaction with a different number of entries")
+        statuses = [str((e.get("response") or {}).get("status", "")) for e in entries]
+        created = sum(s.startswith("201") for s in statuses)
+        existing = sum(s.startswith("200") for s in statuses)
+        if created + existing != len(statuses):
+            raise UpstreamError("FHIR server did not accept every entry of the write-back")
+        report_id = _location_id(entries[report_index])
+        if not report_id:
+            raise UpstreamError("FHIR server did not say where the DiagnosticReport is")
+        if current is None and not statuses[report_index].startswith("201"):
+            log.info("FHIR write-back: another writer created the report first; looking again")
+            continue
+        return WritebackResult(report_id, created, existing, sent, generation)
+    raise UpstreamError(f"FHIR write-back lost {CONFLICT_ROUNDS} races with other writers in a row")
 
 
 def explanation_images(data_dir: Path, heatmaps: Mapping[str, Any]) -> tuple[ReportImage, ...]:
@@ -237,6 +344,7 @@ def write_back_analysis(db: Any, settings: Settings, analysis_id: str) -> Writeb
         study = record.study
         study_uid, stored_patient, study_date = study.study_uid, study.patient_ref, study.study_date
         issued = record.finished_at or record.updated_at or datetime.now(UTC)
+        generation = record.writeback_generation or 0  # read with the content it goes with
         explanation = record.explanation
         heatmaps = dict(explanation.heatmaps) if explanation is not None and explanation.heatmaps else {}
         rationale, rationale_writer = explanation_rationale(explanation)
@@ -262,7 +370,9 @@ def write_back_analysis(db: Any, settings: Settings, analysis_id: str) -> Writeb
         )
     except BadRequest as exc:
         raise WritebackUnavailable(f"cannot build the report context ({exc.message})") from exc
-    return write_back(client, result, ctx, based_on=found.based_on if found is not None else ())
+    return write_back(
+        client, result, ctx, based_on=found.based_on if found is not None else (), generation=generation
+    )
 
 
 def retry_delay(failures: int) -> timedelta:
@@ -270,17 +380,38 @@ def retry_delay(failures: int) -> timedelta:
     return min(RETRY_FIRST_DELAY * 2 ** min(max(0, failures - 1), 16), RETRY_MAX_DELAY)
 
 
-def _set_state(db: Any, analysis_id: str, state: str, *, now: datetime | None = None) -> datetime | None:
-    """Store the write-back state; a failure counts one more round and schedules the next one."""
-    import sqlalchemy as sa
-
+def _locked(s: Any, analysis_id: str) -> Any:
+    """The analysis row, locked for this write transaction (SQLite: BEGIN IMMEDIATE already)."""
     from cds.store.records import AnalysisRecord
 
+    return s.get(AnalysisRecord, analysis_id, with_for_update=True)
+
+
+def request_writeback(db: Any, analysis_id: str, *, now: datetime | None = None) -> int | None:
+    """Announce a new write-back of this analysis (its content may have changed): bump the
+    generation and mark it pending; the new generation (None: no such analysis)."""
     now = now or datetime.now(UTC)
     with db.session() as s:
-        record = s.get(AnalysisRecord, analysis_id)
+        record = _locked(s, analysis_id)
         if record is None:
             return None
+        record.writeback_generation = (record.writeback_generation or 0) + 1
+        record.writeback_state = STATE_PENDING
+        record.writeback_next_at = now + PENDING_GRACE
+        return int(record.writeback_generation)
+
+
+def _set_state(
+    db: Any, analysis_id: str, state: str, *, generation: int, now: datetime | None = None
+) -> tuple[bool, datetime | None]:
+    """Record a write-back outcome, if `generation` is still the newest (compare-and-set): a newer
+    write-back requested meanwhile records its own. A failure counts one more round and schedules
+    the next. (whether it was recorded, the next try)."""
+    now = now or datetime.now(UTC)
+    with db.session() as s:
+        record = _locked(s, analysis_id)
+        if record is None or (record.writeback_generation or 0) != generation:
+            return False, None
         record.writeback_state = state
         if state == STATE_FAILED:
             record.writeback_attempts = (record.writeback_attempts or 0) + 1
@@ -291,30 +422,42 @@ def _set_state(db: Any, analysis_id: str, state: str, *, now: datetime | None = 
             record.writeback_next_at = None
             if state == STATE_DONE:
                 record.writeback_attempts = 0
-        s.flush()
-        next_at: datetime | None = s.scalar(
-            sa.select(AnalysisRecord.writeback_next_at).where(AnalysisRecord.id == analysis_id)
-        )
-        return next_at
+        next_at: datetime | None = record.writeback_next_at
+        return True, next_at
 
 
-def _write_and_record(db: Any, settings: Settings, analysis_id: str) -> WritebackResult | None:
-    """write_back_analysis, with the outcome stored (done / skipped); failures raise unrecorded."""
+def _write_and_record(
+    db: Any, settings: Settings, analysis_id: str, generation: int
+) -> WritebackResult | None:
+    """write_back_analysis, with the outcome stored (done / skipped) if still the newest
+    generation; failures raise unrecorded. `generation`: the one this writer was started for (the
+    content read may carry a newer one)."""
     try:
         written = write_back_analysis(db, settings, analysis_id)
     except WritebackUnavailable as exc:
         log.info("FHIR write-back skipped: %s", exc.message)
-        _set_state(db, analysis_id, STATE_SKIPPED)
+        _set_state(db, analysis_id, STATE_SKIPPED, generation=generation)
         return None
-    _set_state(db, analysis_id, STATE_DONE)
+    if written is not None:
+        # Superseded: the server holds a newer generation; its writer records the state (if the
+        # store's generation is still ours, the server's came from elsewhere: done all the same).
+        _set_state(db, analysis_id, STATE_DONE, generation=written.generation)
     return written
+
+
+def _generation(db: Any, analysis_id: str) -> int:
+    from cds.store.records import AnalysisRecord
+
+    with db.session(readonly=True) as s:
+        record = s.get(AnalysisRecord, analysis_id)
+        return int(record.writeback_generation or 0) if record is not None else 0
 
 
 def retry_due_writebacks(db: Any, settings: Settings, *, now: datetime | None = None, limit: int = 20) -> int:
     """Retry write-backs that failed (or were lost) once their back-off is over; how many succeeded.
 
     Concurrent sweepers are safe: each claims an analysis by moving its next try forward in one
-    conditional UPDATE, and the transaction itself is idempotent anyway.
+    conditional UPDATE; the write itself never replaces a newer report (module docstring).
     """
     if not settings.fhir_writeback_url:
         return 0
@@ -346,12 +489,14 @@ def retry_due_writebacks(db: Any, settings: Settings, *, now: datetime | None = 
             ).rowcount
         if not claimed:
             continue
+        generation = _generation(db, analysis_id)
         try:
-            if _write_and_record(db, settings, analysis_id) is not None:
+            if _write_and_record(db, settings, analysis_id, generation) is not None:
                 written += 1
         except Exception as exc:  # EHR still down (or anything else): next round, never dropped
-            next_at = _set_state(db, analysis_id, STATE_FAILED, now=now)
-            log.warning("FHIR write-back retry failed (%s); next try at %s", type(exc).__name__, next_at)
+            recorded, next_at = _set_state(db, analysis_id, STATE_FAILED, generation=generation, now=now)
+            then = f"next try at {next_at}" if recorded else "a newer write-back is under way"
+            log.warning("FHIR write-back retry failed (%s); %s", type(exc).__name__, then)
     return written
 
 
@@ -414,19 +559,24 @@ def write_back_in_job(
     """
     if not settings.fhir_writeback_url:
         return
-    _set_state(db, analysis_id, STATE_PENDING)
+    generation = request_writeback(db, analysis_id)
+    if generation is None:
+        return
     try:
-        written = _write_and_record(db, settings, analysis_id)
+        written = _write_and_record(db, settings, analysis_id, generation)
     except CdsError as exc:
         if final_attempt:
-            next_at = _set_state(db, analysis_id, STATE_FAILED)
+            recorded, next_at = _set_state(db, analysis_id, STATE_FAILED, generation=generation)
             log.error(
-                "FHIR write-back failed after %d attempts (%s); retried later, next at %s",
-                attempt, type(exc).__name__, next_at,
+                "FHIR write-back failed after %d attempts (%s); %s",
+                attempt, type(exc).__name__,
+                f"retried later, next at {next_at}" if recorded else "a newer write-back is under way",
             )  # fmt: skip
             return
         raise
-    if written is not None:
+    if written is not None and written.superseded:
+        log.info("FHIR write-back: DiagnosticReport %s already holds a newer write-back", written.report_id)
+    elif written is not None:
         log.info(
             "FHIR write-back: DiagnosticReport %s (%d created, %d matched or updated)",
             written.report_id, written.created, written.existing,

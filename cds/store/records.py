@@ -119,6 +119,8 @@ class AnalysisRecord(_Timestamps, Base):
     writeback_state: Mapped[str | None] = mapped_column(sa.String(16))
     writeback_attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     writeback_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    #: Bumped by every write-back request; the newest write-back wins (cds.fhir.writeback; 0010).
+    writeback_generation: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
 
     study: Mapped[StudyRecord] = relationship(back_populates="analyses")
     findings: Mapped[list[FindingRecord]] = relationship(

@@ -53,8 +53,7 @@ def _suggested_resource(card: dict[str, Any]) -> dict[str, Any]:
     assert suggestion["uuid"]
     (action,) = suggestion["actions"]
     assert action["type"] == "create" and action["description"]
-    resource: dict[str, Any] = action["resource"]
-    return resource
+    return dict(action["resource"])  # the presenter's cached JSON text, read as a dict
 
 
 def test_suggestion_carries_a_valid_preliminary_report(analysis: AnalysisResult) -> None:

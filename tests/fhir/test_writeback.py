@@ -19,7 +19,9 @@ from cds.fhir.client import FhirAccessDenied, FhirClient
 from cds.fhir.report import ReportContext, ReportImage
 from cds.fhir.roundtrip_imaging import ResolvedStudy
 from cds.fhir.writeback import (
+    GENERATION_EXTENSION,
     PROVENANCE_TAG_SYSTEM,
+    ServerReport,
     WritebackUnavailable,
     explanation_images,
     write_back,
@@ -50,10 +52,9 @@ def test_bundle_adds_order_and_a_provenance_for_every_written_resource(analysis:
     for entry in bundle["entry"]:
         rtype = entry["resource"]["resourceType"]
         by_type.setdefault(rtype, []).append(entry)
-        if rtype in ("DiagnosticReport", "Provenance"):  # conditional updates: one per analysis
-            assert entry["request"]["method"] == "PUT" and entry["request"]["url"].startswith(f"{rtype}?")
-        else:  # conditional creates
-            assert entry["request"]["method"] == "POST" and entry["request"]["ifNoneExist"]
+        # No report on the server yet: everything is a conditional create (a concurrent writer's
+        # report is never replaced by a create).
+        assert entry["request"]["method"] == "POST" and entry["request"]["ifNoneExist"]
     (report,) = by_type["DiagnosticReport"]
     assert report["resource"]["basedOn"] == [{"reference": "ServiceRequest/sr-1"}]  # orders only
     (provenance,) = by_type["Provenance"]
@@ -61,19 +62,64 @@ def test_bundle_adds_order_and_a_provenance_for_every_written_resource(analysis:
     written = {e["fullUrl"] for t in ("DiagnosticReport", "Observation", "Media") for e in by_type[t]}
     assert targets == written and len(targets) == 1 + 25 + 1
     assert provenance["resource"]["agent"][0]["who"]["reference"] == by_type["Device"][0]["fullUrl"]
-    assert provenance["request"]["url"] == f"Provenance?_tag={PROVENANCE_TAG_SYSTEM}|wb-unit-1"
+    assert provenance["request"]["ifNoneExist"] == f"_tag={PROVENANCE_TAG_SYSTEM}|wb-unit-1"
     assert (
-        report["request"]["url"]
-        == "DiagnosticReport?identifier=https://cds-spine.example/fhir/sid/analysis|wb-unit-1"
+        report["request"]["ifNoneExist"] == "identifier=https://cds-spine.example/fhir/sid/analysis|wb-unit-1"
     )
+    assert {"url": GENERATION_EXTENSION, "valueInteger": 0} in report["resource"]["extension"]
     # Deterministic: the same analysis gives the same bundle (fullUrls included) every time.
     assert writeback_bundle(analysis, context((image,)), based_on=("ServiceRequest/sr-1",)) == bundle
 
 
+def test_a_report_on_the_server_is_replaced_by_a_versioned_update(analysis: AnalysisResult) -> None:
+    current = ServerReport(id="dr-7", version="3", generation=1)
+    bundle = writeback_bundle(analysis, context(), generation=2, current=current)
+    requests = {e["resource"]["resourceType"]: e["request"] for e in bundle["entry"]}
+    (report,) = (
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"
+    )
+    assert requests["DiagnosticReport"] == {
+        "method": "PUT",
+        "url": "DiagnosticReport/dr-7",
+        "ifMatch": 'W/"3"',
+    }
+    assert report["id"] == "dr-7"
+    assert {"url": GENERATION_EXTENSION, "valueInteger": 2} in report["extension"]
+    # The Provenance is replaced in the same atomic transaction, so the If-Match guards it too.
+    assert requests["Provenance"] == {
+        "method": "PUT",
+        "url": f"Provenance?_tag={PROVENANCE_TAG_SYSTEM}|wb-unit-1",
+    }
+    assert requests["Observation"]["method"] == "POST" and requests["Observation"]["ifNoneExist"]
+
+
+def test_server_report_reads_version_and_generation() -> None:
+    resource = {
+        "resourceType": "DiagnosticReport",
+        "id": "dr-1",
+        "meta": {"versionId": "4"},
+        "extension": [
+            {"url": "urn:other", "valueInteger": 9},
+            {"url": GENERATION_EXTENSION, "valueInteger": 2},
+        ],
+    }
+    assert ServerReport.of(resource) == ServerReport("dr-1", "4", 2)
+    # Written before generations existed (or by hand): generation 0, replaced by any write-back.
+    assert ServerReport.of({"resourceType": "DiagnosticReport", "id": "dr-2"}) == ServerReport(
+        "dr-2", None, 0
+    )
+
+
 class FakeClient:
+    """A FHIR server with no report yet whose transactions fail first with the given errors."""
+
     def __init__(self, failures: list[Exception]) -> None:
         self.failures = failures
         self.calls = 0
+
+    def search_resources(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        assert path == "DiagnosticReport" and "|" in params["identifier"]
+        return []
 
     def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
         self.calls += 1
@@ -222,6 +268,54 @@ def test_a_write_back_that_outlives_its_job_is_retried_later_not_dropped(
     assert state() == (writeback.STATE_DONE, 0, None) and ehr.written == 1
     assert writeback.retry_due_writebacks(db, settings, now=last + timedelta(days=2)) == 0
     assert ehr.written == 1
+
+
+def test_only_the_newest_write_back_records_its_outcome(
+    db: Database, analysis: AnalysisResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older write-back finishing (or failing) after a newer one was requested never sets the
+    state: "failed" from a stale writer would re-send for nothing, and "done" would hide a newer
+    write-back that is still due."""
+    import cds.fhir.writeback as writeback
+    from cds.store.records import AnalysisRecord
+
+    ehr = SwitchableEhr()
+    monkeypatch.setattr(writeback, "ehr_client", lambda settings: ehr)
+    monkeypatch.setattr(writeback, "resolve_imaging_study", lambda client, uid: None)
+    monkeypatch.setattr(writeback.time, "sleep", lambda s: None)
+    settings = Settings(fhir_writeback_url="http://ehr.example.org/fhir")
+    with db.session() as s:
+        queries.upsert_study(s, "1.2.3.5", patient_ref="Patient/p-1")
+        analysis_id = queries.save_analysis(s, "1.2.3.5", analysis).id
+
+    def state() -> tuple[str | None, int, int]:
+        with db.session(readonly=True) as s:
+            r = s.get(AnalysisRecord, analysis_id)
+            assert r is not None
+            return r.writeback_state, r.writeback_attempts, r.writeback_generation
+
+    older = writeback.request_writeback(db, analysis_id)
+    newer = writeback.request_writeback(db, analysis_id)  # e.g. the explanation arrived meanwhile
+    assert (older, newer) == (1, 2) and state() == (writeback.STATE_PENDING, 0, 2)
+    assert older is not None
+    assert writeback._set_state(db, analysis_id, writeback.STATE_FAILED, generation=older) == (False, None)
+    assert writeback._set_state(db, analysis_id, writeback.STATE_DONE, generation=older) == (False, None)
+    assert state() == (writeback.STATE_PENDING, 0, 2)
+    # Through the job step: the EHR is down for the older job's last attempt, and the newer
+    # request comes in before it gives up: the newer one's state stands.
+    monkeypatch.setattr(
+        writeback,
+        "_write_and_record",
+        lambda *a: (writeback.request_writeback(db, analysis_id), ehr.transaction({})),
+    )
+    writeback.write_back_in_job(db, settings, analysis_id, attempt=3, final_attempt=True)
+    assert state() == (writeback.STATE_PENDING, 0, 4)
+    monkeypatch.undo()
+    monkeypatch.setattr(writeback, "ehr_client", lambda settings: ehr)
+    monkeypatch.setattr(writeback, "resolve_imaging_study", lambda client, uid: None)
+    ehr.up = True
+    writeback.write_back_in_job(db, settings, analysis_id, attempt=1, final_attempt=True)
+    assert state() == (writeback.STATE_DONE, 0, 5) and ehr.written == 1
 
 
 def test_write_back_back_off_is_long_and_capped() -> None:
