@@ -2,7 +2,10 @@
 
 The DiagnosticReport of a complete analysis never changes (a re-analysis is a new analysis id),
 so its validated JSON is cached per worker: building and validating 25 Observations with
-fhir.resources costs milliseconds that the hook's hot path does not need to pay twice.
+fhir.resources costs milliseconds that the hook's hot path does not need to pay twice. It is
+cached as JSON text only (ReportJson): the dict it was built as is four times that in memory
+(~330 kB against ~80 kB per report, measured), and the hot path only ever splices the text into
+the answer (cds.hooks.encode).
 
 Signed links are memoised for the current second only: an itsdangerous token carries its signing
 time in whole seconds and is a pure function of (secret, purpose, payload, second), so a link
@@ -26,9 +29,11 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from cds.errors import BadRequest
 from cds.fhir.report import ReportContext, ReportImage, build_diagnostic_report
@@ -39,6 +44,54 @@ from cds.hooks.studies import LumbarStudy
 log = logging.getLogger(__name__)
 
 _CACHE_SIZE = 512
+#: ... and at most this much JSON text per worker (~100 recently served studies, each rebuilt in a
+#: few ms when asked for again after eviction).
+CACHE_TEXT_BYTES = 8 * 1024 * 1024
+
+
+class ReportJson(Mapping[str, Any]):
+    """A built DiagnosticReport kept as its compact JSON text (UTF-8) only.
+
+    Hook answers splice `text` as it is (LinkPresenter.fragment, cds.hooks.encode). Read as a
+    mapping (tests, a rare reader) it parses the text on every access: nothing parsed is kept.
+    Not a dict on purpose: a serialiser that does not know it fails loudly instead of writing {}.
+    """
+
+    __slots__ = ("_keys", "text")
+
+    def __init__(self, text: bytes, keys: tuple[str, ...]) -> None:
+        self.text = text
+        self._keys = keys
+
+    def _parsed(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = orjson.loads(self.text)
+        return parsed
+
+    def __getitem__(self, key: str) -> Any:
+        return self._parsed()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ReportJson):
+            return self.text == other.text
+        if isinstance(other, Mapping):  # a length check first: prune_empty compares with {}
+            return len(other) == len(self) and self._parsed() == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ReportJson({len(self.text)} bytes)"
+
+
 #: A report with signed image URLs is rebuilt after ttl / REFRESH_PARTS seconds.
 REFRESH_PARTS = 4
 
@@ -55,9 +108,10 @@ class LinkPresenter:
         self._sign_viewer = sign_viewer
         self._sign_explain = sign_explain
         self._ttl_s = ttl_s
-        self._reports: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
-        #: JSON text (UTF-8) of each cached report, by the identity of the cached dict (see encode.py).
-        self._texts: dict[int, bytes] = {}
+        self._reports: OrderedDict[tuple[Any, ...], ReportJson] = OrderedDict()
+        self._text_bytes = 0  # sum of len(report.text) over _reports
+        #: The cached key of each report's newest variant, by (analysis, patient, study, resource).
+        self._variants: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._lock = threading.Lock()
         #: Links signed during second `_links_second`, by (purpose, analysis id).
         self._links_second = -1
@@ -92,7 +146,7 @@ class LinkPresenter:
         """
         return self._link("explain", self._sign_explain, analysis_id)
 
-    def report(self, stored: StoredAnalysis, study: LumbarStudy, patient_id: str) -> dict[str, Any]:
+    def report(self, stored: StoredAnalysis, study: LumbarStudy, patient_id: str) -> ReportJson:
         if stored.result is None:
             raise ValueError("a report needs a complete analysis")
         explanation = stored.explanation if stored.explanation and stored.explanation.ready else None
@@ -115,14 +169,31 @@ class LinkPresenter:
             if cached is not None:
                 self._reports.move_to_end(key)
                 return cached
-        report = self._build(stored, study, patient_id, explanation)
-        text = json.dumps(report, separators=(",", ":")).encode()
+        built = self._build(stored, study, patient_id, explanation)
+        report = ReportJson(json.dumps(built, separators=(",", ":")).encode(), tuple(built))
+        del built  # the dict is four times the text: only the text is kept
         with self._lock:
+            found = self._reports.get(key)
+            if found is not None:
+                # Another thread built the same report meanwhile (the first calls for a new study
+                # come together): serve that one. (Storing ours over it used to leave the replaced
+                # report's text behind for good: a leak of ~85 kB per such race.)
+                self._reports.move_to_end(key)
+                return found
+            # A newer variant (explanation version, link refresh epoch) of the same report makes
+            # the older one dead weight: it is never asked for again. Drop it now, not at LRU time.
+            variant = key[:4]
+            older = self._variants.get(variant)
+            if older is not None and older in self._reports:
+                self._text_bytes -= len(self._reports.pop(older).text)
+            self._variants[variant] = key
             self._reports[key] = report
-            self._texts[id(report)] = text
-            while len(self._reports) > _CACHE_SIZE:
-                _, evicted = self._reports.popitem(last=False)
-                self._texts.pop(id(evicted), None)
+            self._text_bytes += len(report.text)
+            while len(self._reports) > _CACHE_SIZE or self._text_bytes > CACHE_TEXT_BYTES:
+                evicted_key, evicted = self._reports.popitem(last=False)
+                self._text_bytes -= len(evicted.text)
+                if self._variants.get(evicted_key[:4]) == evicted_key:
+                    del self._variants[evicted_key[:4]]
         return report
 
     def _build(
@@ -171,6 +242,5 @@ class LinkPresenter:
         return {"rationale": explanation.rationale, "rationale_writer": explanation.writer, "images": images}
 
     def fragment(self, resource: Mapping[str, Any]) -> bytes | None:
-        """The cached JSON text of a report this presenter returned (None for any other dict)."""
-        with self._lock:
-            return self._texts.get(id(resource))
+        """The JSON text of a report this presenter returned (None for any other mapping)."""
+        return resource.text if isinstance(resource, ReportJson) else None
