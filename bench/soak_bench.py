@@ -24,6 +24,12 @@ Hook latency p50/p95/p99 and errors, and `uptime` before and after.
 
 Run:   .venv/bin/python bench/soak_bench.py [--duration 600] [--clients 4] [--notify-every 20]
 Needs: redis-server, the shipped models (the worker runs the real pipeline).
+
+Where web memory goes: --probe DIR samples every gunicorn worker by component (RSS split into heap
+and mappings, glibc malloc in use / free-but-mapped / arenas, SQLite's own memory, threads, the
+hook caches' entries) and prints each component's growth after the warm-up; --probe-trace adds
+tracemalloc's top growing allocation sites (bench/web_memprobe.py; slows the web tier, so judge
+the RSS verdicts on a run without it).
 """
 
 from __future__ import annotations
@@ -97,6 +103,19 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7700, help="cds synth seed of the cached studies")
     parser.add_argument("--studies", type=Path, default=Path(tempfile.gettempdir()) / "cds-bench-studies")
     parser.add_argument("--database-url", default="", help="default: a fresh SQLite file")
+    parser.add_argument(
+        "--probe",
+        type=Path,
+        default=None,
+        help="diagnostic: sample each gunicorn worker's memory by component (RSS, tracemalloc, SQLite, "
+        "malloc arenas, hook caches) into this folder and print where it grew (bench/web_memprobe.py)",
+    )
+    parser.add_argument(
+        "--probe-trace",
+        action="store_true",
+        help="with --probe: also tracemalloc after the warm-up, top growing allocation sites "
+        "(slows the web tier; its RSS then includes tracemalloc's tables)",
+    )
     args = parser.parse_args()
 
     from hooks_support import ISSUER, SigningKey, bundle, imaging_study
@@ -143,8 +162,17 @@ def main() -> int:
             "CDS_WEB_THREADS": "4",
             "PROMETHEUS_MULTIPROC_DIR": str(prom),
         }
-        gunicorn = Process([str(CDS.with_name("gunicorn")), "-c", str(ROOT / "docker/gunicorn.conf.py")], env,
-                           work / "web.log")  # fmt: skip
+        web_config = ROOT / "docker/gunicorn.conf.py"
+        if args.probe is not None:
+            args.probe.mkdir(parents=True, exist_ok=True)
+            web_config = ROOT / "bench/web_memprobe_gunicorn.conf.py"
+            env |= {
+                "CDS_MEMPROBE_DIR": str(args.probe.resolve()),
+                "CDS_MEMPROBE_WARMUP_S": str(args.warmup),
+                "CDS_MEMPROBE_EVERY_S": str(min(15.0, args.sample_every)),
+                "CDS_MEMPROBE_TRACE": "1" if args.probe_trace else "0",
+            }
+        gunicorn = Process([str(CDS.with_name("gunicorn")), "-c", str(web_config)], env, work / "web.log")
         worker = Process([str(CDS), "worker", "--threads", "1"], env, work / "worker.log")
         try:
             deadline = time.monotonic() + 60
@@ -415,6 +443,11 @@ def main() -> int:
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
     for p in problems[:10]:
         print(f"    {p}")
+    if args.probe is not None:
+        from web_memprobe import report
+
+        print(f"\nmemory by component per web worker (--probe {args.probe}):")
+        print(report(args.probe))
     print(f"end: {uptime()}")
     return 0 if all(ok for _, ok in verdicts) else 1
 
