@@ -24,8 +24,15 @@ Two steps, both re-runnable with one command:
 2. ``report`` (seconds): re-measures the cached masks with the *current* measurement code and
    prints the error tables (and, with ``--json``, writes them).
 
+3. ``fine`` (a minute): DSCA and AP diameter measured without (old: axial_seg's sac) and with the
+   refine_sac stage (new: the ``sac_fine`` model's 0.4 mm sac probability, cds/pipeline/sac_refine.py)
+   on the same cached segmentations (the native slices are re-read from DICOM), plus variants of
+   the new measurement (thresholded instead of summed probability, AP line through the sac's own
+   centre) so the shipped choice is visibly the validation's best; ``--figure`` draws the errors.
+
 Run:  nice -n 5 .venv/bin/python bench/measurement_error.py collect --data /work/data/synth-train
       .venv/bin/python bench/measurement_error.py report --data /work/data/synth-train
+      .venv/bin/python bench/measurement_error.py fine --figure models/sac_fine/validation.png
 """
 
 from __future__ import annotations
@@ -496,11 +503,254 @@ def policy(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# fine: old (axial_seg) vs new (refine_sac) DSCA and AP diameter
+# ----------------------------------------------------------------------------------------------
+
+
+def _volume_of(study: Any, seg: Any) -> Any:
+    """The axial volume a cached segmentation was made from (same canonical images)."""
+    from cds.pipeline import axial as ax
+
+    k = seg.slice_indices[0]
+    for vol in study.axial_t2:
+        if max(seg.slice_indices) >= vol.shape[0]:
+            continue
+        images, _ = ax.preprocess(np.asarray(vol.array), vol.affine, [k])
+        if images.shape[1:] == seg.images.shape[1:] and np.allclose(images[0], seg.images[0], atol=1e-4):
+            return vol
+    return None
+
+
+def _fine_variants(fine: Any, seg: Any, axes: list[Any]) -> dict[str, float | None]:
+    """DSCA and AP from the fine map in the shipped way and in the rejected alternatives."""
+    from dataclasses import replace as dc_replace
+
+    from cds.pipeline import measure as ms
+    from cds.pipeline import sac_crop as sc
+    from cds.pipeline.sac_refine import canal_measurements
+
+    out: dict[str, float | None] = {}
+    got = canal_measurements(fine, seg.label_spacing_mm, axes)
+    if got is None:
+        return out
+    out["dsca_soft"], out["ap_soft_body_line"] = got[0].value, got[1].value
+    px = sc.CROP_SPACING_MM**2
+    for thr in (0.3, 0.4, 0.5, 0.6):
+        out[f"dsca_p>{thr:g}"] = float(min((p > thr).sum() * px for p in fine.probs))
+    # AP through the fine sac's own centre column instead of the disc/body centre.
+    row = got[0].provenance.slice_index
+    n = fine.rows.index(row)
+    prob = fine.probs[n]
+    cols = np.arange(prob.shape[1])
+    col_c = float((prob.sum(axis=0) * cols).sum() / max(prob.sum(), 1e-9))
+    from cds.pipeline.sac_refine import crop_to_grid
+
+    grid_c = crop_to_grid(np.array([[0.0, col_c]]), fine.crops[n])[0, 1] * seg.label_spacing_mm[1]
+    a = axes[row]
+    shifted = list(axes)
+    shifted[row] = dc_replace(a, origin_mm=np.array([a.origin_mm[0], grid_c]))
+    got2 = canal_measurements(fine, seg.label_spacing_mm, shifted)
+    out["ap_soft_sac_line"] = got2[1].value if got2 else None
+    # AP on the thresholded fine map (edges at p = 0.5) along the disc/body line.
+    sp = (sc.CROP_SPACING_MM, sc.CROP_SPACING_MM)
+    from cds.pipeline.sac_refine import grid_to_crop
+
+    o = grid_to_crop(a.origin_mm / np.asarray(seg.label_spacing_mm), fine.crops[n]) * sc.CROP_SPACING_MM
+    out["ap_p>0.5_body_line"] = ms.chord_through(prob > 0.5, sp, o, a.posterior)[0]
+    # AP as the smallest over the refined rows (not on the narrowest-area row).
+    aps = []
+    for r, c, p in zip(fine.rows, fine.crops, fine.probs, strict=True):
+        oc = grid_to_crop(axes[r].origin_mm / np.asarray(seg.label_spacing_mm), c) * sc.CROP_SPACING_MM
+        aps.append(ms.soft_chord_mm(p, sp, oc, axes[r].posterior)[0])
+    out["ap_min_rows"] = float(min(aps))
+    # AP through the midpoint of the disc/body's left-right extent (a herniation moves the
+    # centroid toward its side, not the lateral extremes), and through the vertebral body only.
+    from cds.pipeline import axial as ax
+
+    for tag, mask in (
+        ("bbox", seg.mask(ax.DISC)[row] | seg.mask(ax.BODY)[row]),
+        ("bodybbox", seg.mask(ax.BODY)[row]),
+    ):
+        if mask.any():
+            main = ms.largest_component(mask)
+            cols_m = np.nonzero(main.any(axis=0))[0]
+            mid = 0.5 * (cols_m.min() + cols_m.max()) * seg.label_spacing_mm[1]
+            ax2 = list(axes)
+            ax2[row] = dc_replace(a, origin_mm=np.array([a.origin_mm[0], mid]))
+            g3 = canal_measurements(fine, seg.label_spacing_mm, ax2)
+            out[f"ap_soft_{tag}_line"] = g3[1].value if g3 else None
+    out["row_offset"] = float(row)
+    out["n_rows"] = float(len(fine.rows))
+    return out
+
+
+def _fine_oracle(truth: Any, vol: Any, seg: Any, fine: Any) -> Any:
+    """The new measurement on the generator's own label of the same crops (bilinear, soft): its
+    error against the truth is what is left once the network is perfect (slice sampling, line)."""
+    from cds.pipeline import axial as ax
+    from cds.pipeline import sac_crop as sc
+    from cds.pipeline.sac_refine import FineSac
+
+    raw = truth.labels_of(vol.series_uid)
+    if raw is None or raw.shape != vol.shape or not fine.rows:
+        return None
+    lut = ax.class_of_gt()
+    probs = []
+    for row, crop in zip(fine.rows, fine.crops, strict=True):
+        sac = (lut[raw[seg.slice_indices[row]]] == ax.SAC).astype(np.float32)
+        probs.append(np.clip(sc.sample(sac, sc.native_coords(crop, seg.frames[row]), crop.size), 0, 1))
+    return FineSac(fine.rows, fine.crops, np.stack(probs))
+
+
+def fine_step(args: argparse.Namespace) -> int:
+    import torch
+
+    from cds.dicom import load_study
+    from cds.domain import Level
+    from cds.evaluation.truth import read_truth
+    from cds.pipeline import axial as ax
+    from cds.pipeline import measure as ms
+    from cds.pipeline import quick_read as qr
+    from cds.pipeline.sac_refine import refine_sac
+
+    torch.set_num_threads(args.threads)
+    records = load_records(args.cache, chosen(args))
+    if not records:
+        print("no collected records: run the collect step first", file=sys.stderr)
+        return 1
+    values: list[dict[str, Any]] = []
+    t_refine: list[float] = []
+    for rec in records:
+        study = load_study(args.data / rec["study"] / "dicom")
+        truth_labels = read_truth(args.data / rec["study"])
+        full = _full_segs(args.cache, rec["study"])
+        truth = rec["findings_truth"]["measurements"]
+        for level, lv in rec["levels"].items():
+            t = truth.get(level)
+            if t is None or lv["series_level"] != level:
+                continue
+            seg = _full(lv["seg"], full)
+            vol = _volume_of(study, seg)
+            if vol is None or seg.images.size == 0:
+                continue
+            t0 = time.perf_counter()
+            fine = refine_sac({level: (vol, seg)}, args.models_dir)[level]
+            t_refine.append(time.perf_counter() - t0)
+            old = qr.measure_level(seg, None, Level(level), lv["offsets_mm"]).by_condition
+            new = qr.measure_level(seg, None, Level(level), lv["offsets_mm"], fine).by_condition
+            sac, body = seg.mask(ax.SAC), seg.mask(ax.DISC) | seg.mask(ax.BODY)
+            axes = [
+                ms.axial_axes(
+                    body[i], sac[i], seg.label_spacing_mm, qr.POSTERIOR_RC, qr.LEFT_RC, use_shape=False
+                )
+                for i in range(sac.shape[0])
+            ]
+            row: dict[str, Any] = {
+                "study": rec["study"],
+                "level": level,
+                "truth_dsca": float(t["dsca_mm2"]),
+                "truth_ap": float(t["ap_diameter_mm"]),
+                "refined_rows": len(fine.rows),
+            }
+            for tag, got in (("old", old), ("new", new)):
+                for m in got[qr.Condition.SPINAL_CANAL]:
+                    if m.name.value in ("dsca_mm2", "ap_diameter_mm"):
+                        row[f"{tag}_{m.name.value}"] = float(m.value)
+            row.update(_fine_variants(fine, seg, axes))
+            oracle = _fine_oracle(truth_labels, vol, seg, fine)
+            if oracle is not None:
+                row.update({f"oracle_{k}": v for k, v in _fine_variants(oracle, seg, axes).items()})
+            values.append(row)
+    print(
+        f"{len(records)} validation studies, {len(values)} levels; refine_sac median "
+        f"{1000 * float(np.median(t_refine)):.1f} ms per level"
+    )
+
+    def stats(key: str, truth_key: str) -> dict[str, float]:
+        sel = [
+            v
+            for v in values
+            if v.get(key) is not None and not (truth_key == "truth_ap" and v[truth_key] == 0)
+        ]
+        err = np.array([v[key] - v[truth_key] for v in sel])
+        return {
+            "n": int(err.size),
+            "mae": float(np.abs(err).mean()),
+            "bias": float(err.mean()),
+            "p90_abs": float(np.percentile(np.abs(err), 90)),
+        }
+
+    dsca_keys = ["old_dsca_mm2", "new_dsca_mm2", *(k for k in values[0] if k.startswith("dsca_p>"))]
+    dsca_keys += ["oracle_dsca_soft", "oracle_dsca_p>0.5"]
+    ap_keys = [
+        "old_ap_diameter_mm",
+        "new_ap_diameter_mm",
+        "ap_soft_sac_line",
+        "ap_p>0.5_body_line",
+        "oracle_ap_soft_body_line",
+        "oracle_ap_soft_sac_line",
+        "ap_min_rows",
+        "oracle_ap_min_rows",
+        "ap_soft_bbox_line",
+        "oracle_ap_soft_bbox_line",
+        "ap_soft_bodybbox_line",
+        "oracle_ap_soft_bodybbox_line",
+    ]
+    summary = {k: stats(k, "truth_dsca") for k in dsca_keys} | {k: stats(k, "truth_ap") for k in ap_keys}
+    for k, st in summary.items():
+        print(
+            f"  {k:22} n={st['n']:4d} MAE={st['mae']:6.2f} bias={st['bias']:+6.2f}",
+            f"p90|e|={st['p90_abs']:6.2f}",
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"studies": len(records), "summary": summary, "values": values}, indent=1)
+        )
+    if args.figure:
+        _fine_figure(values, summary, args.figure)
+    return 0
+
+
+def _fine_figure(values: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 2, figsize=(10, 4.6))
+    for axp, (name, tkey, unit, lim) in zip(
+        axs,
+        (("dsca_mm2", "truth_dsca", "mm2", 250.0), ("ap_diameter_mm", "truth_ap", "mm", 20.0)),
+        strict=True,
+    ):
+        for tag, colour in (("old", "tab:orange"), ("new", "tab:blue")):
+            key = f"{tag}_{name}"
+            pts = [(v[tkey], v[key]) for v in values if v.get(key) is not None and v[tkey] > 0]
+            x, y = np.array(pts).T
+            st = summary[key]
+            source = "axial_seg" if tag == "old" else "refine_sac"
+            label = f"{source}: MAE {st['mae']:.2f}, bias {st['bias']:+.2f}"
+            axp.scatter(x, y, s=9, alpha=0.6, color=colour, label=label)
+        axp.plot([0, lim], [0, lim], "k--", lw=0.8)
+        axp.set_xlim(0, lim)
+        axp.set_ylim(0, lim)
+        axp.set_xlabel(f"generator truth ({unit})")
+        axp.set_ylabel(f"measured ({unit})")
+        axp.set_title(name)
+        axp.legend(loc="upper left", fontsize=8)
+    fig.suptitle("Validation (synth-train split 'validation', studies axial_seg never saw)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("step", choices=("collect", "report", "policy"))
+    parser.add_argument("step", choices=("collect", "report", "policy", "fine"))
     parser.add_argument("--data", type=Path, default=Path("/work/data/synth-train"))
     parser.add_argument("--split", default="validation", choices=("train", "validation"))
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -512,10 +762,12 @@ def main(argv: list[str] | None = None) -> int:
         "--all-studies", action="store_true", help="include studies the axial U-Net was trained on"
     )
     parser.add_argument("--json", type=Path, help="write the summary here")
+    parser.add_argument("--figure", type=Path, help="fine: draw old vs new errors to this PNG")
+    parser.add_argument("--threads", type=int, default=1, help="fine: torch CPU threads")
     args = parser.parse_args(argv)
     if "synth-test" in str(args.data):
         parser.error("the evaluation split is never used for analysis or tuning")
-    return {"collect": collect, "report": report, "policy": policy}[args.step](args)
+    return {"collect": collect, "report": report, "policy": policy, "fine": fine_step}[args.step](args)
 
 
 if __name__ == "__main__":
