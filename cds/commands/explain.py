@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             targets=targets,
             models_dir=args.models_dir,
             foramina=traced.foramina,
+            recesses=traced.recesses,
         )
         gradcam_ms = sum(made.timings_ms.values())
         notes = made.notes()

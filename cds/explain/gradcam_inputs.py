@@ -27,9 +27,11 @@ if TYPE_CHECKING:
     from cds.dicom.study import Study
     from cds.dicom.volume import Volume
     from cds.explain.gradcam_foramen import ForamenInput
+    from cds.explain.gradcam_subarticular import RecessInput
     from cds.pipeline.classify import LevelProbabilities
     from cds.pipeline.foraminal import ForaminalReading
     from cds.pipeline.quick_read import DiscLocation, Stages
+    from cds.pipeline.subarticular import SubarticularReading
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class TracedRead:
     #: The foraminal model's inputs (cds.explain.gradcam_foramen), when that stage ran: the
     #: foraminal findings it graded are explained from these, never from the classifier's crops.
     foramina: Mapping[tuple[Level, Side], ForamenInput] = field(default_factory=dict)
+    #: The subarticular model's inputs (cds.explain.gradcam_subarticular), when that stage ran:
+    #: the lateral recess findings it graded are explained from these.
+    recesses: Mapping[tuple[Level, Side], RecessInput] = field(default_factory=dict)
 
 
 def level_input(level: Level, seg: ax.AxialSegmentation, volume: Volume) -> LevelInput:
@@ -108,7 +113,23 @@ def traced_quick_read(
             read_foramina.append((sagittal, discs))
         return readings
 
-    traced = replace(base, segment_axial=segment_axial, classify=classify, foraminal=foraminal)
+    read_recesses: list[
+        tuple[Mapping[Level, ax.AxialSegmentation], Mapping[Level, Sequence[float] | None]]
+    ] = []
+
+    def subarticular(
+        segs: Mapping[Level, ax.AxialSegmentation],
+        offsets: Mapping[Level, Sequence[float] | None],
+        mdir: Path | None,
+    ) -> Mapping[tuple[Level, Side], SubarticularReading]:
+        readings = base.subarticular(segs, offsets, mdir)
+        if readings:
+            read_recesses.append((segs, offsets))
+        return readings
+
+    traced = replace(
+        base, segment_axial=segment_axial, classify=classify, foraminal=foraminal, subarticular=subarticular
+    )
     start = time.perf_counter()
     result = quick_read(study, models_dir=models_dir, stages=traced)
     seconds = time.perf_counter() - start
@@ -123,4 +144,11 @@ def traced_quick_read(
         sagittal, discs = read_foramina[-1]
         centres = {lv: d.centre for lv, d in discs.items()}
         foramina = foramen_inputs(sagittal, centres, {lv: d.normal for lv, d in discs.items()})
-    return TracedRead(result, inputs, seconds, foramina)
+    recesses = {}
+    if read_recesses:
+        from cds.explain.gradcam_subarticular import recess_inputs
+
+        segs, offsets = read_recesses[-1]
+        volumes = {lv: next(v for s, v in seen if s is seg) for lv, seg in segs.items()}
+        recesses = recess_inputs(segs, offsets, volumes)
+    return TracedRead(result, inputs, seconds, foramina, recesses)

@@ -146,6 +146,7 @@ def heatmaps_for_study(
     targets: Sequence[CamTarget] | None = None,
     models_dir: Path | None = None,
     foramina: Mapping[Any, Any] | None = None,
+    recesses: Mapping[Any, Any] | None = None,
 ) -> StudyHeatmaps:
     """Grad-CAM for ``targets`` (default: the moderate/severe findings) in one batched pass;
     writes ``<level>_<condition>.png`` and ``.npz`` under ``out_dir``. Targets at levels that
@@ -154,14 +155,21 @@ def heatmaps_for_study(
     Foraminal findings graded by the foraminal model (``foraminal`` in the analysis's model
     versions) are explained by that model's Grad-CAM on its parasagittal crops (``foramina``,
     from the traced read; cds.explain.gradcam_foramen), never by the classifier's; without
-    ``foramina`` they get no heatmap."""
+    ``foramina`` they get no heatmap. Likewise lateral recess findings graded by the subarticular
+    model (``subarticular`` in the model versions) get that model's Grad-CAM on its recess crops
+    (``recesses``; cds.explain.gradcam_subarticular) or none."""
     from cds.explain.gradcam_foramen import SIDE_OF, foramen_heatmaps
+    from cds.explain.gradcam_subarticular import SIDE_OF as RECESS_SIDE_OF
+    from cds.explain.gradcam_subarticular import recess_heatmaps
     from cds.ml.classifier import load_classifier
     from cds.pipeline.classify import MODEL_NAME
 
     chosen = list(select_targets(result) if targets is None else targets)
     by_foramen_model = [t for t in chosen if t.condition in SIDE_OF and "foraminal" in result.model_versions]
-    chosen = [t for t in chosen if t not in by_foramen_model]
+    by_recess_model = [
+        t for t in chosen if t.condition in RECESS_SIDE_OF and "subarticular" in result.model_versions
+    ]
+    chosen = [t for t in chosen if t not in by_foramen_model and t not in by_recess_model]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     crops = {lv: i.crop for lv, i in inputs.items()}
@@ -174,6 +182,10 @@ def heatmaps_for_study(
     t2 = time.perf_counter()
     heatmaps += foramen_heatmaps(result, foramina or {}, by_foramen_model, out_dir, models_dir=models_dir)
     timings["gradcam_foramen_ms"] = (time.perf_counter() - t2) * 1000.0
+    if by_recess_model:
+        t3 = time.perf_counter()
+        heatmaps += recess_heatmaps(result, recesses or {}, by_recess_model, out_dir, models_dir=models_dir)
+        timings["gradcam_subarticular_ms"] = (time.perf_counter() - t3) * 1000.0
     return StudyHeatmaps(heatmaps, timings)
 
 

@@ -103,7 +103,9 @@ def store_explanation(
     if out_dir.exists():  # a re-run replaces, never mixes, the files of an earlier attempt
         shutil.rmtree(out_dir)
     targets = [t for t in select_targets(stored) if t.level in traced.inputs]
-    heatmaps = heatmaps_for_study(stored, traced.inputs, out_dir, targets=targets, foramina=traced.foramina)
+    heatmaps = heatmaps_for_study(
+        stored, traced.inputs, out_dir, targets=targets, foramina=traced.foramina, recesses=traced.recesses
+    )
     rationale = write_rationale(stored.to_json()["levels"], heatmaps.notes(), settings=settings)
     records = {h.key: h.record(settings.data_dir) for h in heatmaps.heatmaps}
     with db.session() as s:

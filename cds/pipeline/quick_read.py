@@ -2,7 +2,8 @@
 
     models -> sagittal segmentation -> level labelling -> axial slice-to-level mapping
     -> axial segmentation -> [fine dural sac, when a stage is given] -> measurements -> classification
-    -> foraminal model (parasagittal sagittal-T2 crops; replaces the foraminal estimates) -> grading
+    -> foraminal model (parasagittal sagittal-T2 crops; replaces the foraminal estimates)
+    -> subarticular model (fine axial recess crops; replaces the subarticular estimates) -> grading
 
 Each stage runs inside :func:`_stage`, which times it (``timings_ms``) and turns any unexpected
 exception into a :class:`StageError` naming the stage, so a failed analysis always says where
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from cds.pipeline.levels import LevelLabelling
     from cds.pipeline.sac_refine import FineSac
     from cds.pipeline.segment import SagittalMasks
+    from cds.pipeline.subarticular import SubarticularReading
 
 #: Canonical-grid directions (see cds.pipeline.axial): rows run posterior, columns run patient left.
 POSTERIOR_RC = (1.0, 0.0)
@@ -398,6 +400,13 @@ class Stages:
     refine_sac: Callable[
         [Mapping[Level, tuple[Volume, ax.AxialSegmentation]], Path | None], Mapping[Level, FineSac]
     ] = lambda _levels, _m: {}
+    #: Lateral recess readings from the subarticular model (cds.pipeline.subarticular), from the
+    #: axial segmentations and each level's slice offsets from the disc; the default (no readings)
+    #: keeps the classifier's subarticular estimates, for stand-in stages in tests.
+    subarticular: Callable[
+        [Mapping[Level, ax.AxialSegmentation], Mapping[Level, Sequence[float] | None], Path | None],
+        Mapping[tuple[Level, Side], SubarticularReading],
+    ] = lambda _s, _o, _m: {}
 
 
 def _load_models(models_dir: Path | None) -> dict[str, str]:
@@ -498,6 +507,40 @@ def _with_foramina(
     return replace(probabilities, estimates=estimates), LevelMeasurements(groups)
 
 
+def _subarticular(
+    segs: Mapping[Level, ax.AxialSegmentation],
+    offsets: Mapping[Level, Sequence[float] | None],
+    models_dir: Path | None,
+) -> Mapping[tuple[Level, Side], SubarticularReading]:
+    from cds.pipeline.subarticular import estimate_recesses
+
+    return estimate_recesses(segs, offsets, models_dir=models_dir)
+
+
+def _with_recesses(
+    probabilities: LevelProbabilities,
+    measured: LevelMeasurements,
+    readings: Mapping[tuple[Level, Side], SubarticularReading],
+) -> tuple[LevelProbabilities, LevelMeasurements]:
+    """One level's estimates with the subarticular model's severity estimate in place of the
+    classifier's for each recess it read. The measured recess depth stays the finding's measurement
+    (shown, and a rule grade that differs flags the finding uncertain), unless the model card says
+    the model's estimated depth grades better (then that estimate, labelled model-estimated, is the
+    measurement)."""
+    estimates = dict(probabilities.estimates)
+    groups = dict(measured.by_condition)
+    for side, condition in (
+        (Side.LEFT, Condition.LEFT_SUBARTICULAR),
+        (Side.RIGHT, Condition.RIGHT_SUBARTICULAR),
+    ):
+        reading = readings.get((probabilities.level, side))
+        if reading is not None:
+            estimates[condition] = reading.estimate
+            if reading.depth.reliable:
+                groups[condition] = (reading.depth,)
+    return replace(probabilities, estimates=estimates), LevelMeasurements(groups)
+
+
 DEFAULT_STAGES = Stages(
     _load_models,
     _segment_sagittal,
@@ -577,14 +620,12 @@ def _analyse(
     with _stage(clock, "refine_sac"):
         fine = stages.refine_sac({lv: (per_level[lv].volume, seg) for lv, seg in segs.items()}, models_dir)
     with _stage(clock, "measure"):
+        offsets = {
+            lv: slice_offsets_mm(per_level[lv].volume, seg.slice_indices, discs[lv]) if lv in discs else None
+            for lv, seg in segs.items()
+        }
         measured = {
-            lv: measure_level(
-                seg,
-                discs[lv].height if lv in discs else None,
-                lv,
-                slice_offsets_mm(per_level[lv].volume, seg.slice_indices, discs[lv]) if lv in discs else None,
-                fine.get(lv),
-            )
+            lv: measure_level(seg, discs[lv].height if lv in discs else None, lv, offsets[lv], fine.get(lv))
             for lv, seg in segs.items()
         }
     with _stage(clock, "classify"):
@@ -598,6 +639,10 @@ def _analyse(
         readings = stages.foraminal(sagittal, {lv: discs[lv] for lv in segs if lv in discs}, models_dir)
         for lv in segs:
             probabilities[lv], measured[lv] = _with_foramina(probabilities[lv], measured[lv], readings)
+    with _stage(clock, "subarticular"):
+        recesses = stages.subarticular(segs, offsets, models_dir)
+        for lv in segs:
+            probabilities[lv], measured[lv] = _with_recesses(probabilities[lv], measured[lv], recesses)
     with _stage(clock, "grade"):
         findings: list[Finding] = []
         for lv in sorted(segs, key=lambda x: x.index):

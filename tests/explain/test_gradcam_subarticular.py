@@ -95,3 +95,31 @@ def test_heatmaps_of_both_recesses_in_one_pass_with_peaks_on_the_native_slice(tm
         if h.peak_mm is not None:  # a peak lies on the slice the map was drawn on
             k = volume.patient_to_voxel(np.asarray(h.peak_mm))[0]
             assert k == pytest.approx(h.slice_index, abs=1e-6)
+
+
+def test_recess_findings_of_the_subarticular_model_get_its_heatmaps_not_the_classifiers(
+    tmp_path: Path,
+) -> None:
+    """heatmaps_for_study routes lateral recess findings graded by the subarticular model to that
+    model's Grad-CAM; without its recess inputs they get no heatmap at all (never the classifier's)."""
+    from cds.domain import AnalysisResult, AnalysisStatus
+    from cds.explain.gradcam import CamTarget
+    from cds.explain.gradcam_study import heatmaps_for_study
+
+    root = write_model(tmp_path / "models")
+    seg, volume = axial_level()
+    inputs = gs.recess_inputs({Level.L4_L5: seg}, {Level.L4_L5: None}, {Level.L4_L5: volume})
+    result = AnalysisResult(
+        status=AnalysisStatus.COMPLETE, model_versions={"subarticular": "subarticular@0.0.1"}
+    )
+    target = CamTarget(Level.L4_L5, Condition.RIGHT_SUBARTICULAR)
+    # no classifier inputs at all: a classifier map would need them, so any heatmap is the model's
+    made = heatmaps_for_study(
+        result, {}, tmp_path / "out", targets=[target], models_dir=root, recesses=inputs
+    )
+    ((h,),) = (made.heatmaps,)
+    assert (h.level, h.condition) == (Level.L4_L5, Condition.RIGHT_SUBARTICULAR)
+    assert "gradcam_subarticular_ms" in made.timings_ms
+    assert np.load(h.raw)["crop_coords"].shape == (2, rc.SIZE, rc.SIZE)  # drawn from the recess crop
+    none = heatmaps_for_study(result, {}, tmp_path / "out2", targets=[target], models_dir=root)
+    assert none.heatmaps == ()

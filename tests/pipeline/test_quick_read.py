@@ -3,6 +3,7 @@ the model-backed steps (segmentation, classification, model loading) are faked a
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,13 +13,14 @@ import pytest
 from cds.dicom.selection import SeriesKind
 from cds.dicom.study import Study
 from cds.dicom.volume import Volume
-from cds.domain import AnalysisStatus, Condition, Grade, Level, MeasurementName
+from cds.domain import AnalysisStatus, Condition, Grade, Level, MeasurementName, Side
 from cds.errors import ModelError, StageError
 from cds.pipeline import axial as ax
 from cds.pipeline import quick_read as qr
 from cds.pipeline.classify import LevelProbabilities
 from cds.pipeline.grade import SeverityEstimate
 from cds.pipeline.segment import SagittalMasks
+from cds.pipeline.subarticular import SubarticularReading, depth_measurement
 
 DISC_ROWS = (20, 50, 80, 110, 140)  # sagittal rows of the five disc centres (1 mm pixels, z = 200 - row)
 Z0 = 200.0
@@ -249,3 +251,49 @@ def test_foraminal_ratio_is_reported_only_once_validated(monkeypatch: pytest.Mon
     assert left.name is MeasurementName.FORAMINAL_AREA_RATIO and left.reliable and left.value > 0
     assert left.provenance.slice_index in (1, 2, 3)  # native slice index, not the row
     assert not right.reliable  # no foramen drawn on the right
+
+
+def _recess_reading(
+    level: Level, side: Side, estimate: SeverityEstimate, depth_mm: float, reliable: bool
+) -> SubarticularReading:
+
+    return SubarticularReading(level, side, estimate, depth_measurement(depth_mm, side, 2, "9.9.9", reliable))
+
+
+def test_subarticular_stage_replaces_the_classifiers_recess_estimates() -> None:
+    """The subarticular model's estimate decides the recess grade in place of the classifier's; the
+    measured depth stays the finding's measurement unless the model's depth is validated."""
+    seen: list[tuple[set[Level], dict[Level, Sequence[float] | None]]] = []
+
+    def subarticular(
+        segs: Mapping[Level, ax.AxialSegmentation],
+        offsets: Mapping[Level, Sequence[float] | None],
+        _m: Path | None,
+    ) -> dict[tuple[Level, Side], SubarticularReading]:
+        seen.append((set(segs), dict(offsets)))
+        return {
+            (Level.L4_L5, Side.LEFT): _recess_reading(Level.L4_L5, Side.LEFT, NORMAL, 7.5, reliable=False),
+            (Level.L4_L5, Side.RIGHT): _recess_reading(Level.L4_L5, Side.RIGHT, NORMAL, 7.5, reliable=True),
+        }
+
+    sag = sagittal_volume()
+    result = qr.quick_read(
+        study(sag, axial_volume(Z0 - DISC_ROWS[3])), stages=stages(subarticular=subarticular)
+    )
+    assert result.status is AnalysisStatus.COMPLETE
+    ((levels, offsets),) = seen
+    assert levels == {Level.L4_L5} and offsets[Level.L4_L5] is not None  # slice offsets from the disc
+    left = result.finding(Level.L4_L5, Condition.LEFT_SUBARTICULAR)
+    right = result.finding(Level.L4_L5, Condition.RIGHT_SUBARTICULAR)
+    assert left is not None and right is not None
+    # classifier said severe; the recess model says normal and decides (GradingPolicy: MODEL)
+    assert left.grade is Grade.NORMAL_MILD and right.grade is Grade.NORMAL_MILD
+    # left: the measured 4 mm (rule moderate) is still shown and its disagreement flags the finding
+    assert left.measurements[MeasurementName.LATERAL_RECESS_DEPTH_MM] == pytest.approx(4.0, abs=0.45)
+    assert left.uncertain
+    # right: the validated model-estimated depth replaces the measurement (7.5 mm: rule agrees)
+    assert right.measurements[MeasurementName.LATERAL_RECESS_DEPTH_MM] == pytest.approx(7.5)
+    assert not right.uncertain
+    canal = result.finding(Level.L4_L5, Condition.SPINAL_CANAL)
+    assert canal is not None and canal.grade is Grade.SEVERE  # other conditions untouched
+    assert "subarticular" in result.timings_ms
