@@ -75,9 +75,16 @@ def pipeline_models() -> tuple[str, ...]:
     missing from both). tests/evaluation/test_pipeline_models.py fails when the quick read loads
     a model that is not listed here; models named by the records themselves are added to the
     report in any case (:func:`models_used`)."""
-    from cds.pipeline import axial, classify, foraminal, segment
+    from cds.pipeline import axial, classify, foraminal, sac_refine, segment, subarticular
 
-    return (segment.MODEL_NAME, axial.MODEL_NAME, classify.MODEL_NAME, foraminal.MODEL_NAME)
+    return (
+        segment.MODEL_NAME,
+        axial.MODEL_NAME,
+        sac_refine.MODEL_NAME,
+        classify.MODEL_NAME,
+        foraminal.MODEL_NAME,
+        subarticular.MODEL_NAME,
+    )
 
 
 def models_used(records: Iterable[Mapping[str, Any]]) -> list[str]:

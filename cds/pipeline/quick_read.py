@@ -1,7 +1,8 @@
 """quick_read(study): the whole analysis in one readable function over typed stage results.
 
     models -> sagittal segmentation -> level labelling -> axial slice-to-level mapping
-    -> axial segmentation -> [fine dural sac, when a stage is given] -> measurements -> classification
+    -> axial segmentation -> fine dural sac (0.4 mm crops at the narrowest slices)
+    -> measurements -> classification
     -> foraminal model (parasagittal sagittal-T2 crops; replaces the foraminal estimates)
     -> subarticular model (fine axial recess crops; replaces the subarticular estimates) -> grading
 
@@ -30,7 +31,7 @@ from cds.domain import AnalysisResult, AnalysisStatus, Condition, Finding, Level
 from cds.errors import CdsError, IngestError, StageError
 from cds.pipeline import axial as ax
 from cds.pipeline import measure as ms
-from cds.pipeline.grade import DEFAULT_POLICY, GradingPolicy, grade_level
+from cds.pipeline.grade import DEFAULT_POLICY, Decider, GradingPolicy, grade_level
 
 if TYPE_CHECKING:
     from cds.dicom.study import Study
@@ -395,8 +396,7 @@ class Stages:
         [Volume, Mapping[Level, DiscLocation], Path | None], Mapping[tuple[Level, Side], ForaminalReading]
     ] = lambda _v, _d, _m: {}
     #: Fine dural sac probabilities per level (cds.pipeline.sac_refine) for the DSCA and AP
-    #: diameter. Not in DEFAULT_STAGES: no sac_fine model is trained and shipped yet, so both are
-    #: measured on axial_seg's sac (the default returns no fine maps).
+    #: diameter; the default (no fine maps) measures both on axial_seg's sac, for stand-in stages.
     refine_sac: Callable[
         [Mapping[Level, tuple[Volume, ax.AxialSegmentation]], Path | None], Mapping[Level, FineSac]
     ] = lambda _levels, _m: {}
@@ -423,6 +423,13 @@ def _load_models(models_dir: Path | None) -> dict[str, str]:
     from cds.pipeline import foraminal
 
     versions[foraminal.MODEL_NAME] = load_foraminal(foraminal.MODEL_NAME, models_dir).spec.tag
+    from cds.pipeline import sac_refine
+
+    versions[sac_refine.MODEL_NAME] = load_model(sac_refine.MODEL_NAME, models_dir).spec.tag
+    from cds.ml.subarticular import load_subarticular
+    from cds.pipeline import subarticular
+
+    versions[subarticular.MODEL_NAME] = load_subarticular(subarticular.MODEL_NAME, models_dir).spec.tag
     return versions
 
 
@@ -469,6 +476,14 @@ def _assign_axial(
 
 def _segment_axial(volume: Volume, indices: Sequence[int], models_dir: Path | None) -> ax.AxialSegmentation:
     return ax.segment_level(np.asarray(volume.array), volume.affine, indices, models_dir=models_dir)
+
+
+def _refine_sac(
+    levels: Mapping[Level, tuple[Volume, ax.AxialSegmentation]], models_dir: Path | None
+) -> Mapping[Level, FineSac]:
+    from cds.pipeline.sac_refine import refine_sac
+
+    return refine_sac(levels, models_dir)
 
 
 def _classify(
@@ -524,9 +539,9 @@ def _with_recesses(
 ) -> tuple[LevelProbabilities, LevelMeasurements]:
     """One level's estimates with the subarticular model's severity estimate in place of the
     classifier's for each recess it read. The measured recess depth stays the finding's measurement
-    (shown, and a rule grade that differs flags the finding uncertain), unless the model card says
-    the model's estimated depth grades better (then that estimate, labelled model-estimated, is the
-    measurement)."""
+    (shown, and a rule grade that differs flags the finding uncertain), unless the model card
+    validated the model's estimated depth for grading: then that estimate, labelled
+    model-estimated, is the measurement (and :func:`_recess_policy` lets its rule decide)."""
     estimates = dict(probabilities.estimates)
     groups = dict(measured.by_condition)
     for side, condition in (
@@ -541,6 +556,21 @@ def _with_recesses(
     return replace(probabilities, estimates=estimates), LevelMeasurements(groups)
 
 
+def _recess_policy(
+    policy: GradingPolicy, readings: Mapping[tuple[Level, Side], SubarticularReading]
+) -> GradingPolicy:
+    """The policy for this study's recesses: where the subarticular model's card validated its
+    estimated depth for grading (``grade_from_depth_rule``: the FINDINGS.md rule on it had the
+    higher kappa on the validation recesses), that rule decides both recess conditions, with the
+    model's ordinal heads as the second opinion that flags disagreement; otherwise the policy as
+    given (the heads decide)."""
+    if not any(r.depth.reliable for r in readings.values()):
+        return policy
+    return policy.with_deciders(
+        {Condition.LEFT_SUBARTICULAR: Decider.RULE, Condition.RIGHT_SUBARTICULAR: Decider.RULE}
+    )
+
+
 DEFAULT_STAGES = Stages(
     _load_models,
     _segment_sagittal,
@@ -549,6 +579,8 @@ DEFAULT_STAGES = Stages(
     _segment_axial,
     _classify,
     _foraminal,
+    refine_sac=_refine_sac,
+    subarticular=_subarticular,
 )
 
 
@@ -643,6 +675,7 @@ def _analyse(
         recesses = stages.subarticular(segs, offsets, models_dir)
         for lv in segs:
             probabilities[lv], measured[lv] = _with_recesses(probabilities[lv], measured[lv], recesses)
+        policy = _recess_policy(policy, recesses)
     with _stage(clock, "grade"):
         findings: list[Finding] = []
         for lv in sorted(segs, key=lambda x: x.index):
