@@ -260,10 +260,14 @@ def _recess_reading(
     return SubarticularReading(level, side, estimate, depth_measurement(depth_mm, side, 2, "9.9.9", reliable))
 
 
-def test_subarticular_stage_replaces_the_classifiers_recess_estimates() -> None:
-    """The subarticular model's estimate decides the recess grade in place of the classifier's; the
-    measured depth stays the finding's measurement unless the model's depth is validated."""
+@pytest.mark.parametrize("validated_depth", [False, True])
+def test_subarticular_stage_replaces_the_classifiers_recess_estimates(validated_depth: bool) -> None:
+    """The subarticular model's estimate replaces the classifier's. Without a validated depth its
+    ordinal heads decide and the measured depth stays the measurement; where its card validated the
+    estimated depth for grading, that depth is the measurement and its rule decides."""
     seen: list[tuple[set[Level], dict[Level, Sequence[float] | None]]] = []
+    # model: left moderate, right normal; its estimated depths: left 2.5 mm (rule severe), right 7.5 mm
+    moderate = SeverityEstimate(p_present=0.9, p_severe=0.1)
 
     def subarticular(
         segs: Mapping[Level, ax.AxialSegmentation],
@@ -272,8 +276,8 @@ def test_subarticular_stage_replaces_the_classifiers_recess_estimates() -> None:
     ) -> dict[tuple[Level, Side], SubarticularReading]:
         seen.append((set(segs), dict(offsets)))
         return {
-            (Level.L4_L5, Side.LEFT): _recess_reading(Level.L4_L5, Side.LEFT, NORMAL, 7.5, reliable=False),
-            (Level.L4_L5, Side.RIGHT): _recess_reading(Level.L4_L5, Side.RIGHT, NORMAL, 7.5, reliable=True),
+            (Level.L4_L5, Side.LEFT): _recess_reading(Level.L4_L5, Side.LEFT, moderate, 2.5, validated_depth),
+            (Level.L4_L5, Side.RIGHT): _recess_reading(Level.L4_L5, Side.RIGHT, NORMAL, 7.5, validated_depth),
         }
 
     sag = sagittal_volume()
@@ -286,14 +290,20 @@ def test_subarticular_stage_replaces_the_classifiers_recess_estimates() -> None:
     left = result.finding(Level.L4_L5, Condition.LEFT_SUBARTICULAR)
     right = result.finding(Level.L4_L5, Condition.RIGHT_SUBARTICULAR)
     assert left is not None and right is not None
-    # classifier said severe; the recess model says normal and decides (GradingPolicy: MODEL)
-    assert left.grade is Grade.NORMAL_MILD and right.grade is Grade.NORMAL_MILD
-    # left: the measured 4 mm (rule moderate) is still shown and its disagreement flags the finding
-    assert left.measurements[MeasurementName.LATERAL_RECESS_DEPTH_MM] == pytest.approx(4.0, abs=0.45)
-    assert left.uncertain
-    # right: the validated model-estimated depth replaces the measurement (7.5 mm: rule agrees)
-    assert right.measurements[MeasurementName.LATERAL_RECESS_DEPTH_MM] == pytest.approx(7.5)
-    assert not right.uncertain
+    depth = MeasurementName.LATERAL_RECESS_DEPTH_MM
+    if validated_depth:
+        # the rule on the model's depth decides; the heads disagree on the left: flagged
+        assert left.measurements[depth] == pytest.approx(2.5) and right.measurements[depth] == pytest.approx(
+            7.5
+        )
+        assert left.grade is Grade.SEVERE and left.uncertain
+        assert right.grade is Grade.NORMAL_MILD and not right.uncertain
+    else:
+        # the heads decide (the classifier said severe everywhere); the measured 4 mm is shown and
+        # its rule (moderate) flags where it differs
+        assert left.measurements[depth] == pytest.approx(4.0, abs=0.45)
+        assert left.grade is Grade.MODERATE and not left.uncertain
+        assert right.grade is Grade.NORMAL_MILD and right.uncertain
     canal = result.finding(Level.L4_L5, Condition.SPINAL_CANAL)
     assert canal is not None and canal.grade is Grade.SEVERE  # other conditions untouched
     assert "subarticular" in result.timings_ms
