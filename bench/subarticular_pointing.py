@@ -14,6 +14,7 @@ agree; other levels are counted under ``skipped``). Default studies: the VALIDAT
 
 Run (about 5-10 s a study on 2 shared cores):
     nice -n 10 .venv/bin/python bench/subarticular_pointing.py --out /tmp/subarticular_pointing.json
+    nice -n 10 .venv/bin/python bench/subarticular_pointing.py --data /work/data/synth-test --part all --n 30
 """
 
 from __future__ import annotations
@@ -120,14 +121,25 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--part", default="validation", help="part of split.json to score")
+    parser.add_argument(
+        "--part",
+        default="validation",
+        help="part of split.json to score; 'all': every study folder, sorted (the evaluation's order: "
+        "--data /work/data/synth-test --part all --n 30 are the evaluation's faithfulness studies)",
+    )
     parser.add_argument("--n", type=int, default=0, help="first N studies of the part (0 = all)")
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("/tmp/subarticular_pointing.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    names = json.loads((args.data / "split.json").read_text())[args.part]
+    if args.part == "all":
+        names = sorted(p.name for p in args.data.iterdir() if (p / "truth" / "findings.json").is_file())
+    else:
+        parts = json.loads((args.data / "split.json").read_text())
+        if args.part not in parts:
+            parser.error(f"split.json has no {args.part!r} part")
+        names = parts[args.part]
     names = names[: args.n or None]
     rows: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}

@@ -13,10 +13,11 @@ Conventions, stated once because every figure depends on them (the report lists 
   it was given, exactly as a clinician would read the report. The same figures restricted to
   correctly identified levels are given next to them, to separate labelling errors from
   grading errors. Coverage (the share of truth pairs that got a finding) is reported beside.
-* AUROC, sensitivity/specificity and calibration use the classifier's calibrated P(present);
-  kappa and the confusion matrices use the grade the product reports (hybrid rule + model); the
-  weighted log loss uses the classifier's three-grade distribution (1 - p_present,
-  p_present - p_severe, p_severe).
+* AUROC, sensitivity/specificity and calibration use the learned model's calibrated P(present)
+  that the product reports for the condition (the foraminal model's for foraminal conditions, the
+  subarticular model's for lateral recess ones, the classifier's for the canal); kappa and the
+  confusion matrices use the grade the product reports (hybrid rule + model); the weighted log
+  loss uses that model's three-grade distribution (1 - p_present, p_present - p_severe, p_severe).
 * 95 % intervals: percentile bootstrap over studies (studies resampled with replacement).
 """
 

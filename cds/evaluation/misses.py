@@ -83,7 +83,7 @@ def _severity_note(c: Condition, metrics: Mapping[str, Any]) -> str:
     cm = sv.get("confusion_matrix")
     text = (
         f"{c.value}: kappa {_f(sv.get('kappa'))} (reported grade), {_f(sv.get('kappa_model_only'))} "
-        f"(classifier alone), {_f((sv.get('correct_levels_only') or {}).get('kappa'))} on correctly "
+        f"(learned model alone), {_f((sv.get('correct_levels_only') or {}).get('kappa'))} on correctly "
         "identified levels."
     )
     if cm:

@@ -69,6 +69,12 @@ class StageRecord:
         call = self._last("foraminal")
         return {key: reading.estimate for key, reading in call.result.items()} if call else {}
 
+    def subarticular(self) -> Mapping[tuple[Level, Side], SeverityEstimate]:
+        """The subarticular model's estimates per (level, side), which replace the classifier's
+        lateral recess estimates in the findings (empty when the stage gave none)."""
+        call = self._last("subarticular")
+        return {key: reading.estimate for key, reading in call.result.items()} if call else {}
+
 
 def _wrap(name: str, fn: Callable[..., Any], record: StageRecord) -> Callable[..., Any]:
     def wrapped(*args: Any) -> Any:

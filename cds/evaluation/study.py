@@ -222,11 +222,16 @@ def _axial_overlays(truth: StudyTruth, record: StageRecord, out_dir: Path, study
 # ----------------------------------------------------------------------------------------------
 
 
+FORAMINAL = (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL)
+SUBARTICULAR = (Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR)
+
+
 def compare_findings(truth: StudyTruth, analysis: Any, record: StageRecord) -> dict[str, Any]:
     """Per level: analysed?, per condition truth vs reported grade + classifier probabilities,
     measurements next to the generator's."""
     probabilities = record.probabilities()
-    foraminal = record.foraminal()  # the foraminal model's estimates replace the classifier's
+    # the foraminal and subarticular models' estimates replace the classifier's for their conditions
+    by_model = ((FORAMINAL, record.foraminal()), (SUBARTICULAR, record.subarticular()))
     out: dict[str, Any] = {}
     for level in Level:
         conditions: dict[str, Any] = {}
@@ -236,8 +241,9 @@ def compare_findings(truth: StudyTruth, analysis: Any, record: StageRecord) -> d
             finding = analysis.finding(level, condition)
             est = estimates.estimates.get(condition) if estimates else None
             side = condition.side
-            if condition in (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL) and side is not None:
-                est = foraminal.get((level, side), est)
+            for family, estimates_of_model in by_model:
+                if condition in family and side is not None:
+                    est = estimates_of_model.get((level, side), est)
             conditions[condition.value] = {
                 "truth": true_grade.value if true_grade else None,
                 "grade": finding.grade.value if finding else None,

@@ -77,7 +77,14 @@ def test_evaluate_writes_metrics_and_report_then_reuses_the_cache(
         assert key in metrics, key
     assert metrics["data"]["n_studies"] == 2
     assert metrics["data"]["overlap"]["overlapping"] == []
-    assert set(metrics["models"]) == {"sagittal_seg", "axial_seg", "classifier", "foraminal"}
+    assert set(metrics["models"]) == {
+        "sagittal_seg",
+        "axial_seg",
+        "sac_fine",
+        "classifier",
+        "foraminal",
+        "subarticular",
+    }
     assert all(len(v["sha256"]) == 64 for v in metrics["models"].values())
     assert set(metrics["segmentation"]["spider"]["per_patient"]) == {
         str(read_card("sagittal_seg").training["spider"]["held_out_patients"][0])

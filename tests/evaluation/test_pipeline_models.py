@@ -15,6 +15,7 @@ def test_every_model_the_quick_read_loads_is_listed(monkeypatch: pytest.MonkeyPa
     import cds.ml.classifier
     import cds.ml.foraminal
     import cds.ml.loading
+    import cds.ml.subarticular
     from cds.pipeline import quick_read
 
     loaded: list[str] = []
@@ -26,11 +27,12 @@ def test_every_model_the_quick_read_loads_is_listed(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(cds.ml.loading, "load_model", fake)
     monkeypatch.setattr(cds.ml.classifier, "load_classifier", fake)
     monkeypatch.setattr(cds.ml.foraminal, "load_foraminal", fake)
+    monkeypatch.setattr(cds.ml.subarticular, "load_subarticular", fake)
     versions = quick_read._load_models(None)
     assert set(loaded) == set(versions)
     missing = set(loaded) - set(run.pipeline_models())
     assert not missing, f"add {sorted(missing)} to cds.evaluation.run.pipeline_models"
-    assert "foraminal" in run.pipeline_models()
+    assert {"foraminal", "subarticular", "sac_fine"} <= set(run.pipeline_models())
 
 
 def test_models_used_by_the_records_are_read_from_their_model_versions() -> None:

@@ -51,11 +51,22 @@ def test_heatmaps_for_study_writes_labelled_overlays_and_raw_maps(traced: Traced
 
     level = sorted(traced.inputs, key=lambda lv: lv.index)[0]
     # The foraminal findings are graded (and so explained) by the foraminal model on parasagittal
-    # crops (tests/explain/test_gradcam_foramen.py); this test covers the classifier's axial maps.
+    # crops (tests/explain/test_gradcam_foramen.py), the lateral recess findings by the subarticular
+    # model on its recess crops; the classifier's axial maps explain the central canal.
     foraminal = (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL)
-    targets = [CamTarget(level, c) for c in Condition if c not in foraminal]
+    recess = (Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR)
+    targets = [CamTarget(level, Condition.SPINAL_CANAL)]
     made = heatmaps_for_study(traced.result, traced.inputs, tmp_path / "gc", targets=targets)
     assert [h.key for h in made.heatmaps] == [t.key for t in targets]
+    sides = [CamTarget(level, c) for c in recess]
+    assert heatmaps_for_study(traced.result, traced.inputs, tmp_path / "gn", targets=sides).heatmaps == ()
+    recesses = heatmaps_for_study(
+        traced.result, traced.inputs, tmp_path / "gs", targets=sides, recesses=traced.recesses
+    )
+    assert [h.key for h in recesses.heatmaps] == [t.key for t in sides]
+    assert {(h.series_uid, h.slice_index) for h in recesses.heatmaps} <= {
+        (r.placement.series_uid, r.placement.slice_index) for r in traced.recesses.values()
+    }
     both = [CamTarget(level, c) for c in foraminal]
     sagittal = heatmaps_for_study(
         traced.result, traced.inputs, tmp_path / "gf", targets=both, foramina=traced.foramina
