@@ -6,8 +6,13 @@ all of them costs <= 0.3 x the quick read, measured against the naive loop in th
 Per study (after one warm-up study, so imports and model loading are not counted):
 - quick read: cds.explain.gradcam_inputs.traced_quick_read (the quick read itself plus a few
   list appends), DICOM load excluded;
-- batched: cds.explain.gradcam.compute_maps -- all targets in one forward + backward pass;
-- batched + maps + PNGs: the whole heatmaps_for_study (Grad-CAM, mapping to the native slices,
+- batched: cds.explain.gradcam.compute_maps -- all targets in one forward + backward pass of the
+  classifier (the reference the naive loops are compared with);
+- maps by grading model: the Grad-CAM passes the product runs (one batched pass per grading model:
+  classifier for the canal, foraminal and subarticular models on their own crops), nothing drawn;
+- batched + maps + PNGs: the whole heatmaps_for_study as the product runs it (each finding
+  explained by the model that graded it: the classifier for the canal, the foraminal and the
+  subarticular model on their own crops, one batched pass per model; mapping to the native slices,
   overlay PNG + raw .npz per finding);
 - naive (library default): one GradCAM pass per target on an ordinary copy of the model
   (parameters requiring grad, full backward through the network), each in its own `with`;
@@ -29,6 +34,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,6 +60,33 @@ def _naive_library_default(loaded: Any, crops: Any, targets: Any) -> None:
         x = torch.from_numpy(crops[t.level][None])
         with GradCAM(model=net, target_layers=[net.cam_layer]) as cam:
             cam(input_tensor=x, targets=[ClassifierOutputTarget(output_index(t.condition))])
+
+
+def _maps_by_grading_model(traced: Any, targets: Sequence[Any]) -> None:
+    """The Grad-CAM passes the product runs for these findings, without drawing anything: the
+    classifier for the canal, the foraminal and subarticular models on their own crops (one batched
+    pass per model; the grading models of cds.explain.gradcam_study.heatmaps_for_study)."""
+    from cds.explain.gradcam import compute_maps
+    from cds.explain.gradcam_foramen import SIDE_OF as FORAMEN_SIDE
+    from cds.explain.gradcam_foramen import compute_foramen_maps
+    from cds.explain.gradcam_subarticular import SIDE_OF as RECESS_SIDE
+    from cds.explain.gradcam_subarticular import compute_recess_maps
+    from cds.ml.classifier import load_classifier
+    from cds.ml.foraminal import load_foraminal
+    from cds.ml.subarticular import load_subarticular
+
+    versions = traced.result.model_versions
+    foramen = [t for t in targets if t.condition in FORAMEN_SIDE and "foraminal" in versions]
+    recess = [t for t in targets if t.condition in RECESS_SIDE and "subarticular" in versions]
+    canal = [t for t in targets if t not in foramen and t not in recess]
+    if canal:
+        compute_maps(load_classifier("classifier"), {lv: i.crop for lv, i in traced.inputs.items()}, canal)
+    keys = [(t.level, FORAMEN_SIDE[t.condition]) for t in foramen]
+    if keys:
+        compute_foramen_maps(load_foraminal("foraminal"), traced.foramina, keys)
+    keys = [(t.level, RECESS_SIDE[t.condition]) for t in recess]
+    if keys:
+        compute_recess_maps(load_subarticular("subarticular"), traced.recesses, keys)
 
 
 def main() -> int:
@@ -109,7 +142,18 @@ def main() -> int:
 
         out_dir = tmp / folder.name
         batched = timed(partial(compute_maps, loaded, crops, targets))
-        full = timed(partial(heatmaps_for_study, traced.result, traced.inputs, out_dir, targets=targets))
+        by_model = timed(partial(_maps_by_grading_model, traced, targets))
+        full = timed(
+            partial(
+                heatmaps_for_study,
+                traced.result,
+                traced.inputs,
+                out_dir,
+                targets=targets,
+                foramina=traced.foramina,
+                recesses=traced.recesses,
+            )
+        )
         naive_same = timed(partial(compute_maps_naive, loaded, crops, targets))
         naive_lib = timed(partial(_naive_library_default, loaded, crops, targets))
         if not warmed:
@@ -121,6 +165,7 @@ def main() -> int:
                 "targets": len(targets),
                 "quick_read_ms": quick_ms,
                 "batched_ms": batched,
+                "maps_by_grading_model_ms": by_model,
                 "batched_maps_pngs_ms": full,
                 "naive_same_session_ms": naive_same,
                 "naive_library_default_ms": naive_lib,
@@ -128,7 +173,8 @@ def main() -> int:
         )
         print(
             f"{folder.name}: {len(targets)} targets, quick read {quick_ms:.0f} ms, batched {batched:.1f} ms "
-            f"({batched / quick_ms:.3f}), +maps+PNGs {full:.1f} ms, naive {naive_lib:.1f} ms",
+            f"({batched / quick_ms:.3f}), by grading model {by_model:.1f} ms, +maps+PNGs {full:.1f} ms, "
+            f"naive {naive_lib:.1f} ms",
             flush=True,
         )
     if not rows:
@@ -167,8 +213,12 @@ def main() -> int:
     print(f"naive (library default) / batched: median {summary['naive_over_batched']['median']:.1f}x")
     load = f"{summary['load_avg_start']} -> {summary['load_avg_end']}"
     print(f"peak RSS {summary['peak_rss_mib']} MiB; load average {load}")
-    verdict = summary["ratio_to_quick_read"]["batched_maps_pngs_ms"]["median"] <= 0.3
-    print(f"target <= 0.3 x quick read (batched + maps + PNGs, median): {'met' if verdict else 'MISSED'}")
+    for key, what in (
+        ("maps_by_grading_model_ms", "Grad-CAM maps of every finding by its grading model"),
+        ("batched_maps_pngs_ms", "the same + native-slice maps, overlay PNGs and raw maps"),
+    ):
+        verdict = summary["ratio_to_quick_read"][key]["median"] <= 0.3
+        print(f"target <= 0.3 x quick read, {what} (median): {'met' if verdict else 'MISSED'}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

@@ -100,7 +100,7 @@ def main() -> int:
     print(f"torch threads {args.threads}; models {', '.join(versions.values())}")
     print(f"load average before: {load_before}")
     print(f"load average after:  {_load()}")
-    print(f"model load (all three, hash-verified): {load_models_ms:.0f} ms")
+    print(f"model load (every model, hash-verified): {load_models_ms:.0f} ms")
     print(f"{'stage':<18} {'median ms':>10} {'p95 ms':>10}")
     for stage, values in per_stage.items():
         print(f"{stage:<18} {statistics.median(values):>10.1f} {_pct(values, 0.95):>10.1f}")
