@@ -265,7 +265,8 @@ def measure_level(
     axes = [
         ms.axial_axes(anterior[i], sac[i], spacing, POSTERIOR_RC, LEFT_RC, use_shape=False) for i in range(n)
     ]
-    dsca, ap = _dsca_and_ap(seg, sac, spacing, axes, fine)
+    ap_axes = [ms.facet_midline(axes[i], facet[i], sac[i], spacing) for i in range(n)]
+    dsca, ap = _dsca_and_ap(seg, sac, spacing, ap_axes, fine)
     canal: list[ms.Measurement] = [_with_native_slice(dsca, seg), _with_native_slice(ap, seg)]
     if disc_height is not None:
         canal.append(disc_height)

@@ -176,7 +176,8 @@ def canal_measurements(
         ms.Provenance(
             ms.Plane.AXIAL,
             row,
-            "dural sac extent along the mid-sagittal line (disc/body centre, AP axis): summed sac "
+            "dural sac extent along the mid-sagittal line (midway between the facet joints, else the "
+            "disc/body centre; AP axis): summed sac "
             f"probability of the {MODEL_NAME} model along the line",
             tuple((round(float(p[0]), 2), round(float(p[1]), 2)) for p in ends),
         ),

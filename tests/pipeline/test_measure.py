@@ -372,3 +372,27 @@ def test_dsca_counts_pixels_above_the_calibrated_sac_probability() -> None:
     no_probs = AxialSegmentation(seg.images, np.zeros(0, np.float32), labels, (0,), (frame,))
     (plain, *_rest) = qr.measure_level(no_probs, None, Level.L4_L5).by_condition[Condition.SPINAL_CANAL]
     assert plain.value == pytest.approx(label_area)
+
+
+def test_facet_midline_moves_the_ap_line_between_the_facets_not_to_a_protruding_disc() -> None:
+    """A lateral disc protrusion pulls the disc centroid sideways; the AP line is put midway
+    between the facet joints instead (only the left-right position changes)."""
+    sp = (0.5, 0.5)
+    shape = (80, 80)
+    sac = np.zeros(shape, bool)
+    sac[40:60, 30:50] = True  # sac centred on column 39.5 (19.75 mm)
+    facet = np.zeros(shape, bool)
+    facet[45:60, 14:20] = True  # right facet, columns 14-19
+    facet[45:60, 60:66] = True  # left facet, columns 60-65 (midpoint 39.5)
+    disc = np.zeros(shape, bool)
+    disc[10:35, 20:60] = True
+    disc[30:45, 45:62] = True  # protrusion towards the left
+    axes = measure.axial_axes(disc, sac, sp, np.array([1.0, 0.0]), np.array([0.0, 1.0]), use_shape=False)
+    assert axes.origin_mm[1] > 20.5  # pulled left by the protrusion (the sac is centred on 19.75)
+    moved = measure.facet_midline(axes, facet, sac, sp)
+    assert moved.origin_mm[1] == pytest.approx(19.75)
+    assert moved.origin_mm[0] == axes.origin_mm[0] and np.array_equal(moved.posterior, axes.posterior)
+    # one side's facet missing: unchanged
+    one_side = facet.copy()
+    one_side[:, 55:] = False
+    assert measure.facet_midline(axes, one_side, sac, sp) is axes
