@@ -34,6 +34,17 @@ def register_model(models: Any) -> None:
     p.add_argument(
         "--widths", type=int, nargs=4, default=[16, 24, 32, 48], help="channels of the four stages"
     )
+    p.add_argument(
+        "--evidence-head",
+        action="store_true",
+        help="evidence maps pooled by a smooth maximum (network version 2; what Grad-CAM explains)",
+    )
+    p.add_argument(
+        "--localisation-weight",
+        type=float,
+        default=0.0,
+        help="with --evidence-head: weight of the loss that puts the present map's mass in the cause region",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1: on a shared CPU, 2 threads spin-wait)"
@@ -56,6 +67,8 @@ def run_subarticular(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         widths=tuple(args.widths),
+        evidence=args.evidence_head,
+        localisation_weight=args.localisation_weight,
         version=args.version,
     )
     spec = train_subarticular(

@@ -63,6 +63,10 @@ class SubarticularTrainConfig:
     threads: int = 1
     version: str = "1.0.0"
     widths: tuple[int, int, int, int] = (16, 24, 32, 48)
+    #: evidence head (version 2 of the network, cds.ml.subarticular) and the weight of its
+    #: localisation loss (the present map's spatial softmax mass in the cause region)
+    evidence: bool = False
+    localisation_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Arrays:
     side: np.ndarray  # 0 left, 1 right
     baseline: np.ndarray
     rule: np.ndarray
+    causes: np.ndarray  # (N, SIZE + 2 MARGIN, SIZE + 2 MARGIN) bool
 
     def __len__(self) -> int:
         return len(self.y)
@@ -95,6 +100,11 @@ def to_arrays(examples: Sequence[RecessExample]) -> Arrays:
         side=np.array([0 if e.side is Side.LEFT else 1 for e in examples], dtype=np.int64),
         baseline=np.array([e.classifier for e in examples], dtype=np.float32).reshape(n, 2),
         rule=np.array([e.rule_depth_mm for e in examples], dtype=np.float32),
+        causes=np.stack(
+            [e.cause if e.cause is not None else np.zeros((width, width), bool) for e in examples]
+        )
+        if n
+        else np.zeros((0, width, width), bool),
     )
 
 
@@ -103,20 +113,41 @@ def centre(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[..., MARGIN:-MARGIN, MARGIN:-MARGIN], dtype=np.float32)
 
 
-def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augment(
+    x: np.ndarray, rng: np.random.Generator, causes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Shifted window (up to MARGIN px = 2.4 mm: sac-centre placement error), image gain/offset,
-    noise on the image channels."""
+    noise on the image channels; ``causes`` (wide, like ``x``) cut by the same windows."""
     n = x.shape[0]
     out = np.empty((n, x.shape[1], rc.SIZE, rc.SIZE), dtype=np.float32)
+    cut = None if causes is None else np.empty((n, rc.SIZE, rc.SIZE), dtype=bool)
     for i in range(n):
         r, c = rng.integers(0, 2 * MARGIN + 1, size=2)
         out[i] = x[i, :, r : r + rc.SIZE, c : c + rc.SIZE]
+        if cut is not None and causes is not None:
+            cut[i] = causes[i, r : r + rc.SIZE, c : c + rc.SIZE]
     img = list(IMAGE_CHANNELS)
     gain = rng.uniform(0.85, 1.15, size=(n, 1, 1, 1)).astype(np.float32)
     offset = rng.uniform(-0.05, 0.05, size=(n, 1, 1, 1)).astype(np.float32)
     noise = rng.normal(0.0, 0.02, size=(n, len(img), rc.SIZE, rc.SIZE)).astype(np.float32)
     out[:, img] = np.clip(out[:, img] * gain + offset + noise, 0.0, 1.5)
-    return out
+    return out, cut
+
+
+def localisation_loss(
+    log_evidence: torch.Tensor, present: torch.Tensor, causes: torch.Tensor
+) -> torch.Tensor:
+    """Mean over truth-present recesses with a cause region of -log(the share of the present
+    map's spatial softmax inside the region), the region max-pooled to the map's grid (a cell
+    counts if any of its pixels is cause). Zero when the batch has none."""
+    h, w = log_evidence.shape[-2:]
+    region = F.adaptive_max_pool2d(causes[:, None].float(), (h, w))[:, 0] > 0  # (B, h, w)
+    sel = (present > 0.5) & region.flatten(1).any(dim=1)
+    if not bool(sel.any()):
+        return log_evidence.sum() * 0.0
+    logp = torch.log_softmax(log_evidence[sel, 0].flatten(1), dim=1)
+    inside = logp.masked_fill(~region[sel].flatten(1), float("-inf"))
+    return -torch.logsumexp(inside, dim=1).mean()
 
 
 def predict(network: SubarticularNet, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -224,7 +255,9 @@ def _train(
     resume: bool,
 ) -> tuple[SubarticularNet, dict[str, Any], Path]:
     """The seeded network, checkpointed every epoch; returns it at its best epoch, and its log."""
-    network = SubarticularNet(SubarticularConfig(in_channels=rc.IN_CHANNELS, widths=config.widths))
+    network = SubarticularNet(
+        SubarticularConfig(in_channels=rc.IN_CHANNELS, widths=config.widths, evidence=config.evidence)
+    )
     steps = max(1, len(train) // config.batch_size)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -259,10 +292,16 @@ def _train(
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
         for b in bar:
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            out = network(torch.from_numpy(augment(train.x[idx], rng)))
-            bce = F.binary_cross_entropy_with_logits(out[:, :2], torch.from_numpy(train.y[idx]))
+            x, causes = augment(train.x[idx], rng, train.causes[idx] if config.evidence else None)
+            out, log_e = network.forward_with_evidence(torch.from_numpy(x))
+            y = torch.from_numpy(train.y[idx])
+            bce = F.binary_cross_entropy_with_logits(out[:, :2], y)
             reg = F.smooth_l1_loss(out[:, 2], depth_target[idx], beta=0.5)
             loss = bce + config.depth_weight * reg
+            if log_e is not None and causes is not None and config.localisation_weight > 0:
+                loss = loss + config.localisation_weight * localisation_loss(
+                    log_e, y[:, 0], torch.from_numpy(causes)
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -325,7 +364,12 @@ def finish(
         name=MODEL_NAME,
         version=config.version,
         sha256=sha,
-        architecture={"type": ARCHITECTURE, "in_channels": rc.IN_CHANNELS, "widths": list(config.widths)},
+        architecture={
+            "type": ARCHITECTURE,
+            "in_channels": rc.IN_CHANNELS,
+            "widths": list(config.widths),
+            "evidence": config.evidence,
+        },
         input=InputContract(
             orientation=(
                 "axial crop per (level, side) on the canonical axial grid of cds.pipeline.axial (rows "

@@ -34,7 +34,8 @@ from cds.errors import CdsError
 log = logging.getLogger(__name__)
 
 MARGIN = 6
-CACHE_VERSION = 1
+#: 2: with each recess's cause region on its wide crop (``causes``).
+CACHE_VERSION = 2
 SIDE_CONDITION = {Side.LEFT: Condition.LEFT_SUBARTICULAR, Side.RIGHT: Condition.RIGHT_SUBARTICULAR}
 
 
@@ -51,6 +52,9 @@ class RecessExample:
     classifier: tuple[float, float]  # (p_present, p_severe) of the shipped classifier
     rule_depth_mm: float  # the measured recess depth (cds.pipeline.quick_read.measure_level)
     rule_reliable: bool
+    #: (SIZE + 2 MARGIN,) * 2 bool: the truth cause region seen on the crop (union over its
+    #: slices); all False for a normal recess or a cache without causes
+    cause: np.ndarray | None = None
 
 
 def read_split(root: Path) -> dict[str, list[str]]:
@@ -114,14 +118,17 @@ def prepare_study(study_dir: Path, cache_dir: Path) -> Path | None:
 
     out = cache_dir / f"{study_dir.name}.npz"
     if out.is_file():
-        return out
+        with np.load(out) as z:
+            if int(z["version"]) == CACHE_VERSION:
+                return out
     try:
         reads = read_levels(study_dir)
     except (CdsError, ValueError) as exc:
         log.warning("skipping %s: %s", study_dir.name, exc)
         return None
     truth = read_truth(study_dir)
-    rows: list[tuple[Level, Side, np.ndarray, float, float, float, bool]] = []
+    causes = _cause_regions(study_dir)
+    rows: list[tuple[Level, Side, np.ndarray, float, float, float, bool, np.ndarray]] = []
     for lv, seg in sorted(reads.segs.items(), key=lambda kv: kv[0].index):
         offsets = reads.offsets[lv]
         measured = qr.measure_level(seg, None, lv, offsets)
@@ -131,8 +138,23 @@ def prepare_study(study_dir: Path, cache_dir: Path) -> Path | None:
                 continue
             est = reads.classifier[lv].estimates[cond]
             depth = measured.by_condition[cond][0]
+            cause = causes.get((lv, side))
+            region = (
+                cause_on_crop(cause[0], cause[1], seg, reads.volumes[lv], crops[side])
+                if cause is not None
+                else np.zeros(crops[side].array.shape[1:], bool)
+            )
             rows.append(
-                (lv, side, crops[side].array, est.p_present, est.p_severe, depth.value, depth.reliable)
+                (
+                    lv,
+                    side,
+                    crops[side].array,
+                    est.p_present,
+                    est.p_severe,
+                    depth.value,
+                    depth.reliable,
+                    region,
+                )
             )
     if not rows:
         return None
@@ -149,6 +171,7 @@ def prepare_study(study_dir: Path, cache_dir: Path) -> Path | None:
         classifier=np.array([(r[3], r[4]) for r in rows], dtype=np.float32),
         rule=np.array([r[5] for r in rows], dtype=np.float32),
         rule_reliable=np.array([r[6] for r in rows], dtype=bool),
+        causes=np.packbits(np.stack([r[7] for r in rows]), axis=-1),
         geometry=np.array([rc.SIZE, MARGIN, rc.SPACING_MM, rc.ANTERIOR_MM, rc.MEDIAL_MM], dtype=np.float64),
     )
     os.replace(tmp, out)
@@ -164,6 +187,12 @@ def load_examples(path: Path) -> list[RecessExample]:
         if not np.allclose(geometry, expected):
             raise ValueError(f"{path} holds crops of another geometry ({geometry}); rebuild the cache")
         rows = zip(z["levels"], z["sides"], z["grades"], z["depths"], strict=True)
+        width = z["crops"].shape[-1]
+        causes = (
+            np.unpackbits(z["causes"], axis=-1, count=width).astype(bool)
+            if "causes" in z
+            else np.zeros((len(z["levels"]), width, width), bool)
+        )
         return [
             RecessExample(
                 study=path.stem,
@@ -175,9 +204,48 @@ def load_examples(path: Path) -> list[RecessExample]:
                 classifier=(float(z["classifier"][i, 0]), float(z["classifier"][i, 1])),
                 rule_depth_mm=float(z["rule"][i]),
                 rule_reliable=bool(z["rule_reliable"][i]),
+                cause=causes[i],
             )
             for i, (lv, sd, g, d) in enumerate(rows)
         ]
+
+
+def _cause_regions(study_dir: Path) -> dict[tuple[Level, Side], tuple[np.ndarray, str]]:
+    """The truth cause region (3D mask, its series uid) of every recess that has one."""
+    truth_dir = study_dir / "truth"
+    labels = json.loads((truth_dir / "labels.json").read_text(encoding="utf-8"))
+    out: dict[tuple[Level, Side], tuple[np.ndarray, str]] = {}
+    for key, cause in dict(labels.get("causes", {})).items():
+        for side, cond in SIDE_CONDITION.items():
+            suffix = f"_{cond.value}"
+            if key.endswith(suffix):
+                with np.load(truth_dir / cause["file"]) as z:
+                    out[(Level(key[: -len(suffix)]), side)] = (
+                        np.asarray(z["mask"]),
+                        str(cause["series_uid"]),
+                    )
+    return out
+
+
+def cause_on_crop(mask: np.ndarray, series_uid: str, seg: Any, volume: Any, crop: Any) -> np.ndarray:
+    """The cause region as the recess crop sees it: True where a crop pixel, on any of the crop's
+    slices, falls in a cause voxel (nearest voxel). Only causes drawn in the level's own series
+    are mapped (the generator draws them there); another series' cause gives an empty region."""
+    from cds.explain.gradcam_geometry import placement_for
+    from cds.pipeline import axial as ax
+
+    if series_uid != volume.series_uid or mask.shape != volume.shape:
+        return np.zeros(crop.coords.shape[1:], bool)
+    uv = crop.coords.reshape(2, -1).T
+    out = np.zeros(uv.shape[0], bool)
+    centre = (ax.CANONICAL_SIZE // 2, ax.CANONICAL_SIZE // 2)
+    for row in crop.rows:
+        k = seg.slice_indices[row]
+        placement = placement_for(centre, ax.CANONICAL_SIZE, seg.frames[row], k, volume.affine, series_uid)
+        ij = np.rint(placement.crop_to_native(uv)).astype(np.int64)
+        inside = (ij[:, 0] >= 0) & (ij[:, 0] < mask.shape[1]) & (ij[:, 1] >= 0) & (ij[:, 1] < mask.shape[2])
+        out[inside] |= mask[k, ij[inside, 0], ij[inside, 1]] > 0
+    return out.reshape(crop.coords.shape[1:])
 
 
 def build_cache(root: Path, cache_dir: Path, studies: Sequence[str]) -> list[RecessExample]:
