@@ -93,7 +93,10 @@ def _default_margins() -> Mapping[MeasurementName, float]:
 
 def _default_deciders() -> Mapping[Condition, Decider]:
     # Evidence: DECIDER_EVIDENCE (validation part of /work/data/synth-train, the 34 studies the
-    # axial U-Net never saw; `bench/measurement_error.py policy`).
+    # axial U-Net never saw; `bench/measurement_error.py policy`). The recess conditions default to
+    # the learned model because the depth measured on the segmentation grades badly; where the
+    # subarticular model's card validates its *estimated* depth, the quick read switches them to
+    # the rule on that depth (cds.pipeline.quick_read._recess_policy), as the shipped 2.0.0 does.
     return MappingProxyType(
         {
             Condition.SPINAL_CANAL: Decider.RULE,
@@ -106,12 +109,13 @@ def _default_deciders() -> Mapping[Condition, Decider]:
 
 
 _SUBARTICULAR_EVIDENCE = (
-    "the learned estimate is the subarticular model's (1.0.0, fine recess crops; it replaces the "
-    "classifier's): on the 450 validation recesses of synth-train its ordinal heads reach quadratic "
-    "kappa 0.837 and AUROC 0.968, against classifier 2.0.0's 0.640 / 0.881 and the measured recess "
-    "depth rule's 0.295 (depth MAE 1.52 mm against cut-offs 2 mm apart); the rule on the model's "
-    "estimated depth scored 0.821, so its card keeps the heads deciding ({side}: {figures}). The "
-    "measured recess depth is still shown; a rule grade that differs flags the finding uncertain."
+    "the learned estimate is the subarticular model's (2.0.0, fine recess crops; it replaces the "
+    "classifier's) and it estimates the recess depth (validation MAE 0.55 mm against the measured "
+    "depth's 1.52 mm, cut-offs 2 mm apart). On the 450 validation recesses of synth-train the "
+    "FINDINGS.md rule on that estimated depth reaches quadratic kappa 0.862, the model's ordinal "
+    "heads 0.819, classifier 2.0.0 0.640 and the rule on the measured depth 0.295; so the model "
+    "card validates the estimated depth (grade_from_depth_rule) and its rule decides, with the "
+    "heads as the second opinion that flags disagreement ({side}: {figures})."
 )
 
 #: Why each condition has the decider it has (shown with the policy in the model card/README).
@@ -122,10 +126,10 @@ DECIDER_EVIDENCE: Mapping[Condition, str] = MappingProxyType(
             "the checkable number decides"
         ),
         Condition.LEFT_SUBARTICULAR: _SUBARTICULAR_EVIDENCE.format(
-            side="left side", figures="kappa 0.855 vs classifier 0.618 vs measured rule 0.348"
+            side="left", figures="rule on the estimated depth 0.868, heads 0.826, classifier 0.618"
         ),
         Condition.RIGHT_SUBARTICULAR: _SUBARTICULAR_EVIDENCE.format(
-            side="right side", figures="kappa 0.819 vs classifier 0.662 vs measured rule 0.253"
+            side="right", figures="rule on the estimated depth 0.856, heads 0.812, classifier 0.662"
         ),
         Condition.LEFT_FORAMINAL: (
             "no validated axial measurement (FORAMEN_RATIO_VALIDATED is False): the learned estimate "
