@@ -131,6 +131,29 @@ def grid_to_crop(points: np.ndarray, crop: sc.SacCrop) -> np.ndarray:
     return crop.from_canonical(uv)
 
 
+def grid_mask(fine: FineSac, n: int, shape: Sequence[int], threshold: float = 0.5) -> np.ndarray:
+    """The fine sac of refined row ``n`` on the measurement grid (``shape``, 0.4 mm like the
+    crop): the crop's probability sampled bilinearly at every grid pixel the crop covers, above
+    ``threshold``. For drawing the outline whose area is the DSCA (cds/viewer/capture.py)."""
+    from scipy import ndimage
+
+    crop, prob = fine.crops[n], fine.probs[n]
+    size = prob.shape[0]
+    corners = crop_to_grid(
+        np.array([[0.0, 0.0], [0.0, size - 1.0], [size - 1.0, 0.0], [size - 1.0, size - 1.0]]), crop
+    )
+    lo = np.maximum(np.floor(corners.min(axis=0)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 2, np.asarray(shape[:2]))
+    out = np.zeros(tuple(int(x) for x in shape[:2]), dtype=bool)
+    if np.any(hi <= lo):
+        return out
+    rr, cc = np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij")
+    at = grid_to_crop(np.column_stack([rr.ravel(), cc.ravel()]).astype(np.float64), crop)
+    p = ndimage.map_coordinates(prob, at.T, order=1, mode="constant", cval=0.0, prefilter=False)
+    out[lo[0] : hi[0], lo[1] : hi[1]] = (p > threshold).reshape(rr.shape)
+    return out
+
+
 def canal_measurements(
     fine: FineSac, grid_spacing_mm: Sequence[float], axes: Sequence[ms.AxialAxes]
 ) -> tuple[ms.Measurement, ms.Measurement] | None:
@@ -193,6 +216,7 @@ __all__ = [
     "FineSac",
     "canal_measurements",
     "fine_inputs",
+    "grid_mask",
     "refine_sac",
     "rows_to_refine",
 ]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from cds.pipeline.axial import AxialSegmentation
     from cds.pipeline.levels import LevelLabelling
     from cds.pipeline.quick_read import Stages
+    from cds.pipeline.sac_refine import FineSac
     from cds.pipeline.segment import SagittalMasks
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,16 @@ class StageRecorder:
         self.labelling: LevelLabelling | None = None
         self.assignments: list[tuple[Volume, Sequence[Level | None]]] = []
         self.segmentations: list[tuple[Volume, tuple[int, ...], AxialSegmentation]] = []
+        #: The refine_sac stage's fine sac maps per level: the DSCA and AP diameter were measured
+        #: on them, so the viewer draws those measurements and the DSCA outline from them too.
+        self.fine: dict[Level, FineSac] = {}
         self.stages = dataclasses.replace(
             base,
             segment_sagittal=self._wrap_sagittal(base.segment_sagittal),
             label_levels=self._wrap_labels(base.label_levels),
             assign_axial=self._wrap_assign(base.assign_axial),
             segment_axial=self._wrap_axial(base.segment_axial),
+            refine_sac=self._wrap_fine(base.refine_sac),
         )
 
     def run(self, quick_read: Callable[..., AnalysisResult], study: Any) -> AnalysisResult:
@@ -106,6 +111,17 @@ class StageRecorder:
             out = fn(volume, indices, models_dir)
             if (rec := ref()) is not None:
                 rec.segmentations.append((volume, tuple(int(k) for k in indices), out))
+            return out
+
+        return wrapped
+
+    def _wrap_fine(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        ref = weakref.ref(self)
+
+        def wrapped(levels: Any, models_dir: Path | None) -> Any:
+            out = fn(levels, models_dir)
+            if (rec := ref()) is not None:
+                rec.fine.update(out)
             return out
 
         return wrapped
@@ -199,12 +215,16 @@ def _to_mask_grid(
 
 
 def _axial(
-    level: Level, volume: Volume, seg: AxialSegmentation, result: AnalysisResult
+    level: Level, volume: Volume, seg: AxialSegmentation, result: AnalysisResult, fine: FineSac | None = None
 ) -> tuple[art.AxialInfo, art.AxialPixels]:
+    """What the viewer draws on one level's axial slices: the measurements as stored (re-measured
+    with the same inputs: the fine sac maps where the refine_sac stage made them) and the dural sac
+    outline, from the fine map on the refined slices (its area is the DSCA shown)."""
     from cds.pipeline.axial import CANONICAL_SPACING_MM, SAC
     from cds.pipeline.quick_read import measure_level
+    from cds.pipeline.sac_refine import grid_mask
 
-    measured = measure_level(seg, None)
+    measured = measure_level(seg, None, level, None, fine)
     drawn: list[art.DrawnMeasurement] = []
     for condition, group in measured.by_condition.items():
         finding = result.finding(level, Condition(condition))
@@ -232,7 +252,11 @@ def _axial(
         image_pixel_mm=float(CANONICAL_SPACING_MM),
         measurements=tuple(drawn),
     )
-    return info, art.AxialPixels(np.asarray(seg.images, dtype=np.float32), seg.mask(SAC))
+    sac = seg.mask(SAC).copy()
+    if fine is not None:
+        for n, row in enumerate(fine.rows):
+            sac[row] = grid_mask(fine, n, sac.shape[1:])
+    return info, art.AxialPixels(np.asarray(seg.images, dtype=np.float32), sac)
 
 
 def build_artifacts(
@@ -251,7 +275,7 @@ def build_artifacts(
         )
         if seg is None:
             continue
-        info, px = _axial(level, chosen.volume, seg, result)
+        info, px = _axial(level, chosen.volume, seg, result, rec.fine.get(level))
         axial_info[level], axial_px[level] = info, px
         shown[level] = (chosen.volume, info.slice_indices[info.default_row])
     sag_info, sag_px = _sagittal(rec, shown)

@@ -120,3 +120,18 @@ def test_fine_inputs_centre_each_crop_on_the_coarse_sac() -> None:
 def test_fine_sac_checks_its_lengths() -> None:
     with pytest.raises(ValueError):
         sr.FineSac((0, 1), (sc.SacCrop((1.0, 1.0)),), np.zeros((2, 4, 4), np.float32))
+
+
+def test_grid_mask_draws_the_fine_sac_on_the_measurement_grid_with_the_dsca_as_its_area() -> None:
+    """The viewer's DSCA outline on a refined slice: the fine map carried onto the 0.4 mm grid."""
+    seg = _segmentation()
+    sac = seg.mask(ax.SAC)
+    crop = sc.SacCrop(sc.sac_centre_uv(sac[1]) or (0.0, 0.0))
+    fine = sr.FineSac((1,), (crop,), _soft_disk(6.0)[None])
+    mask = sr.grid_mask(fine, 0, sac.shape[1:])
+    assert mask.shape == sac.shape[1:]
+    assert mask.sum() * 0.16 == pytest.approx(np.pi * 36.0, rel=0.03)
+    # centred where the crop is: the mask's centre of mass maps to the crop's centre
+    rr, cc = np.nonzero(mask)
+    centre_crop = sr.grid_to_crop(np.array([[rr.mean(), cc.mean()]]), crop)[0]
+    assert np.allclose(centre_crop, [(sc.CROP_SIZE - 1) / 2] * 2, atol=0.5)
