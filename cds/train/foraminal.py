@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from cds.domain import THRESHOLDS, Condition, Grade, Side
 from cds.ml.foraminal import (
@@ -42,6 +40,7 @@ from cds.ml.spec import InputContract, ModelSpec, write_card
 from cds.pipeline import foramen_crop as fc
 from cds.train.foraminal_data import MARGIN, ForamenExample, build_cache, read_split
 from cds.train.ordinal import fit_temperature, ordinal_grade, seed_everything, sigmoid
+from cds.train.resumable import Schedule, train_resumable
 
 log = logging.getLogger(__name__)
 
@@ -207,82 +206,33 @@ def _train_member(
     network = ForaminalNet(
         ForaminalConfig(in_channels=fc.IN_CHANNELS, stem=config.stem, widths=config.widths)
     )
-    steps = max(1, len(train) // config.batch_size)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15
-    )
-    rng = np.random.default_rng(config.seed)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = work_dir / "checkpoint.pt", work_dir / "training_log.jsonl"
-    start_epoch = 0
-    best: dict[str, Any] = {"score": -np.inf, "epoch": 0, "state": None, "record": None}
-    if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False)
-        if ckpt.get("fingerprint") != fingerprint:
-            raise ValueError(f"{ckpt_path} was written for another config or study list; drop --resume")
-        network.load_state_dict(ckpt["network"])
-        optimiser.load_state_dict(ckpt["optimiser"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        rng.bit_generator.state = ckpt["rng"]["numpy"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        start_epoch, best = int(ckpt["epoch"]), ckpt["best"]
-        log.info("resuming after epoch %d", start_epoch)
-    kept = [
-        line
-        for line in (log_path.read_text(encoding="utf-8").splitlines() if log_path.is_file() else [])
-        if start_epoch and json.loads(line).get("epoch", 0) <= start_epoch
-    ]
-    log_path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
-    for epoch in range(start_epoch, config.epochs):
-        network.train()
-        t0 = time.perf_counter()
-        order = rng.permutation(len(train))
-        losses: list[float] = []
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
-        for b in bar:
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x = torch.from_numpy(augment(train.x[idx], rng))
-            out = network(x)
-            y = torch.from_numpy(train.y[idx])
-            bce = F.binary_cross_entropy_with_logits(out[:, :2], y)
-            reg = F.smooth_l1_loss(out[:, 2], torch.from_numpy(train.ratio[idx]), beta=0.1)
-            loss = bce + config.ratio_weight * reg
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4)}
-        record["validation"] = metrics(predict(network, val.x), val)
-        record["seconds"] = round(time.perf_counter() - t0, 1)
-        score = selection_score(record["validation"])
-        if score > float(best["score"]):
-            state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-            best = {"score": score, "epoch": epoch + 1, "state": state, "record": record}
-        with log_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+    def batch_loss(idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        out = network(torch.from_numpy(augment(train.x[idx], rng)))
+        y = torch.from_numpy(train.y[idx])
+        bce = F.binary_cross_entropy_with_logits(out[:, :2], y)
+        reg = F.smooth_l1_loss(out[:, 2], torch.from_numpy(train.ratio[idx]), beta=0.1)
+        return bce + config.ratio_weight * reg
+
+    def describe(record: dict[str, Any]) -> str:
         a = record["validation"]["all"]
-        tqdm.write(
-            f"epoch {epoch + 1}: loss {record['loss']:.3f} auroc {a['auroc_present']:.3f} "
+        return (
+            f"epoch {record['epoch']}: loss {record['loss']:.3f} auroc {a['auroc_present']:.3f} "
             f"kappa ord {a['kappa_ordinal']:.3f} rule {a['kappa_ratio_rule']:.3f} mae {a['ratio_mae']:.3f}"
         )
-        torch.save(
-            {
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "network": network.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
-                "best": best,
-            },
-            ckpt_path,
-        )
-    if best["state"] is not None:
-        network.load_state_dict(best["state"])
+
+    _, best, log_path = train_resumable(
+        network,
+        len(train),
+        Schedule(config.epochs, config.batch_size, config.lr, config.weight_decay, config.seed),
+        work_dir,
+        fingerprint,
+        resume,
+        batch_loss=batch_loss,
+        validate=lambda _net: metrics(predict(network, val.x), val),
+        score=selection_score,
+        describe=describe,
+    )
     return network, best, log_path
 
 
