@@ -3,18 +3,11 @@ FHIR server (sekmet-fhir, the pinned test dependency) for the tests that write t
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pytest
-import requests
+from sekmet_support import running_sekmet
 
 from cds.domain import (
     THRESHOLDS,
@@ -84,43 +77,5 @@ def ctx() -> ReportContext:
 @pytest.fixture(scope="module")
 def sekmet_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a sekmet-fhir server on a spare loopback port (one per test module)."""
-    exe = Path(sys.executable).with_name("sekmet")
-    command = str(exe) if exe.exists() else shutil.which("sekmet")
-    if command is None:
-        pytest.fail("sekmet-fhir is a test dependency (pyproject [test]) but is not installed")
-    workdir = tmp_path_factory.mktemp("sekmet")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    base = f"http://127.0.0.1:{port}/fhir"
-    config = workdir / "settings.yaml"
-    config.write_text(
-        f"base_url: {base}\nhost: 127.0.0.1\nport: {port}\ndata_dir: {workdir / 'data'}\n"
-        "simulator:\n  enabled: false\n"
-    )
-    with (workdir / "server.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [command, "serve", "-c", str(config)],
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "SEKMET_CONFIG": str(config)},
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if requests.get(f"{base}/metadata", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"sekmet-fhir did not start; see {workdir / 'server.log'}")
-                time.sleep(0.2)
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with running_sekmet(tmp_path_factory.mktemp("sekmet")) as base:
+        yield base

@@ -7,12 +7,6 @@ write-back of an explained analysis carries its rationale (presentedForm) and he
 from __future__ import annotations
 
 import base64
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+from sekmet_support import running_sekmet
 
 from cds.config import Settings
 from cds.domain import AnalysisResult, Condition, ExplanationStatus, Level
@@ -37,58 +32,11 @@ pytestmark = pytest.mark.integration
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _sekmet_command() -> list[str]:
-    exe = Path(sys.executable).with_name("sekmet")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("sekmet")
-    if found is None:
-        pytest.fail("sekmet-fhir is a test dependency (pyproject [test]) but is not installed")
-    return [found]
-
-
 @pytest.fixture(scope="module")
 def fhir_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("sekmet")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
-    (workdir / "settings.yaml").write_text(
-        f"base_url: {base}\nhost: 127.0.0.1\nport: {port}\ndata_dir: {workdir / 'data'}\n"
-        "simulator:\n  enabled: false\n"
-    )
-    log = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [*_sekmet_command(), "serve", "-c", str(workdir / "settings.yaml")],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "SEKMET_CONFIG": str(workdir / "settings.yaml")},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/metadata", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"sekmet-fhir did not start; see {workdir / 'server.log'}")
-            time.sleep(0.2)
+    """A sekmet-fhir server (pinned test dependency) on a spare loopback port."""
+    with running_sekmet(tmp_path_factory.mktemp("sekmet")) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,8 @@ Finally `cds roundtrip` runs its table against the same servers.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +43,7 @@ for _support in ("hooks", "pacs"):
 
 from hooks_support import ISSUER, Caller, SigningKey  # noqa: E402
 from pacs_support import PASSWORD, USER, Orthanc, running_orthanc  # noqa: E402
+from sekmet_support import running_sekmet  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -73,44 +70,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def fhir_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A sekmet-fhir server (pinned test dependency) on a spare loopback port."""
-    exe = Path(sys.executable).with_name("sekmet")
-    command = str(exe) if exe.exists() else shutil.which("sekmet")
-    if command is None:
-        pytest.fail("sekmet-fhir is a test dependency (pyproject [test]) but is not installed")
-    workdir = tmp_path_factory.mktemp("sekmet-roundtrip")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
-    (workdir / "settings.yaml").write_text(
-        f"base_url: {base}\nhost: 127.0.0.1\nport: {port}\ndata_dir: {workdir / 'data'}\n"
-        "simulator:\n  enabled: false\n"
-    )
-    log = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [command, "serve", "-c", str(workdir / "settings.yaml")],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "SEKMET_CONFIG": str(workdir / "settings.yaml")},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/metadata", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"sekmet-fhir did not start; see {workdir / 'server.log'}")
-            time.sleep(0.2)
+    with running_sekmet(tmp_path_factory.mktemp("sekmet-roundtrip")) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

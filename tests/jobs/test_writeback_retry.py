@@ -8,12 +8,7 @@ second DiagnosticReport: checked on the server itself.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +28,12 @@ from cds.store import queries
 from cds.store.db import Database
 from cds.store.records import AnalysisRecord
 
+_FHIR_SUPPORT = str(Path(__file__).resolve().parents[1] / "fhir")
+if _FHIR_SUPPORT not in sys.path:
+    sys.path.append(_FHIR_SUPPORT)
+
+from sekmet_support import running_sekmet  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -41,47 +42,8 @@ FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhi
 @pytest.fixture(scope="module")
 def fhir_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A sekmet-fhir server (pinned test dependency) on a spare loopback port."""
-    exe = Path(sys.executable).with_name("sekmet")
-    command = str(exe) if exe.exists() else shutil.which("sekmet")
-    if command is None:
-        pytest.fail("sekmet-fhir is a test dependency (pyproject [test]) but is not installed")
-    workdir = tmp_path_factory.mktemp("sekmet-writeback-retry")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    base = f"http://127.0.0.1:{port}/fhir"
-    config = workdir / "settings.yaml"
-    config.write_text(
-        f"base_url: {base}\nhost: 127.0.0.1\nport: {port}\ndata_dir: {workdir / 'data'}\n"
-        "simulator:\n  enabled: false\n"
-    )
-    log = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [command, "serve", "-c", str(config)],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "SEKMET_CONFIG": str(config)},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/metadata", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"sekmet-fhir did not start; see {workdir / 'server.log'}")
-            time.sleep(0.2)
+    with running_sekmet(tmp_path_factory.mktemp("sekmet-writeback-retry")) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _analysis() -> AnalysisResult:
