@@ -14,7 +14,6 @@ study list changed). Seeded (Python, NumPy, torch). Every epoch appends a line t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from cds.ml.spec import InputContract, ModelSpec, write_card
 from cds.pipeline import foramen_crop as fc
 from cds.train.foraminal_data import MARGIN, ForamenExample, build_cache, read_split
 from cds.train.ordinal import fit_temperature, ordinal_grade, seed_everything, sigmoid
-from cds.train.resumable import Schedule, train_resumable
+from cds.train.resumable import Schedule, fingerprint, train_resumable
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +156,7 @@ def selection_score(m: dict[str, Any]) -> float:
 def _fingerprint(config: ForaminalTrainConfig, train: Sequence[str], val: Sequence[str]) -> str:
     """One member's identity: what changes its weights (not the member count, the version label
     or the thread count), so a finished member can be reused by a larger ensemble."""
-    cfg = {k: v for k, v in asdict(config).items() if k not in ("members", "version", "threads")}
-    blob = json.dumps({"config": cfg, "train": list(train), "val": list(val)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint(config, train, val, ignore=("members", "version", "threads"))
 
 
 def train_foraminal(

@@ -10,11 +10,12 @@ progress line differ, so those are what a trainer passes in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,15 @@ class Schedule:
     lr: float
     weight_decay: float
     seed: int
+
+
+def fingerprint(config: Any, train: Sequence[str], val: Sequence[str], ignore: Collection[str] = ()) -> str:
+    """A run's identity for ``--resume``: the configuration dataclass (without the fields in
+    ``ignore``, which do not change the weights, e.g. the version label or the thread count) and
+    the study lists; a checkpoint written under another fingerprint is refused."""
+    cfg = {k: v for k, v in asdict(config).items() if k not in ignore}
+    blob = json.dumps({"config": cfg, "train": list(train), "val": list(val)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def train_resumable(
@@ -124,4 +134,4 @@ def train_resumable(
     return network, best, log_path
 
 
-__all__ = ["Schedule", "train_resumable"]
+__all__ = ["Schedule", "fingerprint", "train_resumable"]

@@ -21,8 +21,6 @@ next to the weights at the end).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,7 +37,7 @@ from cds.ml.spec import InputContract, ModelSpec, write_card
 from cds.ml.subarticular import ARCHITECTURE, OUTPUT_LABELS, SubarticularConfig, SubarticularNet
 from cds.pipeline import recess_crop as rc
 from cds.train.ordinal import fit_temperature, ordinal_grade, seed_everything, sigmoid
-from cds.train.resumable import Schedule, train_resumable
+from cds.train.resumable import Schedule, fingerprint, train_resumable
 from cds.train.subarticular_data import MARGIN, RecessExample, build_cache, read_split
 
 log = logging.getLogger(__name__)
@@ -214,9 +212,7 @@ def selection_score(m: dict[str, Any]) -> float:
 
 def _fingerprint(config: SubarticularTrainConfig, train: Sequence[str], val: Sequence[str]) -> str:
     """What changes the weights (not the version label or the thread count)."""
-    cfg = {k: v for k, v in asdict(config).items() if k not in ("version", "threads")}
-    blob = json.dumps({"config": cfg, "train": list(train), "val": list(val)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint(config, train, val, ignore=("version", "threads"))
 
 
 def train_subarticular(
