@@ -17,8 +17,10 @@ hooks bench could not tell 5x4, 2x4, 2x1, 3x2 and 2x8 apart under the shared loa
 (bench/hooks_bench.py --web-workers/--web-threads; per-round ratios 9-47 %, server CPU per hook
 call 1.9-2.4 ms for every configuration), so the general rule stays the default; re-measure with
 those options on the target host before changing it.
-Access logs are off by default: viewer URLs carry a signed token, and the hooks blueprint logs
-one PHI-free line per call itself. Every log line (gunicorn's own and the app's) is one JSON
+Access logs are off by default (cds.weblog.AccessLogger makes that true; stock gunicorn would
+write them because of logconfig_dict): viewer URLs carry a signed token, and the hooks blueprint
+logs one PHI-free line per call itself. With CDS_WEB_ACCESS_LOG=1 the token segments and query
+strings are redacted. Every log line (gunicorn's own and the app's) is one JSON
 object (cds.logs.JsonFormatter: ts, level, logger, msg, request_id, service, status,
 latency_ms); CDS_LOG_FORMAT=text gives plain lines, CDS_LOG_LEVEL the level.
 """
@@ -88,6 +90,9 @@ max_requests_jitter = max(1, max_requests // 10) if max_requests else 0
 limit_request_line = 8190
 limit_request_fields = 100
 accesslog = "-" if os.environ.get("CDS_WEB_ACCESS_LOG", "").lower() in {"1", "true", "yes"} else None
+# Stock gunicorn writes the access log whenever logconfig_dict is set (below), whatever `accesslog`
+# says; this class writes it only when `accesslog` is set, with token paths and queries redacted.
+logger_class = "cds.weblog.AccessLogger"
 errorlog = "-"
 loglevel = os.environ.get("CDS_WEB_LOG_LEVEL", os.environ.get("CDS_LOG_LEVEL", "info")).lower()
 _LOG_FORMATTER = (
