@@ -185,26 +185,26 @@ class HotStore:
     def claim(self, issuer: str, jti: str, expires_at: datetime) -> bool:
         """True if (issuer, jti) was not seen before, and records it (cds.hooks.replay's rule);
         expired records are purged on about one call in PURGE_EVERY."""
-        if random.randrange(PURGE_EVERY) == 0:
-            self._execute(self._sql.purge, (self._time(utcnow()),), idempotent=True)
-        return bool(self._execute(self._sql.claim, (issuer, jti, self._time(expires_at))))
+        with self._db.write_lock.held():
+            if random.randrange(PURGE_EVERY) == 0:
+                self._execute(self._sql.purge, (self._time(utcnow()),), idempotent=True)
+            return bool(self._execute(self._sql.claim, (issuer, jti, self._time(expires_at))))
 
     def audit(self, row: AuditRow) -> None:
-        self._execute(
-            self._sql.audit,
-            (
-                row.hook_instance,
-                row.service_id,
-                row.hook,
-                row.patient_ref,
-                row.latency_ms,
-                row.outcome,
-                row.status_code,
-                row.card_count,
-                row.card_uuids,
-                self._time(utcnow()),
-            ),
+        params = (
+            row.hook_instance,
+            row.service_id,
+            row.hook,
+            row.patient_ref,
+            row.latency_ms,
+            row.outcome,
+            row.status_code,
+            row.card_count,
+            row.card_uuids,
+            self._time(utcnow()),
         )
+        with self._db.write_lock.held():
+            self._execute(self._sql.audit, params)
 
     def analysis_status(self, study_uids: Sequence[str]) -> list[StatusRow]:
         """Status columns of every analysis of the given studies (any order)."""

@@ -17,6 +17,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +25,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
+
+from cds.store.writelock import WriteLock
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -128,6 +131,9 @@ class Database:
             # Same pool; psycopg begins these transactions READ ONLY (no extra round trip).
             self._read_engine = self.engine.execution_options(postgresql_readonly=True)
             self._autocommit_engine = self.engine
+        on_file = self.is_sqlite and self.url.database not in (None, "", ":memory:")
+        #: Queues this and other processes' writers (SQLite files only; see cds.store.writelock).
+        self.write_lock = WriteLock(Path(str(self.url.database)) if on_file else None)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
         self._thread_engine: Engine | None = None
@@ -142,7 +148,8 @@ class Database:
         so load what you need inside the block.
         """
         factory = self._read_sessions if readonly else self._sessions
-        with factory() as session:
+        queue = contextlib.nullcontext() if readonly else self.write_lock.held()
+        with queue, factory() as session:
             try:
                 yield session
                 if not readonly:
