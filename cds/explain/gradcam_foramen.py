@@ -237,47 +237,17 @@ def render(
     out_path: Path,
 ) -> Path:
     """Overlay PNG on the sagittal slice (head up, anterior left), with a relative colour bar."""
-    from PIL import Image, ImageDraw
-
     from cds.explain import gradcam_render as gr
 
-    rows, cols = slice_image.shape
-    scale = max(1, int(np.ceil(gr.MIN_IMAGE_PX / max(rows, cols))))
-    grey = (gr._grey(np.asarray(slice_image, dtype=np.float32)) * 255.0).astype(np.uint8)
-    heat = np.clip(native, 0.0, 1.0)
-    colour = gr._lut()[(heat * 255.0).astype(np.uint8)].astype(np.float32)
-    alpha = np.where(heat >= gr.SHOW_ABOVE, gr.MAX_ALPHA * heat, 0.0)[..., None]
-    rgb = (grey[..., None].astype(np.float32) * (1.0 - alpha) + colour * alpha).round().astype(np.uint8)
-    image = Image.fromarray(rgb, "RGB").resize((cols * scale, rows * scale), Image.Resampling.BILINEAR)
-    width, height = image.size
-    canvas = Image.new("RGB", (width + gr.LEGEND_PX, height + gr.HEADER_PX), (0, 0, 0))
-    canvas.paste(image, (0, gr.HEADER_PX))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((6, 4), title, fill=(255, 255, 255), font=gr._font(16))
-    draw.text((6, 24), SUBTITLE, fill=(190, 190, 190), font=gr._font(12))
-    # model-oriented sagittal: head up, anterior left
-    for letter, (x, y) in {
-        "H": (width / 2, 4),
-        "F": (width / 2, height - 18),
-        "A": (4, height / 2),
-        "P": (width - 14, height / 2),
-    }.items():
-        draw.text((x, y + gr.HEADER_PX), letter, fill=(255, 255, 0), font=gr._font(14))
-    if peak_ij is not None:
-        y = (peak_ij[0] + 0.5) * scale + gr.HEADER_PX
-        x = (peak_ij[1] + 0.5) * scale
-        draw.line([(x - 7, y), (x + 7, y)], fill=(0, 255, 255), width=2)
-        draw.line([(x, y - 7), (x, y + 7)], fill=(0, 255, 255), width=2)
-    top, bottom = gr.HEADER_PX + 24, gr.HEADER_PX + height - 24
-    lut = gr._lut()
-    for y in range(top, bottom):
-        value = 1.0 - (y - top) / max(bottom - top, 1)
-        draw.line([(width + 12, y), (width + 28, y)], fill=tuple(int(c) for c in lut[int(value * 255)]))
-    draw.text((width + 8, top - 16), "high", fill=(255, 255, 255), font=gr._font(11))
-    draw.text((width + 10, bottom + 4), "low", fill=(255, 255, 255), font=gr._font(11))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path, format="PNG", compress_level=gr.PNG_COMPRESS_LEVEL)
-    return out_path
+    def letters(width: int, height: int) -> list[tuple[str, float, float]]:  # head up, anterior left
+        return [
+            ("H", width / 2, 4),
+            ("F", width / 2, height - 18),
+            ("A", 4, height / 2),
+            ("P", width - 14, height / 2),
+        ]
+
+    return gr.draw_overlay(slice_image, native, peak_ij, gr.OverlayLabel(title, SUBTITLE), letters, out_path)
 
 
 def region_words(cam: ForamenCam, peak_rc: tuple[float, float] | None) -> str:
