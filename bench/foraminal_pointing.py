@@ -34,7 +34,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cds.domain import Condition, Grade, Level, Side
-from cds.explain.faithfulness import DILATION_MM, Rate, distance_to_region_mm
+from cds.explain.faithfulness import (
+    DILATION_MM,
+    Rate,
+    deletion_summary,
+    distance_to_region_mm,
+    model_deletion_drops,
+)
 
 if TYPE_CHECKING:
     from cds.dicom.volume import Volume
@@ -64,6 +70,10 @@ class Score:
     #: (sagittal: left-right) and the in-plane distance ignoring that axis. None: empty map.
     slice_gap_mm: float | None = None
     in_plane_mm: float | None = None
+    #: Deletion check (faithfulness.deletion_batch) of this map, present-logit units; saliency
+    #: scores only (None for end-to-end ones).
+    drop_top: float | None = None
+    drop_random: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +87,8 @@ class Score:
             "p_present": round(self.p_present, 4),
             "slice_gap_mm": None if self.slice_gap_mm is None else round(self.slice_gap_mm, 2),
             "in_plane_mm": None if self.in_plane_mm is None else round(self.in_plane_mm, 2),
+            "drop_top": None if self.drop_top is None else round(self.drop_top, 4),
+            "drop_random": None if self.drop_random is None else round(self.drop_random, 4),
         }
 
 
@@ -184,12 +196,22 @@ def score_study(study_dir: Path, models_dir: Path | None) -> tuple[list[Score], 
     keys = list(dict.fromkeys(k for k, *_ in saliency + end_to_end))
     if not keys:
         return [], [], skipped
-    cams = dict(
-        zip(keys, compute_foramen_maps(load_foraminal(MODEL_NAME, models_dir), foramina, keys), strict=True)
-    )
+    loaded = load_foraminal(MODEL_NAME, models_dir)
+    cams = dict(zip(keys, compute_foramen_maps(loaded, foramina, keys), strict=True))
     volumes = {v.series_uid: v for v in study.series}
+    drops = model_deletion_drops(
+        loaded.network,
+        [(foramina[k].crop, cams[k].crop_map, 0) for k, *_ in saliency],  # column 0: present logit
+        np.random.default_rng(0),
+    )
 
-    def score(key: tuple[Level, Side], level: Level, condition: Condition, grade: Grade) -> Score | None:
+    def score(
+        key: tuple[Level, Side],
+        level: Level,
+        condition: Condition,
+        grade: Grade,
+        drop: tuple[float, float, float] | None = None,
+    ) -> Score | None:
         cam, inp = cams[key], foramina[key]
         found = peak(native_map(cam, inp), inp)  # exactly the product's peak_mm
         cause = causes[f"{level.value}_{condition.value}"]
@@ -215,9 +237,11 @@ def score_study(study_dir: Path, models_dir: Path | None) -> tuple[list[Score], 
             p_present=float(1.0 / (1.0 + np.exp(-cam.logit))),
             slice_gap_mm=gaps[0],
             in_plane_mm=gaps[1],
+            drop_top=None if drop is None else drop[1],
+            drop_random=None if drop is None else drop[2],
         )
 
-    s = [score(*x) for x in saliency]
+    s = [score(*x, d) for x, d in zip(saliency, drops, strict=True)]
     e = [score(*x) for x in end_to_end]
     return [x for x in s if x is not None], [x for x in e if x is not None], skipped
 
@@ -234,6 +258,21 @@ def rates(scores: Sequence[Score]) -> dict[str, Any]:
     out["misses_in_plane_within_3mm"] = sum(
         s.in_plane_mm is not None and s.in_plane_mm <= DILATION_MM for s in misses
     )
+    return out
+
+
+def deletion_of(scores: Sequence[Score]) -> dict[str, Any]:
+    """Deletion figures of the saliency maps, overall and per side (faithfulness.deletion_summary)."""
+    scored = [s for s in scores if s.drop_top is not None and s.drop_random is not None]
+
+    def summary(group: Sequence[Score]) -> dict[str, Any]:
+        return deletion_summary(
+            [float(s.drop_top or 0.0) for s in group], [float(s.drop_random or 0.0) for s in group]
+        )
+
+    out = {"overall": summary(scored)}
+    for c in SIDE_OF:
+        out[c.value] = summary([s for s in scored if s.condition is c])
     return out
 
 
@@ -271,12 +310,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "method": (
             "pointing game: Grad-CAM (foraminal model 'present' logit, cds.explain.gradcam_foramen) peak in "
-            f"patient mm on the native sagittal slice within {DILATION_MM:g} mm of the cause region"
+            f"patient mm on the native sagittal slice within {DILATION_MM:g} mm of the cause region; "
+            "deletion: drop of that logit when the crop map's top decile is blurred vs the same shape at "
+            "random places (cds.explain.faithfulness.deletion_batch)"
         ),
         "data": str(args.data),
         "studies": names,
         "pointing_game": rates(saliency),
         "pointing_game_end_to_end": rates(end_to_end),
+        "deletion": deletion_of(saliency),
         "skipped": skipped,
         "misses": [x.to_json() for x in saliency + end_to_end if not x.hit],
         "findings": [x.to_json() for x in saliency],
@@ -285,6 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = report[key]
         parts = ", ".join(f"{k} {v['hits']}/{v['n']}" for k, v in r.items() if isinstance(v, dict))
         print(f"{title}: {parts}; median distance {r['median_distance_mm']} mm")
+    d = report["deletion"]["overall"]
+    print(
+        f"deletion (present logit): holds {d['holds']['hits']}/{d['holds']['n']}, mean drop top "
+        f"{d['mean_drop_top']} vs random {d['mean_drop_random']}"
+    )
     print(f"skipped: {skipped}")
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=1))

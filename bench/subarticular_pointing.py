@@ -6,6 +6,8 @@ When the subarticular model grades lateral recess findings, their heatmaps come 
 i.e. the ``peak_mm`` the product reports, lies within 3 mm of the cause region
 ``truth/causes/<level>_<side>_subarticular``; cds.explain.faithfulness.distance_to_region_mm), and
 scores the classifier's maps (cds.explain.gradcam, what was shown before) on the same findings.
+It also runs the deletion check on the subarticular model's maps (the present logit with the map's
+top decile blurred vs the same shape at random places; cds.explain.faithfulness.deletion_batch).
 
 Every truth moderate/severe subarticular finding of the chosen studies is explained on the crop
 of the level the pipeline named the same (the axial series' own level in the truth labels must
@@ -28,7 +30,12 @@ from typing import Any
 import numpy as np
 
 from cds.domain import Condition, Grade, Level, Side
-from cds.explain.faithfulness import DILATION_MM, distance_to_region_mm
+from cds.explain.faithfulness import (
+    DILATION_MM,
+    deletion_summary,
+    distance_to_region_mm,
+    model_deletion_drops,
+)
 
 DEFAULT_DATA = Path("/work/data/synth-train")
 SIDE_OF = {Condition.LEFT_SUBARTICULAR: Side.LEFT, Condition.RIGHT_SUBARTICULAR: Side.RIGHT}
@@ -73,8 +80,14 @@ def score_study(study_dir: Path, models_dir: Path | None) -> tuple[list[dict[str
     if not wanted:
         return [], skipped
     inputs = recess_inputs(reads.segs, reads.offsets, reads.volumes)
-    cams = compute_recess_maps(
-        load_subarticular(MODEL_NAME, models_dir), inputs, [(lv, SIDE_OF[c]) for lv, c, _ in wanted]
+    loaded = load_subarticular(MODEL_NAME, models_dir)
+    keys = [(lv, SIDE_OF[c]) for lv, c, _ in wanted]
+    cams = compute_recess_maps(loaded, inputs, keys)
+    # Deletion check of the maps users see: column 0 is the present logit they explain.
+    drops = model_deletion_drops(
+        loaded.network,
+        [(inputs[k].crop.array, cam.crop_map, 0) for k, cam in zip(keys, cams, strict=True)],
+        np.random.default_rng(0),
     )
     level_inputs = {lv: level_input(lv, reads.segs[lv], reads.volumes[lv]) for lv in {w[0] for w in wanted}}
     targets = [CamTarget(lv, c) for lv, c, _ in wanted]
@@ -85,7 +98,7 @@ def score_study(study_dir: Path, models_dir: Path | None) -> tuple[list[dict[str
     for v in reads.volumes.values():
         volumes[v.series_uid] = v
     rows = []
-    for (level, cond, grade), cam, ccam in zip(wanted, cams, classifier_cams, strict=True):
+    for (level, cond, grade), cam, ccam, drop in zip(wanted, cams, classifier_cams, drops, strict=True):
         cause = causes[f"{level.value}_{cond.value}"]
         volume = volumes.get(cause["series_uid"])
         if volume is None:
@@ -111,6 +124,8 @@ def score_study(study_dir: Path, models_dir: Path | None) -> tuple[list[dict[str
                 "subarticular_hit": d is not None and d <= DILATION_MM,
                 "classifier_distance_mm": None if cd is None else round(cd, 2),
                 "classifier_hit": cd is not None and cd <= DILATION_MM,
+                "subarticular_drop_top": round(drop[1], 4),
+                "subarticular_drop_random": round(drop[2], 4),
             }
         )
     return rows, skipped
@@ -162,6 +177,18 @@ def main(argv: list[str] | None = None) -> int:
                 c.value: rate(f"{model}_hit", [r for r in rows if r["condition"] == c.value]) for c in SIDE_OF
             },
         }
+    summary["subarticular"]["deletion"] = {
+        "all": deletion_summary(
+            [r["subarticular_drop_top"] for r in rows], [r["subarticular_drop_random"] for r in rows]
+        ),
+        **{
+            c.value: deletion_summary(
+                [r["subarticular_drop_top"] for r in rows if r["condition"] == c.value],
+                [r["subarticular_drop_random"] for r in rows if r["condition"] == c.value],
+            )
+            for c in SIDE_OF
+        },
+    }
     summary["skipped"] = skipped
     args.out.write_text(json.dumps({**summary, "findings": rows}, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

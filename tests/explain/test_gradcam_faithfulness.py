@@ -78,6 +78,46 @@ def test_report_json_figures() -> None:
     assert js["pointing_game_by_condition"]["spinal_canal"]["rate"] == 1.0
     assert js["pointing_game_by_condition"]["right_foraminal"] == {"hits": 0, "n": 0, "rate": None}
     assert js["pointing_game_end_to_end"]["n"] == 1
-    assert js["deletion"]["holds"]["hits"] == 2
+    assert js["deletion"]["holds"]["hits"] == 2 and js["deletion"]["score"] == "present logit"
+    assert js["deletion"]["changes_more"]["hits"] == 2 and js["deletion"]["raises"] == 0
+    assert js["deletion_by_condition"]["spinal_canal"]["holds"] == {"hits": 2, "n": 2, "rate": 1.0}
+    assert js["deletion_by_condition"]["left_subarticular"]["holds"]["hits"] == 0
+    assert js["deletion_by_condition"]["left_foraminal"]["mean_drop_top"] is None
     assert js["level_agreement"]["rate"] == 0.75
     assert "findings" not in js and len(report.to_json(include_findings=True)["findings"]) == 3
+
+
+def test_deletion_batch_deletes_the_top_decile_and_random_places() -> None:
+    from cds.explain.faithfulness import (
+        DELETION_RANDOM_REPEATS,
+        deletion_batch,
+        deletion_result,
+    )
+
+    crop = np.zeros((2, 40, 40), np.float32)
+    crop[:, 10:14, 10:14] = 100.0  # a bright blob: what the toy "class score" counts
+    crop_map = np.zeros((40, 40), np.float32)
+    crop_map[8:16, 8:16] = 1.0  # the map marks the blob (and a bit around it): top decile = 64 px
+    crop_map[0, 0] = 0.5
+    batch = deletion_batch(crop, crop_map, np.random.default_rng(0))
+    assert batch.shape == (2 + DELETION_RANDOM_REPEATS, 2, 40, 40)
+    assert np.array_equal(batch[0], crop)
+    changed = np.any(batch[1] != crop, axis=0)
+    # Only the map's non-zero pixels (65, fewer than the decile's 160) may change: a mostly-zero
+    # ReLU map must not make the whole crop its "top region".
+    assert changed.sum() <= 65 and changed[10:14, 10:14].all() and not changed[20:, 20:].any()
+    scores = batch[:, :, 10:14, 10:14].mean(axis=(1, 2, 3))
+    base, top, rand = deletion_result(scores)
+    assert base == 100.0 and top > 50.0 and top > rand  # blurring the blob away removes its evidence
+
+
+def test_top_region_is_the_highest_decile_of_nonzero_pixels() -> None:
+    from cds.explain.faithfulness import top_region
+
+    dense = np.arange(100, dtype=np.float32).reshape(10, 10)
+    top = top_region(dense)
+    assert top.sum() == 10 and top.ravel()[90:].all()
+    sparse = np.zeros((10, 10), np.float32)
+    sparse[0, :3] = 1.0
+    assert top_region(sparse).sum() == 3
+    assert not top_region(np.zeros((10, 10), np.float32)).any()
