@@ -162,8 +162,8 @@ def explain_misses(metrics: Mapping[str, Any], verdicts: list[dict[str, Any]]) -
             why = (
                 f"Heatmaps of truth-positive findings on the crop of the true level; by condition: {by}. "
                 f"At the level the pipeline named (end to end): {_pct(e2e)}. Deletion check holds for "
-                f"{_pct((dl.get('holds') or {}).get('rate'))} (mean drop of the present logit when the top region "
-                f"is removed {_f(dl.get('mean_drop_top'))} vs a random region "
+                f"{_pct((dl.get('holds') or {}).get('rate'))} (mean drop of the present logit when the top "
+                f"region is removed {_f(dl.get('mean_drop_top'))} vs a random region "
                 f"{_f(dl.get('mean_drop_random'))}). "
                 f"Skipped findings: {fa.get('skipped')}."
             )

@@ -212,10 +212,21 @@ def native_map(cam: ForamenCam, inp: ForamenInput) -> NDArray[np.float32]:
     from scipy import ndimage
 
     rows, cols = inp.slice_image.shape
-    ii, jj = np.indices((rows, cols), dtype=np.float64)
-    rc = crop_coordinates(inp, np.column_stack([ii.ravel(), jj.ravel()]))
-    values = ndimage.map_coordinates(cam.crop_map, rc.T, order=1, mode="constant", cval=0.0)
-    return values.reshape(rows, cols).astype(np.float32)
+    # crop_coordinates is affine in (row, col): read its matrix off three points and let
+    # affine_transform interpolate (the same bilinear values as map_coordinates over every pixel's
+    # coordinates, without building them).
+    base, down, right = crop_coordinates(inp, np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    matrix = np.column_stack([down - base, right - base])
+    values = ndimage.affine_transform(
+        np.asarray(cam.crop_map, dtype=np.float64),
+        matrix,
+        offset=base,
+        output_shape=(rows, cols),
+        order=1,
+        mode="constant",
+        cval=0.0,
+    )
+    return values.astype(np.float32)
 
 
 def peak(

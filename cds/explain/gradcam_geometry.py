@@ -53,14 +53,20 @@ class CropPlacement:
     def crop_map_to_native(self, crop_map: NDArray[np.floating]) -> NDArray[np.float32]:
         """A (size, size) map on the crop -> the slice's native (rows, cols) grid, 0 outside."""
         rows, cols = self.frame.native_shape
-        ii, jj = np.meshgrid(
-            np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij"
+        # native_to_crop is affine: its matrix from three points, then affine_transform (the same
+        # bilinear values as map_coordinates over every pixel's crop coordinates, without them).
+        base, down, right = self.native_to_crop(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+        out = ndimage.affine_transform(
+            np.asarray(crop_map, dtype=np.float32),
+            np.column_stack([down - base, right - base]),
+            offset=base,
+            output_shape=(rows, cols),
+            order=1,
+            mode="constant",
+            cval=0.0,
+            prefilter=False,
         )
-        ab = self.native_to_crop(np.column_stack([ii.ravel(), jj.ravel()]))
-        out = ndimage.map_coordinates(
-            np.asarray(crop_map, dtype=np.float32), ab.T, order=1, mode="constant", cval=0.0, prefilter=False
-        )
-        return out.reshape(rows, cols).astype(np.float32)
+        return np.asarray(out, dtype=np.float32)
 
 
 def placement_for(
