@@ -5,18 +5,20 @@
 Knobs come from the environment (CDS_WEB_*); the app itself reads its CDS_* settings in
 create_app().
 
-Workers and threads. A patient-view call answered from the store is mostly Python CPU (about
-0.5-1 ms: JWT check, card building) and only microseconds of SQLite I/O, so throughput needs at
-least one process per core (the GIL serialises a process's threads). Spare processes (2 x cores
-+ 1) keep every core busy while some workers wait: on PostgreSQL round trips, on FHIR fetches when
-the EHR did not prefetch (up to CDS_FHIR_TIMEOUT_S), or while a worker is being recycled. The cap
-of 8 bounds memory: each process holds its own engine, key cache, result and report caches
-(~100-150 MiB RSS). 4 threads per worker let one process overlap such waits; more threads only
-queue CPU-bound calls behind the GIL. On the 2-core development box (5 workers x 4 threads) the
-hooks bench could not tell 5x4, 2x4, 2x1, 3x2 and 2x8 apart under the shared load of the day
-(bench/hooks_bench.py --web-workers/--web-threads; per-round ratios 9-47 %, server CPU per hook
-call 1.9-2.4 ms for every configuration), so the general rule stays the default; re-measure with
-those options on the target host before changing it.
+Workers and threads: one process per core, one request thread each (CDS_WEB_WORKERS,
+CDS_WEB_THREADS). A patient-view call answered from the store is Python CPU (JWT check, card
+building) and a few SQLite/PostgreSQL statements, so more request threads than cores only queue
+behind the GIL, and each GIL hand-off (every statement and socket call releases it) costs a
+context switch. Measured on the 2-core development box, idle, bench/hooks_bench.py --web-workers
+W --web-threads T (RS384 share of the same round's bare floor; server CPU per call):
+2x1 29.9 %, 0.77 ms; 4x1 29.4 %; 3x1 27.1 %; 2x2 26.6 %; 3x2 22.9 %; 2x4 18.5 %; 5x4 (the
+former default, 2 x cores + 1 processes of 4 threads) 20.0 %, 1.04-1.11 ms. Under load with
+analyses running (bench/load_bench.py, 64 clients, 30 s): 2x1 p95 67-81 ms, 2x4 87-100 ms, 5x1
+110 ms, 2x2 111 ms, 5x4 145 ms. The cost of this choice: a request that waits on I/O (a FHIR
+fetch when the EHR did not prefetch, up to CDS_FHIR_TIMEOUT_S; a remote PostgreSQL) holds its
+process meanwhile, so where EHRs do not prefetch or the database is across a network, raise
+CDS_WEB_THREADS (2-4) or CDS_WEB_WORKERS and re-measure on the target host. The cap of 8 bounds
+memory: each process holds its own engine, key cache, result and report caches (~100-150 MiB).
 Access logs are off by default (cds.weblog.AccessLogger makes that true; stock gunicorn would
 write them because of logconfig_dict): viewer URLs carry a signed token, and the hooks blueprint
 logs one PHI-free line per call itself. With CDS_WEB_ACCESS_LOG=1 the token segments and query
@@ -52,7 +54,7 @@ def _cap_malloc_arenas(limit: int) -> int:
     (0: none, glibc's default of 8 per core, also when MALLOC_ARENA_MAX is set or libc is not glibc).
 
     Memory. glibc gives a thread that finds the main arena locked its own arena and never gives it
-    back, and freed memory of one arena cannot serve another, so each of a worker's 4 threads ends
+    back, and freed memory of one arena cannot serve another, so each of a worker's threads (CDS_WEB_THREADS) ends
     up holding its own high-water mark of temporaries (a DiagnosticReport build makes megabytes of
     them). The soak's probe (bench/soak_bench.py --probe) saw a worker's resident memory step up by
     ~6 MiB when a new thread first served a call, with live Python objects flat. With the GIL, a
@@ -75,9 +77,9 @@ malloc_arenas = _cap_malloc_arenas(_int("CDS_WEB_MALLOC_ARENAS", 2))
 
 wsgi_app = "cds:create_app()"
 bind = os.environ.get("CDS_WEB_BIND", "0.0.0.0:8080")
-workers = _int("CDS_WEB_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8))
+workers = _int("CDS_WEB_WORKERS", min(max(2, multiprocessing.cpu_count()), 8))
 worker_class = "gthread"
-threads = _int("CDS_WEB_THREADS", 4)
+threads = _int("CDS_WEB_THREADS", 1)
 timeout = _int("CDS_WEB_TIMEOUT_S", 30)
 graceful_timeout = _int("CDS_WEB_GRACEFUL_TIMEOUT_S", 20)
 keepalive = _int("CDS_WEB_KEEPALIVE_S", 5)
