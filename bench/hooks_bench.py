@@ -163,7 +163,10 @@ def _children_cpu_s() -> float:
 
 
 def _group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the processes of a process group (Linux /proc)."""
+    """CPU seconds (user + system) used so far by the processes of a process group (Linux /proc),
+    including their reaped children: a gunicorn worker recycled by max_requests during a run
+    leaves /proc, and its CPU moves to the master's cutime/cstime (without these the floor's
+    server CPU per request read about 0 once its workers started to recycle)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -171,8 +174,8 @@ def _group_cpu_s(pgid: int) -> float:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # exited meanwhile
-        if int(fields[2]) == pgid:  # fields[2] = pgrp; then utime, stime at 11, 12
-            total += int(fields[11]) + int(fields[12])
+        if int(fields[2]) == pgid:  # fields[2] = pgrp; utime, stime, cutime, cstime at 11-14
+            total += sum(int(v) for v in fields[11:15])
     return total / tick
 
 
