@@ -100,6 +100,9 @@ def main() -> int:
     parser.add_argument("--feedback-every", type=float, default=0.5, help="s between feedback posts")
     parser.add_argument("--drain-timeout", type=float, default=900.0, help="s to wait for the queue to empty")
     parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument(
+        "--web-threads", type=int, default=1, help="CDS_WEB_THREADS (default: the production config's 1)"
+    )
     parser.add_argument("--seed", type=int, default=7700, help="cds synth seed of the cached studies")
     parser.add_argument("--studies", type=Path, default=Path(tempfile.gettempdir()) / "cds-bench-studies")
     parser.add_argument("--database-url", default="", help="default: a fresh SQLite file")
@@ -159,7 +162,7 @@ def main() -> int:
             "CDS_DICOMWEB_URL": "http://127.0.0.1:9/dicom-web",  # required by the intake; never read here
             "CDS_WEB_BIND": f"127.0.0.1:{port}",
             "CDS_WEB_WORKERS": str(args.web_workers),
-            "CDS_WEB_THREADS": "4",
+            "CDS_WEB_THREADS": str(args.web_threads),
             "PROMETHEUS_MULTIPROC_DIR": str(prom),
         }
         web_config = ROOT / "docker/gunicorn.conf.py"
