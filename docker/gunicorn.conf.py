@@ -54,12 +54,13 @@ def _cap_malloc_arenas(limit: int) -> int:
     (0: none, glibc's default of 8 per core, also when MALLOC_ARENA_MAX is set or libc is not glibc).
 
     Memory. glibc gives a thread that finds the main arena locked its own arena and never gives it
-    back, and freed memory of one arena cannot serve another, so each of a worker's threads (CDS_WEB_THREADS) ends
-    up holding its own high-water mark of temporaries (a DiagnosticReport build makes megabytes of
-    them). The soak's probe (bench/soak_bench.py --probe) saw a worker's resident memory step up by
-    ~6 MiB when a new thread first served a call, with live Python objects flat. With the GIL, a
-    worker's threads hardly ever malloc at the same time, so per-thread arenas buy no speed here;
-    2 arenas is the usual setting for threaded Python and Ruby servers (MALLOC_ARENA_MAX=2).
+    back, and freed memory of one arena cannot serve another, so each of a worker's threads
+    (CDS_WEB_THREADS) ends up holding its own high-water mark of temporaries (a DiagnosticReport
+    build makes megabytes of them). The soak's probe (bench/soak_bench.py --probe) saw a worker's
+    resident memory step up by ~6 MiB when a new thread first served a call, with live Python
+    objects flat. With the GIL, a worker's threads hardly ever malloc at the same time, so
+    per-thread arenas buy no speed here; 2 arenas is the usual setting for threaded Python and Ruby
+    servers (MALLOC_ARENA_MAX=2).
     """
     if limit <= 0 or os.environ.get("MALLOC_ARENA_MAX"):
         return 0
@@ -77,7 +78,17 @@ malloc_arenas = _cap_malloc_arenas(_int("CDS_WEB_MALLOC_ARENAS", 2))
 
 wsgi_app = "cds:create_app()"
 bind = os.environ.get("CDS_WEB_BIND", "0.0.0.0:8080")
-workers = _int("CDS_WEB_WORKERS", min(max(2, multiprocessing.cpu_count()), 8))
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (a cpuset-limited container sees its own, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return multiprocessing.cpu_count()
+
+
+workers = _int("CDS_WEB_WORKERS", min(max(2, _usable_cpus()), 8))
 worker_class = "gthread"
 threads = _int("CDS_WEB_THREADS", 1)
 timeout = _int("CDS_WEB_TIMEOUT_S", 30)

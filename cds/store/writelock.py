@@ -23,32 +23,47 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+class _FileQueue:
+    """One process's hold on one lock file: the open file, the re-entrant thread lock and the
+    depth of the current holder's nesting."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.lock = threading.RLock()
+        self.depth = 0
+        weakref.finalize(self, os.close, self.fd)  # closed once no WriteLock uses it
+
+
+#: Per process and lock file, shared by every WriteLock (every Database) on that file: a thread
+#: that writes through two Database objects of one file while the first holds the lock re-enters
+#: it instead of waiting on its own flock for ever (flock locks belong to the open file, so a
+#: second open file of the same process would wait on the first).
+_QUEUES: weakref.WeakValueDictionary[tuple[int, Path], _FileQueue] = weakref.WeakValueDictionary()
+_QUEUES_LOCK = threading.Lock()
+
+
+def _queue(path: Path) -> _FileQueue:
+    key = (os.getpid(), path)  # a forked child opens its own file: the parent's holds the parent's lock
+    with _QUEUES_LOCK:
+        found = _QUEUES.get(key)
+        if found is None:
+            found = _QUEUES[key] = _FileQueue(path)
+        return found
 
 
 class WriteLock:
     """A cross-process, re-entrant write lock on `<path>.writelock`; `path` None: a no-op."""
 
     def __init__(self, database_path: Path | None) -> None:
-        self.path = None if database_path is None else Path(str(database_path) + ".writelock")
+        self.path = None if database_path is None else Path(str(database_path) + ".writelock").absolute()
+        self._queue: _FileQueue | None = None  # keeps this process's shared queue (and file) alive
         self._pid = -1
-        self._fd: int | None = None
-        self._lock = threading.RLock()
-        self._depth = 0
-
-    def _descriptor(self) -> int:
-        """This process's own open file (one opened before a fork would share the lock with the
-        parent: flock locks belong to the open file description)."""
-        assert self.path is not None
-        if self._pid != os.getpid():
-            self._lock = threading.RLock()
-            self._depth = 0
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = os.getpid()
-        assert self._fd is not None
-        return self._fd
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -56,17 +71,18 @@ class WriteLock:
         if self.path is None:
             yield
             return
-        fd = self._descriptor()
-        lock = self._lock
-        with lock:
-            self._depth += 1
+        if self._queue is None or self._pid != os.getpid():
+            self._queue, self._pid = _queue(self.path), os.getpid()
+        queue = self._queue
+        with queue.lock:
+            queue.depth += 1
             try:
-                if self._depth == 1:
-                    fcntl.flock(fd, fcntl.LOCK_EX)  # blocks in the kernel, without the GIL
+                if queue.depth == 1:
+                    fcntl.flock(queue.fd, fcntl.LOCK_EX)  # blocks in the kernel, without the GIL
                 try:
                     yield
                 finally:
-                    if self._depth == 1:
-                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    if queue.depth == 1:
+                        fcntl.flock(queue.fd, fcntl.LOCK_UN)
             finally:
-                self._depth -= 1
+                queue.depth -= 1

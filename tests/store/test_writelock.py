@@ -70,6 +70,8 @@ def test_threads_of_one_process_queue(tmp_path: Path) -> None:
 
 
 def test_a_forked_child_takes_its_own_lock(tmp_path: Path) -> None:
+    from cds.store import writelock
+
     lock = WriteLock(tmp_path / "cds.db")
     with lock.held():
         pid = os.fork()
@@ -78,9 +80,9 @@ def test_a_forked_child_takes_its_own_lock(tmp_path: Path) -> None:
             try:
                 import fcntl
 
-                lock._descriptor()
-                assert lock._fd is not None
-                fcntl.flock(lock._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                assert lock.path is not None
+                queue = writelock._queue(lock.path)
+                fcntl.flock(queue.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 code = 1  # got a lock the parent holds: wrong
             except BlockingIOError:
                 code = 0
@@ -88,6 +90,23 @@ def test_a_forked_child_takes_its_own_lock(tmp_path: Path) -> None:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_two_locks_on_one_file_in_one_thread_nest(tmp_path: Path) -> None:
+    """Two Database objects of one file in one process (the app's and a job runner's): a thread
+    holding one may write through the other without waiting on itself."""
+    first, second = WriteLock(tmp_path / "cds.db"), WriteLock(tmp_path / "cds.db")
+    done = threading.Event()
+
+    def nested() -> None:
+        with first.held(), second.held():
+            done.set()
+
+    t = threading.Thread(target=nested)
+    t.start()
+    t.join(timeout=10)
+    assert done.is_set()
+    assert first.path is not None and _probe(first.path) == "free"
 
 
 def test_database_write_sessions_hold_it_and_read_sessions_do_not(tmp_path: Path) -> None:
@@ -102,3 +121,16 @@ def test_database_write_sessions_hold_it_and_read_sessions_do_not(tmp_path: Path
     finally:
         db.dispose()
     assert Database("sqlite://").write_lock.path is None  # in memory: one process, nothing to share
+
+
+def test_the_lock_file_is_closed_when_no_lock_uses_it(tmp_path: Path) -> None:
+    import gc
+
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(20):
+        lock = WriteLock(tmp_path / f"db{n}")
+        with lock.held():
+            pass
+        del lock
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 1  # not one open file per Database ever made
