@@ -5,7 +5,10 @@ WAL (readers do not block the writer), a busy timeout (writers wait instead of f
 BEGIN IMMEDIATE for write sessions (a transaction takes the write lock when it starts, so two
 read-then-write transactions cannot deadlock on lock upgrade, and savepoints work). Read-only
 sessions use a plain deferred BEGIN so hook reads never queue behind writers, and refuse writes
-(query_only on SQLite, READ ONLY transactions on PostgreSQL).
+(query_only on SQLite, READ ONLY transactions on PostgreSQL). Write sessions on a SQLite file also
+queue on a file lock shared by every process (cds.store.writelock), so that a waiting writer is
+woken when the lock is free instead of sleeping in SQLite's busy-handler steps; independent_writes()
+does not take it (it holds SQLite's lock only inside each statement, and stays on the busy handler).
 PostgreSQL needs none of this; URLs are normalised to the psycopg 3 driver.
 """
 
