@@ -37,7 +37,8 @@ _PAIRS = (
 )
 
 
-def _line(f: Finding) -> str:
+def finding_line(f: Finding) -> str:
+    """One finding as a model sees it: level, condition, grade, deciding measurement and its range."""
     text = f"- {f.level.value} {f.condition.display}: {f.grade.display}"
     name = f.condition.deciding_measurement
     if name in f.measurements:
@@ -67,11 +68,11 @@ def render_findings(inp: RationaleInput) -> str:
                     text += f"; {name.display} {lv[1]} {lv[2]} on the left and {rv[1]} {rv[2]} on the right"
                 lines.append(text + ("; uncertain" if left.uncertain else ""))
             else:
-                lines.append(_line(left) + " (the two sides differ: not bilateral)")
-                lines.append(_line(right) + " (the two sides differ: not bilateral)")
+                lines.append(finding_line(left) + " (the two sides differ: not bilateral)")
+                lines.append(finding_line(right) + " (the two sides differ: not bilateral)")
         for f in inp.at_level(level):
             if f.condition not in done and (f.grade.present or f.uncertain):
-                lines.append(_line(f))
+                lines.append(finding_line(f))
     quiet = [lv.value for lv in inp.levels if not any(f.grade.present for f in inp.at_level(lv))]
     if quiet:
         lines.append("Levels with no moderate or severe finding: " + ", ".join(quiet) + ".")
@@ -163,7 +164,7 @@ _GENERAL_FIXES = {
 }
 
 
-def _retry_note(inp: RationaleInput, violations: Sequence[Violation]) -> str:
+def retry_note(inp: RationaleInput, violations: Sequence[Violation]) -> str:
     """Constraints for the second draft, phrased as the correct facts rather than as the errors.
 
     Small models copy what they are shown; quoting the rejected wording back invites repeating it.
@@ -180,7 +181,7 @@ def _retry_note(inp: RationaleInput, violations: Sequence[Violation]) -> str:
         elif v.kind is ViolationKind.BILATERAL_MISUSE:
             facts.append(f"- {v.level.value}: left and right differ, so do not write bilateral.")
         else:
-            facts.append(_line(f).replace("; uncertain", "; flagged as uncertain"))
+            facts.append(finding_line(f).replace("; uncertain", "; flagged as uncertain"))
     general = sorted({_GENERAL_FIXES[v.kind] for v in violations if v.kind in _GENERAL_FIXES})
     note = "\n\nYour previous answer had mistakes. State these findings exactly as written here:\n"
     note += "\n".join(facts) if facts else "- (all findings as listed above)"
@@ -197,7 +198,7 @@ def build_messages(inp: RationaleInput, violations: Sequence[Violation] = ()) ->
         messages.append(ChatMessage("assistant", answer))
     content = render_findings(inp)
     if violations:
-        content += _retry_note(inp, violations)
+        content += retry_note(inp, violations)
     messages.append(ChatMessage("user", content))
     return messages
 
@@ -211,138 +212,3 @@ def clean_draft(text: str) -> str:
     paragraph = text.strip().split("\n\n")[0]
     lines = [ln.strip().lstrip("-*• ").strip() for ln in paragraph.splitlines()]
     return " ".join(ln for ln in lines if ln)
-
-
-# --- per-level clauses ---------------------------------------------------------------------------
-#
-# Why a second prompt shape: a whole-study draft costs ~100-200 generated tokens, which a 0.5B model
-# on this 2-core CPU produces in 15-40 s. Drafting one clause per described level *in one batch*
-# costs only as many decoding steps as the longest clause (~30-50), the prompt is a fraction of the
-# whole-study one, and each clause is tied to its level by construction (the assistant turn is
-# pre-filled with "L4-L5:"). Which levels are described, their order, the quiet-level sentence and
-# the heatmap sentence are fixed by code (template.compose_clauses); the model words the findings.
-# The verifier still checks the assembled text, exactly as for a whole-study draft.
-
-CLAUSE_SYSTEM = (
-    "You describe the MRI findings at one lumbar level for clinicians, in one sentence that starts "
-    "with the level. Use only the findings given: the same grades, sides and numbers, written as given. "
-    "Say 'bilateral' only where the findings say bilateral. Write 'flagged as uncertain' after every "
-    "finding marked uncertain. No causes, no advice, no heatmaps, nothing else."
-)
-
-#: Worked examples for the clause prompt: (levels JSON, heatmap notes, level, answer clause).
-CLAUSE_EXAMPLES: tuple[tuple[dict[str, Any], dict[str, Any] | None, str, str], ...] = (
-    (
-        {
-            "L4-L5": {
-                "spinal_canal": _f("severe", dsca_mm2=58.4, ap_diameter_mm=7.1),
-                "left_foraminal": _f("moderate", foraminal_area_ratio=0.42),
-                "right_foraminal": _f("normal_mild", foraminal_area_ratio=0.77),
-            },
-        },
-        None,
-        "L4-L5",
-        "L4-L5: severe central canal stenosis with a dural sac area of 58 mm2 (< 75 mm2), and moderate "
-        "left neural foraminal narrowing with a foraminal area ratio of 42 %, while the right neural "
-        "foramen is normal/mild.",
-    ),
-    (
-        {
-            "L5-S1": {
-                "spinal_canal": _f("moderate", True, dsca_mm2=88.0),
-                "left_foraminal": _f("moderate", foraminal_area_ratio=0.48),
-                "right_foraminal": _f("moderate", foraminal_area_ratio=0.51),
-            },
-        },
-        None,
-        "L5-S1",
-        "L5-S1: moderate central canal stenosis with a dural sac area of 88 mm2, flagged as uncertain, "
-        "and moderate bilateral neural foraminal narrowing with a foraminal area ratio of 48 % on the left "
-        "and 51 % on the right.",
-    ),
-)
-
-
-def level_lines(inp: RationaleInput, level: Level) -> list[str]:
-    """The described findings of one level as the model sees them (sides pre-paired, as above)."""
-    lines: list[str] = []
-    partner = {left: right for left, right in _PAIRS}
-    skip = set(partner.values())
-    for f in inp.at_level(level):
-        if f.condition in skip:
-            continue
-        other = inp.finding(level, partner[f.condition]) if f.condition in partner else None
-        if other is None:
-            if f.grade.present or f.uncertain:
-                lines.append(_line(f))
-            continue
-        if not (f.grade.present or other.grade.present or f.uncertain or other.uncertain):
-            continue
-        if f.grade is other.grade and f.uncertain == other.uncertain and f.grade.present:
-            name = f.condition.deciding_measurement
-            text = f"- {level.value} {condition_phrase(f.condition, bilateral=True)}: {f.grade.display}"
-            if name in f.measurements and name in other.measurements:
-                lv = format_measurement(f, name).rsplit(" ", 2)
-                rv = format_measurement(other, name).rsplit(" ", 2)
-                text += f"; {name.display} {lv[1]} {lv[2]} on the left and {rv[1]} {rv[2]} on the right"
-            lines.append(text + ("; uncertain" if f.uncertain else ""))
-        else:
-            lines.append(_line(f) + " (the two sides differ: not bilateral)")
-            lines.append(_line(other) + " (the two sides differ: not bilateral)")
-    for f in inp.at_level(level):
-        if (
-            f.condition in skip
-            and partner_missing(inp, level, f.condition)
-            and (f.grade.present or f.uncertain)
-        ):
-            lines.append(_line(f))
-    return lines
-
-
-def partner_missing(inp: RationaleInput, level: Level, right: Condition) -> bool:
-    """A right-side finding whose left partner was not analysed is listed on its own."""
-    left = next(lc for lc, rc in _PAIRS if rc is right)
-    return inp.finding(level, left) is None
-
-
-def described_levels(inp: RationaleInput) -> tuple[Level, ...]:
-    """Levels with a moderate/severe or uncertain finding: each gets one model clause."""
-    return tuple(lv for lv in inp.levels if any(f.grade.present or f.uncertain for f in inp.at_level(lv)))
-
-
-def clause_examples() -> tuple[tuple[RationaleInput, Level, str], ...]:
-    return tuple((coerce_input(lv, heat), Level(level), ans) for lv, heat, level, ans in CLAUSE_EXAMPLES)
-
-
-def _clause_user(inp: RationaleInput, level: Level) -> str:
-    return f"Findings at {level.value}:\n" + "\n".join(level_lines(inp, level))
-
-
-def build_clause_messages(
-    inp: RationaleInput, level: Level, violations: Sequence[Violation] = ()
-) -> list[ChatMessage]:
-    """System rules, the worked examples as turns, then this level's findings.
-
-    The caller pre-fills the assistant turn with f"{level.value}:" so the clause is tied to its level.
-    On a retry the violations of this level are restated as the correct facts (as for whole drafts).
-    """
-    messages = [ChatMessage("system", CLAUSE_SYSTEM)]
-    for ex_inp, ex_level, answer in clause_examples():
-        messages.append(ChatMessage("user", _clause_user(ex_inp, ex_level)))
-        messages.append(ChatMessage("assistant", answer))
-    content = _clause_user(inp, level)
-    mine = [v for v in violations if v.level is None or v.level is level]
-    if mine:
-        content += _retry_note(inp, mine)
-    messages.append(ChatMessage("user", content))
-    return messages
-
-
-def clean_clause(text: str, level: Level) -> str:
-    """A generated clause -> 'L4-L5: ...' without the final full stop (one sentence, no markdown)."""
-    body = clean_draft(text)
-    prefix = f"{level.value}:"
-    if body.startswith(prefix):
-        body = body[len(prefix) :]
-    body = body.strip().rstrip(".;, ").strip()
-    return f"{prefix} {body}" if body else prefix

@@ -17,19 +17,12 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from cds.config import Settings
-from cds.domain import AnalysisResult, Finding, Level
+from cds.domain import AnalysisResult, Finding
 from cds.errors import CdsError, StageError
 from cds.explain.backends.base import Generation, RationaleBackend
 from cds.explain.findings import HeatmapNote, RationaleInput, coerce_input
-from cds.explain.prompt import (
-    build_clause_messages,
-    build_messages,
-    clean_clause,
-    clean_draft,
-    described_levels,
-    level_lines,
-)
-from cds.explain.template import compose_clauses, write_template
+from cds.explain.prompt import build_messages, clean_draft
+from cds.explain.template import write_template
 from cds.explain.verify import VerificationResult, Violation, verify
 
 if TYPE_CHECKING:
@@ -210,7 +203,7 @@ def _write(
 
 @runtime_checkable
 class ClauseBackend(Protocol):
-    """A backend that drafts one clause per level in one batch (the local model)."""
+    """A backend that drafts one clause per row (cds.explain.clauses) in one batch (the local model)."""
 
     @property
     def name(self) -> str: ...
@@ -231,14 +224,15 @@ CLAUSE_TOKENS_PER_FINDING = 22
 def _write_by_clauses(
     inp: RationaleInput, backend: ClauseBackend, settings: Settings, start: float
 ) -> Rationale:
-    """Per-level clauses in one batch -> verify the assembled text -> redraft the failing levels once
-    with their facts restated -> else the template (as for whole drafts)."""
+    """Per-finding clauses in one batch -> verify the assembled text -> redraft the failing rows
+    once with their facts restated -> else the template (as for whole drafts)."""
+    from cds.explain import clauses as cl
     from cds.explain.backends.constraints import RowFacts
     from cds.explain.backends.local import ClausePrompt
 
-    levels = described_levels(inp)
+    items = cl.clause_items(inp)
     timings: dict[str, float] = {}
-    if not levels:  # nothing for a model to word: the quiet-level sentence is the whole rationale
+    if not items:  # nothing for a model to word: the quiet-level sentence is the whole rationale
         text = write_template(inp)
         _checked_template(text, inp)
         timings["total_ms"] = (time.perf_counter() - start) * 1000.0
@@ -251,10 +245,10 @@ def _write_by_clauses(
             timings_ms=timings,
             drafting="clauses",
         )
-    clauses: dict[Level, str] = {}
+    clauses: dict[cl.ClauseItem, str] = {}
     rejected: list[RejectedDraft] = []
     violations: tuple[Violation, ...] = ()
-    todo = levels
+    todo = items
     attempts = new_tokens = 0
     gen_ms = verify_ms = 0.0
     backend_error: str | None = None
@@ -262,13 +256,15 @@ def _write_by_clauses(
         attempts += 1
         prompts = [
             ClausePrompt(
-                tuple(build_clause_messages(inp, lv, violations)), f"{lv.value}:", RowFacts.for_level(inp, lv)
+                tuple(cl.build_messages(inp, item, violations)),
+                f"{item.level.value}:",
+                RowFacts.for_findings(item.level, item.findings),
             )
-            for lv in todo
+            for item in todo
         ]
-        n_stated = max(len(level_lines(inp, lv)) for lv in todo)
         budget = min(
-            settings.rationale_max_new_tokens, CLAUSE_TOKENS_BASE + CLAUSE_TOKENS_PER_FINDING * n_stated
+            settings.rationale_max_new_tokens,
+            CLAUSE_TOKENS_BASE + CLAUSE_TOKENS_PER_FINDING * max(len(item.findings) for item in todo),
         )
         try:
             texts, generation = backend.generate_clauses(prompts, max_new_tokens=budget)
@@ -277,9 +273,9 @@ def _write_by_clauses(
             break
         gen_ms += generation.seconds * 1000.0
         new_tokens += generation.new_tokens or 0
-        for lv, raw in zip(todo, texts, strict=True):
-            clauses[lv] = clean_clause(raw, lv)
-        draft = compose_clauses(inp, [clauses[lv] for lv in levels])
+        for item, raw in zip(todo, texts, strict=True):
+            clauses[item] = cl.clean_clause(raw, item.level)
+        draft = cl.compose(inp, [(item, clauses[item]) for item in items])
         t0 = time.perf_counter()
         result = verify(draft, inp)
         verify_ms += (time.perf_counter() - t0) * 1000.0
@@ -299,9 +295,15 @@ def _write_by_clauses(
             )
         rejected.append(RejectedDraft(draft, result.violations))
         violations = result.violations
-        blamed = {v.level for v in violations if v.level is not None}
-        unplaced = any(v.level is None for v in violations)
-        todo = tuple(lv for lv in levels if unplaced or lv in blamed or _mentions(clauses[lv], violations))
+        # A violation that names its finding blames that row; one without a level blames the rows
+        # its excerpt quotes, or every row when it quotes none (too long, say).
+        loose = [v for v in violations if v.level is None]
+        unplaced = any(not v.excerpt for v in loose)
+        todo = tuple(
+            item
+            for item in items
+            if unplaced or any(cl.concerns(item, v) for v in violations) or _mentions(clauses[item], loose)
+        )
     text = write_template(inp)
     _checked_template(text, inp)
     timings["total_ms"] = (time.perf_counter() - start) * 1000.0

@@ -136,7 +136,9 @@ _UNSUPPORTED_TERMS = re.compile(
     r"\b(herniat\w*|protru\w*|extru\w*|bulg\w*|(?:spondylo)?listhes\w*|fractur\w*|tumou?r\w*|neoplas\w*"
     r"|metasta\w*|cysts?\b|osteophyt\w*|hypertroph\w*|ligamentum|flavum|arthropath\w*|degenerat\w*"
     r"|cauda\s+equina|conus|myelopath\w*|radiculopath\w*|surg\w*|decompress\w*|recommend\w*|compress\w*"
-    r"|impinge\w*|spondylosis|sclerosis|edema|oedema|infection|abscess)",
+    r"|impinge\w*|spondylosis|sclerosis|edema|oedema|infection|abscess"
+    # Claims the system cannot make about its own output: that it was checked or is certain.
+    r"|verif\w*|confirm\w*|definite\w*|diagnos\w*)",
     re.IGNORECASE,
 )
 

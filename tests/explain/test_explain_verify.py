@@ -135,6 +135,13 @@ def test_unsupported_clinical_terms(sample: RationaleInput) -> None:
     text = GOOD.replace("L5-S1: no moderate", "L4-L5 shows a disc herniation. L5-S1: no moderate")
     assert K.UNSUPPORTED_TERM in kinds(text, sample)
     assert K.UNSUPPORTED_TERM in kinds(GOOD + " Surgical decompression is recommended.", sample)
+    # claims that the output was checked or is certain (a 0.5B model wrote "..., verified")
+    for claim in (
+        "62 mm2 (< 75 mm2), verified",
+        "62 mm2 (< 75 mm2), confirmed",
+        "62 mm2 (< 75 mm2), definite",
+    ):
+        assert K.UNSUPPORTED_TERM in kinds(GOOD.replace("62 mm2 (< 75 mm2)", claim), sample), claim
 
 
 def test_heatmap_claims_need_heatmap_input(

@@ -1,20 +1,23 @@
-"""Constrained decoding for per-level clauses: each row may only write its own level's facts.
+"""Constrained decoding for per-finding clauses: each row may only write its own finding's facts.
 
 Why: a rejected draft costs a retry (another full generation) or ends in the template; masking at
 decoding time makes the commonest errors of small models impossible instead of merely detectable.
-Per row (one row = one level's clause) the processor
+Per row (one row = one finding, or a bilateral left/right pair; see cds.explain.clauses) the
+processor
 
-* bans, for the whole clause, the words of grades that no finding at that level has, "bilateral"
-  where no left/right pair shares a moderate or severe grade, and "uncertain" where no finding is
-  flagged uncertain;
-* lets a number start or continue only as a prefix of a number that the findings of that level
-  give (measurements as displayed, and the cut-offs of the level's conditions);
-* lets a level name ('L4-L5') be only that row's level.
+* bans, for the whole clause, the words of every other grade, "bilateral" unless the row is a
+  bilateral pair, "uncertain" unless the finding is flagged uncertain, the other side's word, and
+  the distinctive words of the other conditions;
+* lets a number start or continue only as a prefix of a number that the finding gives (its
+  measurements as displayed, and its condition's cut-offs);
+* lets a level name ('L4-L5') be only that row's level;
+* refuses to end the sentence (full stop before a space, line break, end of turn) until the row
+  has stated its grade, its condition, its side or "bilateral", and "uncertain" where flagged.
 
-It never forces a word, so the model may still leave a finding out or mis-pair a grade with a
-condition: the verifier decides what is shown, as before. The number rule needs numbers written one
-digit per token (as Qwen/Llama pre-tokenizers split them): every other vocabulary entry containing
-a digit is banned outright, and a vocabulary without the ten single digits is refused.
+It never writes a word itself: the model words the finding, and the verifier still decides what is
+shown. The number rule needs numbers written one digit per token (as Qwen/Llama pre-tokenizers split
+them): every other vocabulary entry containing a digit is banned outright, and a vocabulary without
+the ten single digits is refused.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-from cds.domain import THRESHOLDS, Condition, Grade, Level
-from cds.explain.findings import RationaleInput
+from cds.domain import THRESHOLDS, Condition, Finding, Grade, Level, Side
 from cds.explain.wording import format_number
 
 #: Words (lower case, no leading space) that state a grade, by grade.
@@ -36,51 +39,95 @@ GRADE_WORDS: dict[Grade, tuple[str, ...]] = {
 }
 BILATERAL_WORDS = ("bilateral", "bilaterally", "bilater", "bilat", "both")
 UNCERTAIN_WORDS = ("uncertain", "uncertainty", "uncert", "flagged", "flag")
+SIDE_WORDS = {Side.LEFT: ("left",), Side.RIGHT: ("right",)}
+
+
+class Family(StrEnum):
+    """Condition families, whose distinctive words a row about another family may not use."""
+
+    CANAL = "canal"
+    FORAMINAL = "foraminal"
+    SUBARTICULAR = "subarticular"
+
+    @classmethod
+    def of(cls, condition: Condition) -> Family:
+        if condition is Condition.SPINAL_CANAL:
+            return cls.CANAL
+        if condition in (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL):
+            return cls.FORAMINAL
+        return cls.SUBARTICULAR
+
+
+#: Whole tokens (lower case, no leading space) that only a row of that family may write; first
+#: pieces of longer words where the tokenizer splits them ('foram'+'inal', 'sub'+'art'+'icular').
+FAMILY_WORDS: dict[Family, tuple[str, ...]] = {
+    Family.CANAL: ("canal", "central", "sac", "thecal"),
+    Family.FORAMINAL: ("foram", "foraminal", "foramen", "foramina", "neural"),
+    Family.SUBARTICULAR: ("subarticular", "sub", "recess"),
+}
+#: What a row must have written (as a regular expression on its text) before it may end, per family.
+FAMILY_REQUIRED: dict[Family, str] = {
+    Family.CANAL: r"\bcanal\b",
+    Family.FORAMINAL: r"\bforamin",
+    Family.SUBARTICULAR: r"\bsubarticular\b|\blateral recess\b",
+}
+_GRADE_REQUIRED: dict[Grade, str] = {
+    Grade.SEVERE: r"\bsevere\b",
+    Grade.MODERATE: r"\bmoderate\b",
+    Grade.NORMAL_MILD: r"\bnormal\b|\bmild\b",
+}
 
 _ASCII_DIGITS = frozenset("0123456789")
-_PAIRS = (
-    (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL),
-    (Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR),
-)
 # A number starts after a character that is neither a letter nor a digit ('mm2', 'L4' are not numbers).
 _RUN_RE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d*)?)$")
+_SENTENCE_END_RE = re.compile(r"\.\s")
 _LEVEL_TAIL_RE = re.compile(r"(?<![A-Za-z])(L|S|L[1-5]\s*[-–/]\s*L?|L[1-5]\s*[-–/]\s*S?)$")
 
 
 @dataclass(frozen=True)
 class RowFacts:
-    """What one clause may state: its level, grades, numbers, and whether bilateral/uncertain apply."""
+    """What one clause may state (level, grades, numbers, sides, families, bilateral, uncertain)
+    and what it must state before it ends (`required`, regular expressions on its text)."""
 
     level: Level
     grades: frozenset[Grade]
     numbers: frozenset[str]
     bilateral: bool
     uncertain: bool
+    sides: frozenset[Side] = frozenset(Side)
+    families: frozenset[Family] = frozenset(Family)
+    required: tuple[str, ...] = ()
 
     @classmethod
-    def for_level(cls, inp: RationaleInput, level: Level) -> RowFacts:
-        found = inp.at_level(level)
+    def for_findings(cls, level: Level, findings: Sequence[Finding]) -> RowFacts:
+        """The facts of one row: a single finding, or the two findings of a bilateral pair."""
         numbers: set[str] = set()
-        for f in found:
+        for f in findings:
             th = THRESHOLDS[f.condition]
             for name, value in f.measurements.items():
                 cutoffs = (th.moderate_below, th.severe_below) if name is th.measurement else ()
                 numbers.add(format_number(name, value, cutoffs))
             for cut in (th.moderate_below, th.severe_below):
                 numbers.add(format_number(th.measurement, cut))
-        bilateral = False
-        for left_c, right_c in _PAIRS:
-            left, right = inp.finding(level, left_c), inp.finding(level, right_c)
-            # Only a shared moderate/severe grade is worded 'bilateral' (normal pairs are not listed).
-            if left is not None and right is not None and left.grade is right.grade and left.grade.present:
-                bilateral = True
-        return cls(
-            level=level,
-            grades=frozenset(f.grade for f in found),
-            numbers=frozenset(numbers),
-            bilateral=bilateral,
-            uncertain=any(f.uncertain for f in found),
-        )
+        grades = frozenset(f.grade for f in findings)
+        sides = frozenset(side for f in findings if (side := f.condition.side) is not None)
+        families = frozenset(Family.of(f.condition) for f in findings)
+        bilateral = len(findings) == 2
+        uncertain = any(f.uncertain for f in findings)
+        required = [_GRADE_REQUIRED[g] for g in sorted(grades)]
+        required += [FAMILY_REQUIRED[fam] for fam in sorted(families)]
+        if bilateral:
+            required.append(r"\bbilateral\b")
+        elif sides:
+            required.append(r"\b" + next(iter(sides)).value + r"\b")
+        if uncertain:
+            required.append(r"\buncertain\b")
+        return cls(level, grades, frozenset(numbers), bilateral, uncertain, sides, families, tuple(required))
+
+    def unmet(self, text: str) -> bool:
+        """Whether `text` (the row so far) still lacks something it must state."""
+        low = text.lower()
+        return any(re.search(rx, low) is None for rx in self.required)
 
     def banned_words(self) -> tuple[str, ...]:
         words: list[str] = []
@@ -91,6 +138,12 @@ class RowFacts:
             words.extend(BILATERAL_WORDS)
         if not self.uncertain:
             words.extend(UNCERTAIN_WORDS)
+        for side, forms in SIDE_WORDS.items():
+            if side not in self.sides:
+                words.extend(forms)
+        for family, forms in FAMILY_WORDS.items():
+            if family not in self.families:
+                words.extend(forms)
         return tuple(words)
 
     def next_digits(self, run: str) -> set[str]:
@@ -111,10 +164,19 @@ class VocabIndex:
         digits: dict[str, list[int]] = {}
         words: dict[str, list[int]] = {}
         other_numeric: list[int] = []
+        enders: list[int] = list(getattr(tokenizer, "all_special_ids", ()))
+        space_led: list[int] = []
+        dots: list[int] = []
         for piece, idx in tokenizer.get_vocab().items():
             text = tokenizer.convert_tokens_to_string([piece])
             if not text:
                 continue
+            if "\n" in text or _SENTENCE_END_RE.search(text):
+                enders.append(idx)
+            if text[0].isspace():
+                space_led.append(idx)
+            if "." in text:
+                dots.append(idx)
             if len(text) == 1 and text in _ASCII_DIGITS:
                 digits.setdefault(text, []).append(idx)
             elif any(ch.isdigit() for ch in text):
@@ -129,6 +191,12 @@ class VocabIndex:
             raise ValueError("tokenizer lacks single-digit tokens; number constraints need them")
         self.digits = {k: torch.tensor(v, dtype=torch.long) for k, v in digits.items()}
         self.other_numeric = torch.tensor(other_numeric, dtype=torch.long)
+        #: Tokens that end a clause: special tokens (end of turn), line breaks, '. ' inside a token.
+        self.enders = torch.tensor(sorted(set(enders)), dtype=torch.long)
+        #: Tokens starting with white space: after a '.', they would end the sentence.
+        self.space_led = torch.tensor(space_led, dtype=torch.long)
+        #: Tokens containing a '.': while a row may not end, only a decimal point may be written.
+        self.dots = torch.tensor(dots, dtype=torch.long)
         self._words = {k: torch.tensor(v, dtype=torch.long) for k, v in words.items()}
         self.vocab_size = len(tokenizer)
 
@@ -142,11 +210,16 @@ class VocabIndex:
 class ClauseConstraints:
     """transformers LogitsProcessor: the per-row rules above, for a left-padded batch of clauses."""
 
-    def __init__(self, tokenizer: Any, rows: Sequence[RowFacts], index: VocabIndex) -> None:
+    def __init__(
+        self, tokenizer: Any, rows: Sequence[RowFacts], index: VocabIndex, prompt_len: int | None = None
+    ) -> None:
+        """`prompt_len`: where the generated text starts (the rows' pre-filled text belongs to the
+        prompt); None turns the rule on required statements off."""
         import torch
 
         self._tok = tokenizer
         self._rows = tuple(rows)
+        self._prompt_len = prompt_len
         self._index = index
         self._static = [torch.cat([index.word_ids(r.banned_words()), index.other_numeric]) for r in rows]
         self._all_digits = torch.cat(list(index.digits.values())) if index.digits else torch.zeros(0)
@@ -161,6 +234,8 @@ class ClauseConstraints:
             if self._static[row].numel():
                 scores[row, self._static[row]] = float("-inf")
             tail = self._tok.decode(input_ids[row, -6:].tolist())
+            if self._prompt_len is not None and facts.required:
+                self._hold_the_end(scores, row, facts, input_ids[row, self._prompt_len :], tail)
             level_tail = _LEVEL_TAIL_RE.search(tail)
             if level_tail:
                 self._level_rule(scores, row, facts.level, level_tail.group(1))
@@ -170,6 +245,18 @@ class ClauseConstraints:
             run = _RUN_RE.search(tail)
             self._ban_digits_except(scores, row, facts.next_digits(run.group(1) if run else ""))
         return scores
+
+    def _hold_the_end(self, scores: Any, row: int, facts: RowFacts, generated: Any, tail: str) -> None:
+        """No end of sentence while the row still lacks a required statement: no end token, no '.'
+        except right after a number's digits (a decimal point, which nothing starting with a space
+        may then follow)."""
+        if not facts.unmet(self._tok.decode(generated.tolist(), skip_special_tokens=True)):
+            return
+        scores[row, self._index.enders] = float("-inf")
+        if _RUN_RE.search(tail) is None:  # not inside a number: a '.' could only end the sentence
+            scores[row, self._index.dots] = float("-inf")
+        elif tail.endswith("."):
+            scores[row, self._index.space_led] = float("-inf")
 
     def _level_rule(self, scores: Any, row: int, level: Level, tail: str) -> None:
         """After 'L' only this level's first digit; after 'L4-' or 'L4-L' only its second."""

@@ -253,7 +253,8 @@ class _StopAtSentenceEnd:
 
 @dataclass(frozen=True)
 class ClausePrompt:
-    """One row of a clause batch: the chat, the text the assistant turn starts with, its facts."""
+    """One row of a clause batch: the chat, the text the assistant turn starts with, its facts
+    (constraints.RowFacts)."""
 
     messages: tuple[ChatMessage, ...]
     prefill: str
@@ -411,7 +412,7 @@ class LocalBackend:
                     do_sample=False,
                     max_new_tokens=max_new_tokens,
                     logits_processor=LogitsProcessorList(
-                        [ClauseConstraints(self._tok, [p.facts for p in prompts], self._vocab)]
+                        [ClauseConstraints(self._tok, [p.facts for p in prompts], self._vocab, prompt_len)]
                     ),
                     stopping_criteria=StoppingCriteriaList([_StopAtSentenceEnd(self._tok, prompt_len)]),
                     pad_token_id=self._tok.pad_token_id,
