@@ -167,8 +167,9 @@ def build_messages(
 ) -> list[ChatMessage]:
     """System rules, the worked examples as turns, then this row's finding.
 
-    The caller pre-fills the assistant turn with f"{level.value}:". On a retry the violations that
-    concern this row are restated as the correct facts.
+    The caller pre-fills the assistant turn (constraints.RowFacts.prefill: the level, and a
+    moderate/severe grade). On a retry the violations that concern this row are restated as the
+    correct facts.
     """
     messages = [ChatMessage("system", SYSTEM)]
     for _, ex_item, answer in examples():

@@ -455,6 +455,49 @@ def _number_ok(tok: _Tok, findings: Iterable[Finding], conditions: Iterable[Cond
     return False
 
 
+_RANGE_RE = re.compile(
+    r"(?<![\d.])(\d+(?:\.\d+)?)\s*(mm2|mm|%)?\s*to\s*<\s*(\d+(?:\.\d+)?)\s*(mm2|mm|%)?", re.IGNORECASE
+)
+_AT_LEAST_RE = re.compile(r"(?:>=|≥)\s*(\d+(?:\.\d+)?)\s*(mm2|mm|%)?", re.IGNORECASE)
+
+
+def _ranges() -> tuple[set[tuple[float, float, str]], set[tuple[float, str]]]:
+    """The grading table's moderate ranges (low, high, unit) and normal/mild lower bounds."""
+    moderate: set[tuple[float, float, str]] = set()
+    normal: set[tuple[float, str]] = set()
+    for th in THRESHOLDS.values():
+        unit = _UNIT_FOR[th.measurement]
+        low, high = (
+            display_value(th.measurement, th.severe_below),
+            display_value(th.measurement, th.moderate_below),
+        )
+        moderate.add((round(low, 6), round(high, 6), unit))
+        normal.add((round(high, 6), unit))
+    return moderate, normal
+
+
+def _check_ranges(masked: str, sentence: str) -> list[Violation]:
+    """A stated range must be one of the grading table's: 'A to < B' a moderate range, '>= B' a
+    normal/mild bound. Each number alone may be a cut-off of the condition, yet '3 mm to < 3 mm'
+    or '>= 35 %' states a grade boundary that does not exist."""
+    moderate, normal = _ranges()
+    v: list[Violation] = []
+    for m in _RANGE_RE.finditer(masked):
+        low, high = round(float(m.group(1)), 6), round(float(m.group(3)), 6)
+        units = {u.lower() for u in (m.group(2), m.group(4)) if u}
+        if not any(low == lo and high == hi and (not units or units == {unit}) for lo, hi, unit in moderate):
+            v.append(
+                Violation(ViolationKind.UNSUPPORTED_NUMBER, f"'{m.group(0)}' is no grade's range", sentence)
+            )
+    for m in _AT_LEAST_RE.finditer(masked):
+        bound, unit_text = round(float(m.group(1)), 6), (m.group(2) or "").lower()
+        if not any(bound == b and unit_text in ("", unit) for b, unit in normal):
+            v.append(
+                Violation(ViolationKind.UNSUPPORTED_NUMBER, f"'{m.group(0)}' is no grade's bound", sentence)
+            )
+    return v
+
+
 def _split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_SPLIT_RE.split(text.strip()) if s.strip()]
 
@@ -545,6 +588,7 @@ def _check_sentence(
         )
     toks, problems = _tokenise(masked)
     v.extend(p for p in problems)
+    v.extend(_check_ranges(masked, sentence))
     for t in toks:
         for lv in t.levels:
             if lv not in present_levels:

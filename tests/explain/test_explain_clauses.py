@@ -141,15 +141,20 @@ def test_row_facts(sample: RationaleInput) -> None:
     banned = left.banned_words()
     assert {"severe", "mild", "right", "canal", "bilateral", "uncertain"} <= set(banned)
     assert "moderate" not in banned and "left" not in banned and "foram" not in banned
-    assert left.unmet("L4-L5: moderate narrowing")  # no condition, no side yet
-    assert not left.unmet("L4-L5: moderate left neural foraminal narrowing")
+    assert left.prefill == "L4-L5: moderate"  # a moderate/severe grade opens the clause
+    assert left.unmet(" narrowing")  # no condition, no side yet
+    assert not left.unmet(" left neural foraminal narrowing")
+    assert {"verified", "confirmed", "herniation"} <= set(banned)  # never written by any row
     canal = RowFacts.for_findings(items[0].level, items[0].findings)
     assert (
         canal.uncertain
         and "uncertain" not in canal.banned_words()
         and {"left", "right"} <= set(canal.banned_words())
     )
-    assert canal.unmet("L3-L4: moderate central canal stenosis")  # the uncertainty is not stated yet
+    assert canal.unmet(" central canal stenosis")  # the uncertainty is not stated yet
+    normal = RowFacts.for_findings(items[4].level, items[4].findings)  # L5-S1 normal/mild, uncertain
+    assert normal.prefill == "L5-S1:" and normal.unmet(" left neural foraminal narrowing, uncertain")
+    assert not normal.unmet(" left neural foraminal narrowing graded normal/mild, flagged as uncertain")
     assert canal.next_digits("") == {"8", "9", "1", "7"}  # 88 mm2, 9.4 mm, 8.8 mm, cut-offs 100, 75
     assert canal.next_digits("8") == {"8"}  # 88 or 8.8 ('.' is not a digit: the number may end)
 

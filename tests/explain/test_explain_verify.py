@@ -131,6 +131,13 @@ def test_number_within_rounding_and_thresholds(sample: RationaleInput) -> None:
     assert K.UNSUPPORTED_NUMBER in kinds(GOOD.replace("(< 75 mm2)", "(< 35 mm2)"), sample)
 
 
+def test_stated_ranges_must_be_the_grading_tables(sample: RationaleInput) -> None:
+    assert "(< 75 mm2)" in GOOD and "(75 mm2 to < 100 mm2)" in GOOD and verify(GOOD, sample).ok
+    # each number is a cut-off of the condition, but these ranges do not exist (a model wrote one)
+    for bad in ("(75 mm2 to < 75 mm2)", "(100 mm2 to < 75 mm2)", "(normal/mild range >= 75 mm2)"):
+        assert K.UNSUPPORTED_NUMBER in kinds(GOOD.replace("(< 75 mm2)", bad), sample), bad
+
+
 def test_unsupported_clinical_terms(sample: RationaleInput) -> None:
     text = GOOD.replace("L5-S1: no moderate", "L4-L5 shows a disc herniation. L5-S1: no moderate")
     assert K.UNSUPPORTED_TERM in kinds(text, sample)

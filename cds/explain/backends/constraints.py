@@ -40,6 +40,26 @@ GRADE_WORDS: dict[Grade, tuple[str, ...]] = {
 BILATERAL_WORDS = ("bilateral", "bilaterally", "bilater", "bilat", "both")
 UNCERTAIN_WORDS = ("uncertain", "uncertainty", "uncert", "flagged", "flag")
 SIDE_WORDS = {Side.LEFT: ("left",), Side.RIGHT: ("right",)}
+#: Never written by any row: claims the system cannot make about its output (a 0.5B model liked to
+#: add "verified"), and common findings it does not make (cds.explain.verify rejects both).
+UNSUPPORTED_WORDS = (
+    "verified",
+    "verify",
+    "confirmed",
+    "confirm",
+    "definite",
+    "definitely",
+    "diagnosis",
+    "diagnosed",
+    "hern",
+    "herniation",
+    "compression",
+    "compressed",
+    "bulge",
+    "bulging",
+    "surgery",
+    "surgical",
+)
 
 
 class Family(StrEnum):
@@ -97,6 +117,8 @@ class RowFacts:
     sides: frozenset[Side] = frozenset(Side)
     families: frozenset[Family] = frozenset(Family)
     required: tuple[str, ...] = ()
+    #: The text the row's assistant turn starts with (part of the prompt, not generated).
+    prefill: str = ""
 
     @classmethod
     def for_findings(cls, level: Level, findings: Sequence[Finding]) -> RowFacts:
@@ -122,11 +144,19 @@ class RowFacts:
             required.append(r"\b" + next(iter(sides)).value + r"\b")
         if uncertain:
             required.append(r"\buncertain\b")
-        return cls(level, grades, frozenset(numbers), bilateral, uncertain, sides, families, tuple(required))
+        # A moderate/severe grade opens the clause ('L4-L5: severe ...'): said first, it cannot be
+        # read as the grade of a neighbouring clause of the same level, as it was when models put it
+        # last ('..., marked as moderate'). A normal/mild row is worded by the model ('... graded
+        # normal/mild, flagged as uncertain').
+        (grade,) = grades if len(grades) == 1 else (None,)
+        prefill = f"{level.value}:" + (f" {grade.display}" if grade is not None and grade.present else "")
+        return cls(
+            level, grades, frozenset(numbers), bilateral, uncertain, sides, families, tuple(required), prefill
+        )
 
-    def unmet(self, text: str) -> bool:
-        """Whether `text` (the row so far) still lacks something it must state."""
-        low = text.lower()
+    def unmet(self, generated: str) -> bool:
+        """Whether the row (its pre-filled text plus `generated`) still lacks something it must state."""
+        low = (self.prefill + generated).lower()
         return any(re.search(rx, low) is None for rx in self.required)
 
     def banned_words(self) -> tuple[str, ...]:
@@ -144,6 +174,7 @@ class RowFacts:
         for family, forms in FAMILY_WORDS.items():
             if family not in self.families:
                 words.extend(forms)
+        words.extend(UNSUPPORTED_WORDS)
         return tuple(words)
 
     def next_digits(self, run: str) -> set[str]:
