@@ -217,7 +217,7 @@ class ClauseBackend(Protocol):
 
 
 #: Decoding budget per clause: a base plus this many tokens per finding the clause must state.
-CLAUSE_TOKENS_BASE = 16
+CLAUSE_TOKENS_BASE = 24
 CLAUSE_TOKENS_PER_FINDING = 22
 
 

@@ -140,8 +140,9 @@ def test_row_facts(sample: RationaleInput) -> None:
     } == left.numbers  # its ratio and its condition's cut-offs, nothing of L4-L5's canal
     banned = left.banned_words()
     assert {"severe", "mild", "right", "canal", "bilateral", "uncertain"} <= set(banned)
-    assert "moderate" not in banned and "left" not in banned and "foram" not in banned
-    assert left.prefill == "L4-L5: moderate"  # a moderate/severe grade opens the clause
+    assert "moderate" in banned and "marked" in banned  # stated by the pre-filled text, never again
+    assert "left" not in banned and "foram" not in banned
+    assert left.prefill == "L4-L5: moderate left"  # a moderate/severe grade and the side open it
     assert left.unmet(" narrowing")  # no condition, no side yet
     assert not left.unmet(" left neural foraminal narrowing")
     assert {"verified", "confirmed", "herniation"} <= set(banned)  # never written by any row
@@ -153,8 +154,9 @@ def test_row_facts(sample: RationaleInput) -> None:
     )
     assert canal.unmet(" central canal stenosis")  # the uncertainty is not stated yet
     normal = RowFacts.for_findings(items[4].level, items[4].findings)  # L5-S1 normal/mild, uncertain
-    assert normal.prefill == "L5-S1:" and normal.unmet(" left neural foraminal narrowing, uncertain")
-    assert not normal.unmet(" left neural foraminal narrowing graded normal/mild, flagged as uncertain")
+    assert normal.prefill == "L5-S1: left" and normal.unmet(" neural foraminal narrowing, uncertain")
+    assert not normal.unmet(" neural foraminal narrowing graded normal/mild, flagged as uncertain")
+    assert "to" in normal.banned_words() and "to" not in left.banned_words()  # 'A to < B': moderate only
     assert canal.next_digits("") == {"8", "9", "1", "7"}  # 88 mm2, 9.4 mm, 8.8 mm, cut-offs 100, 75
     assert canal.next_digits("8") == {"8"}  # 88 or 8.8 ('.' is not a digit: the number may end)
 
@@ -208,7 +210,8 @@ def test_constraints_mask_other_grades_sides_and_numbers(sample: RationaleInput)
     anywhere = allowed_after("abc")
     assert " severe" not in anywhere and "severe" not in anywhere and " bilateral" not in anywhere
     assert " mild" not in anywhere  # the L3-L4 foramina are normal/mild, but this row is the canal's
-    assert {" moderate", " uncertain", " stenosis"} <= anywhere
+    assert " moderate" not in anywhere  # its own grade too: the pre-filled 'L3-L4: moderate' said it
+    assert {" uncertain", " stenosis"} <= anywhere
     assert allowed_after("a L") & set("0123456789") == {"3"}
     assert allowed_after("L3-L") & set("0123456789") == {"4"}
     start = allowed_after("area ") & set("0123456789")

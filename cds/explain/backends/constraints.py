@@ -144,12 +144,18 @@ class RowFacts:
             required.append(r"\b" + next(iter(sides)).value + r"\b")
         if uncertain:
             required.append(r"\buncertain\b")
-        # A moderate/severe grade opens the clause ('L4-L5: severe ...'): said first, it cannot be
-        # read as the grade of a neighbouring clause of the same level, as it was when models put it
-        # last ('..., marked as moderate'). A normal/mild row is worded by the model ('... graded
-        # normal/mild, flagged as uncertain').
+        # The clause opens with its moderate/severe grade and its side ('L4-L5: severe left ...'):
+        # said first, neither can be read as a neighbouring clause's, as they were when the model put
+        # the grade last ('..., marked as moderate') or named 'lateral recess stenosis' without a
+        # side. A normal/mild row's grade is worded by the model ('... graded normal/mild').
         (grade,) = grades if len(grades) == 1 else (None,)
-        prefill = f"{level.value}:" + (f" {grade.display}" if grade is not None and grade.present else "")
+        prefill = f"{level.value}:"
+        if grade is not None and grade.present:
+            prefill += f" {grade.display}"
+        if bilateral:
+            prefill += " bilateral"
+        elif sides:
+            prefill += f" {next(iter(sides)).value}"
         return cls(
             level, grades, frozenset(numbers), bilateral, uncertain, sides, families, tuple(required), prefill
         )
@@ -161,9 +167,13 @@ class RowFacts:
 
     def banned_words(self) -> tuple[str, ...]:
         words: list[str] = []
+        stated = any(g.present for g in self.grades)  # the pre-filled text already gives the grade
         for grade, forms in GRADE_WORDS.items():
-            if grade not in self.grades:
+            if stated or grade not in self.grades:
                 words.extend(forms)
+        if stated:
+            # The model repeated it ('..., marked as moderate'), which reads as a second grade.
+            words.extend(("marked", "graded", "grade"))
         if not self.bilateral:
             words.extend(BILATERAL_WORDS)
         if not self.uncertain:
@@ -175,6 +185,9 @@ class RowFacts:
             if family not in self.families:
                 words.extend(forms)
         words.extend(UNSUPPORTED_WORDS)
+        if self.grades != {Grade.MODERATE}:
+            # Only the moderate range reads 'A to < B'; severe rows wrote '(3 mm to < 3 mm)'.
+            words.append("to")
         return tuple(words)
 
     def next_digits(self, run: str) -> set[str]:
