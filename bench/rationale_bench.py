@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         "retry_rate",
         "model_share",
         "template_fallback_share",
+        "nothing_to_word_share",
+        "model_share_of_worded",
         "backend_errors",
         "delivered_failing_verification",
         "violation_counts",

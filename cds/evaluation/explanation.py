@@ -9,8 +9,9 @@
 * Rationale: cds.explain.evaluation.evaluate_corpus over (a) the fixed 120-case corpus of
   cds.explain.corpus and (b) the finding sets the pipeline actually produced on the test split,
   both with the configured default writer (template) -- the figure that matters for safety is
-  ``delivered_failing_verification`` (must be 0). The local language model is too slow to run
-  here over a corpus; its last measured figures are quoted from models/rationale-llm/evaluation.json.
+  ``delivered_failing_verification`` (must be 0). The local language model is an optional install
+  (models/rationale-llm); its measured figures (bench/rationale_bench.py over the same corpus) are
+  quoted from models/rationale-llm/evaluation.json.
 """
 
 from __future__ import annotations
@@ -130,6 +131,8 @@ def rationale_section(
                             "n_cases",
                             "model_draft_pass_rate",
                             "template_fallback_share",
+                            "nothing_to_word_share",
+                            "model_share_of_worded",
                             "delivered_failing_verification",
                             "rationale_ms_p50",
                         )

@@ -1,7 +1,8 @@
 """Run a rationale writer over the corpus and count what the issue asks for.
 
 Figures: verifier pass rate of model drafts (first drafts and all drafts), retry rate, share of
-rationales the template had to write, violation counts by kind, and -- the safety property -- the
+rationales the template wrote (and how many of those had nothing for a model to word), violation
+counts by kind, and -- the safety property -- the
 number of delivered texts that fail verification (must be zero), re-checked here independently of
 write_rationale's own check.
 """
@@ -37,6 +38,9 @@ class CorpusReport:
     total_ms: tuple[float, ...] = ()
     new_tokens: int = 0
     generate_ms: float = 0.0
+    #: Cases with no moderate/severe or uncertain finding: the quiet-level sentence is the whole
+    #: rationale, so no writer is asked and the template writes it by design (not a fallback).
+    nothing_to_word: int = 0
 
     def to_json(self) -> dict[str, Any]:
         def share(a: int, b: int) -> float | None:
@@ -53,6 +57,8 @@ class CorpusReport:
             "retry_rate": share(self.retries, self.n_cases if self.model_drafts else 0),
             "model_share": share(self.model_delivered, self.n_cases),
             "template_fallback_share": share(self.template_delivered, self.n_cases),
+            "nothing_to_word_share": share(self.nothing_to_word, self.n_cases),
+            "model_share_of_worded": share(self.model_delivered, self.n_cases - self.nothing_to_word),
             "backend_errors": self.backend_errors,
             "delivered_failing_verification": self.delivered_failing_verification,
             "violation_counts": dict(sorted(self.violation_counts.items())),
@@ -72,7 +78,9 @@ def evaluate_corpus(
     settings: Settings | None = None,
 ) -> tuple[CorpusReport, list[Rationale]]:
     settings = settings or Settings(rationale_backend="template")
-    drafts = passed = first_passed = retries = model_n = template_n = errors = failing = 0
+    from cds.explain.clauses import clause_items
+
+    drafts = passed = first_passed = retries = model_n = template_n = errors = failing = quiet = 0
     tokens = 0
     gen_ms = 0.0
     kinds: Counter[str] = Counter()
@@ -84,6 +92,7 @@ def evaluate_corpus(
         inp = coerce_input(case.levels, case.heatmaps)
         if not verify(r.text, inp).ok:
             failing += 1
+        quiet += int(not clause_items(inp))
         drafts += r.attempts
         model_ok = r.writer is Writer.MODEL
         passed += int(model_ok)
@@ -111,5 +120,6 @@ def evaluate_corpus(
         total_ms=tuple(times),
         new_tokens=tokens,
         generate_ms=gen_ms,
+        nothing_to_word=quiet,
     )
     return report, out

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 from cds.domain import Level
 from cds.explain.backends.base import ChatMessage, Generation
+from cds.explain.clauses import clause_items
 from cds.explain.corpus import generate_corpus
 from cds.explain.evaluation import evaluate_corpus
+from cds.explain.findings import coerce_input
 
 
 class AlternatingBackend:
@@ -37,6 +39,10 @@ def test_template_only_figures() -> None:
     assert figures["n_cases"] == 120 and figures["template_fallback_share"] == 1.0
     assert figures["model_draft_pass_rate"] is None and figures["delivered_failing_verification"] == 0
     assert len(rationales) == 120
+    # quiet studies (nothing moderate, severe or uncertain) are the template's by design, not fallbacks
+    quiet = sum(1 for c in generate_corpus() if not clause_items(coerce_input(c.levels, c.heatmaps)))
+    assert 0 < quiet < 120 and figures["nothing_to_word_share"] == round(quiet / 120, 4)
+    assert figures["model_share_of_worded"] == 0.0
 
 
 def test_model_failures_are_counted() -> None:
