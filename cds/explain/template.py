@@ -25,6 +25,7 @@ _PAIRS = (
     (Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR),
 )
 
+NO_FINDINGS_SENTENCE = "No findings were available to describe."
 BASIS_SENTENCE = (
     "Grades follow the dural sac area, lateral recess depth and foraminal area ratio thresholds of the "
     "grading table."
@@ -155,7 +156,7 @@ def _assemble(inp: RationaleInput, level_parts: list[str], heatmaps: bool) -> st
     if quiet:
         sentences.append(f"{_join_levels(quiet)}: no moderate or severe stenosis.")
     if not inp.findings:
-        sentences.append("No findings were available to describe.")
+        sentences.append(NO_FINDINGS_SENTENCE)
     heat = _heatmap_sentence(inp) if heatmaps else None
     if heat:
         sentences.append(heat)

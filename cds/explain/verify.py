@@ -24,6 +24,7 @@ from enum import StrEnum
 
 from cds.domain import THRESHOLDS, Condition, Finding, Grade, Level, MeasurementName
 from cds.explain.findings import RationaleInput
+from cds.explain.lexicon import split_words, unknown_words
 from cds.explain.wording import display_value
 
 MAX_SENTENCES = 5
@@ -586,6 +587,14 @@ def _check_sentence(
                 ViolationKind.UNSUPPORTED_TERM, f"'{m.group(0)}' is not a finding of this analysis", sentence
             )
         )
+    flagged_terms = {w.lower() for m in _UNSUPPORTED_TERMS.finditer(masked) for w in split_words(m.group(0))}
+    for word in unknown_words(masked):
+        if word not in flagged_terms:
+            v.append(
+                Violation(
+                    ViolationKind.UNSUPPORTED_TERM, f"'{word}' is outside the rationale vocabulary", sentence
+                )
+            )
     toks, problems = _tokenise(masked)
     v.extend(p for p in problems)
     v.extend(_check_ranges(masked, sentence))

@@ -138,6 +138,23 @@ def test_stated_ranges_must_be_the_grading_tables(sample: RationaleInput) -> Non
         assert K.UNSUPPORTED_NUMBER in kinds(GOOD.replace("(< 75 mm2)", bad), sample), bad
 
 
+def test_words_outside_the_rationale_vocabulary(sample: RationaleInput) -> None:
+    # free claims without any level, grade or number (SmolLM2-135M wrote these; all passed before)
+    for claim in (
+        ", found to be a benign condition",
+        ", indicating a possible narrowing of the lateral branch of the spinal cord",
+        ", unclear",
+        ", probably due to posterior cortical atrophy",
+    ):
+        text = GOOD.replace("62 mm2 (< 75 mm2)", "62 mm2 (< 75 mm2)" + claim)
+        assert text != GOOD and K.UNSUPPORTED_TERM in kinds(text, sample), claim
+    from cds.explain.lexicon import unknown_words, words
+
+    assert unknown_words(GOOD) == []
+    assert unknown_words("The cord looks benign at L4-L5.") == ["cord", "looks", "benign"]
+    assert not {"herniation", "verified", "cord", "nerve", "recommend", "surgery"} & words()
+
+
 def test_unsupported_clinical_terms(sample: RationaleInput) -> None:
     text = GOOD.replace("L5-S1: no moderate", "L4-L5 shows a disc herniation. L5-S1: no moderate")
     assert K.UNSUPPORTED_TERM in kinds(text, sample)
