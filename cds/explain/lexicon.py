@@ -20,11 +20,14 @@ from functools import cache
 from cds.domain import Condition, Grade, MeasurementName
 
 #: Neutral words for stating findings (articles, prepositions, conjunctions, copulas, comparison),
-#: then every word cds.explain.verify itself reads as a measurement, condition, grade or heatmap.
+#: then the words cds.explain.verify reads as a measurement, condition or heatmap. Deliberately
+#: absent: grade words other than the grading table's ('marked', 'critical', 'high', 'minimal'),
+#: and negations other than 'no' and 'not' (the verifier reads 'not bilateral'; 'not a high range',
+#: which a model wrote, fails on 'high').
 _FUNCTION_WORDS_TEXT = """
-a an the and or but nor with without of at in on for to from by as than then also only both either
+a an the and or but with of at in on for to from by as than then also only both either
 each every all other remaining rest is are was were be been being has have had it its this that these
-those which where while whereas there here no not none neither
+those which where while whereas there here not
 left right side sides bilateral bilaterally
 level levels disc discs lumbar spine spinal
 range ranges below above under over less more least most at within between up
@@ -40,8 +43,7 @@ mm mm2 percent
 severe severely moderate moderately mild mildly normal
 no
 dural sac cross sectional dsca ap antero anteroposterior posterior recess recesses foraminal foramina
-foramen neuroforaminal neural subarticular zone zones canal central spinal stenoses critical marked
-slight slightly minimal unremarkable high low equivocal indeterminate confidence negative saliency grad
+foramen neuroforaminal neural subarticular zone zones canal central spinal stenoses saliency grad
 cam activation attention map maps square millimetre millimetres millimeter millimeters sq cent
 """
 

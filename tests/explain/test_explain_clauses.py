@@ -164,7 +164,7 @@ def test_row_facts(sample: RationaleInput) -> None:
 class _WordTokenizer:
     """Characters plus a few whole-word tokens (with and without a leading space), like a BPE vocab."""
 
-    WORDS = (" severe", "severe", " moderate", " mild", " bilateral", " uncertain", " stenosis")
+    WORDS = (" severe", "severe", " moderate", " mild", " bilateral", " uncertain", " stenosis", " benign")
 
     def __init__(self) -> None:
         self.vocab = [
@@ -212,6 +212,7 @@ def test_constraints_mask_other_grades_sides_and_numbers(sample: RationaleInput)
     assert " mild" not in anywhere  # the L3-L4 foramina are normal/mild, but this row is the canal's
     assert " moderate" not in anywhere  # its own grade too: the pre-filled 'L3-L4: moderate' said it
     assert {" uncertain", " stenosis"} <= anywhere
+    assert " benign" not in anywhere  # starts no word of the rationale vocabulary
     assert allowed_after("a L") & set("0123456789") == {"3"}
     assert allowed_after("L3-L") & set("0123456789") == {"4"}
     start = allowed_after("area ") & set("0123456789")

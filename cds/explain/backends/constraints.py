@@ -12,7 +12,8 @@ processor
   measurements as displayed, and its condition's cut-offs);
 * lets a level name ('L4-L5') be only that row's level;
 * refuses to end the sentence (full stop before a space, line break, end of turn) until the row
-  has stated its grade, its condition, its side or "bilateral", and "uncertain" where flagged.
+  has stated its grade, its condition, its side or "bilateral", and "uncertain" where flagged;
+* lets a word start only with a token that begins a word of the rationale vocabulary.
 
 It never writes a word itself: the model words the finding, and the verifier still decides what is
 shown. The number rule needs numbers written one digit per token (as Qwen/Llama pre-tokenizers split
@@ -199,6 +200,13 @@ class RowFacts:
         }
 
 
+def _lexicon_prefixes() -> frozenset[str]:
+    """Every prefix of every word of the rationale vocabulary (lower case)."""
+    from cds.explain.lexicon import words
+
+    return frozenset(w[:i] for w in words() for i in range(1, len(w) + 1))
+
+
 class VocabIndex:
     """Token ids of the vocabulary by what they spell, built once per tokenizer (~1-2 s for 150k)."""
 
@@ -209,6 +217,8 @@ class VocabIndex:
         words: dict[str, list[int]] = {}
         other_numeric: list[int] = []
         enders: list[int] = list(getattr(tokenizer, "all_special_ids", ()))
+        prefixes = _lexicon_prefixes()
+        off_lexicon: list[int] = []
         space_led: list[int] = []
         dots: list[int] = []
         for piece, idx in tokenizer.get_vocab().items():
@@ -219,6 +229,9 @@ class VocabIndex:
                 enders.append(idx)
             if text[0].isspace():
                 space_led.append(idx)
+                letters = text.strip()
+                if letters.isalpha() and letters.isascii() and letters.lower() not in prefixes:
+                    off_lexicon.append(idx)
             if "." in text:
                 dots.append(idx)
             if len(text) == 1 and text in _ASCII_DIGITS:
@@ -239,6 +252,10 @@ class VocabIndex:
         self.enders = torch.tensor(sorted(set(enders)), dtype=torch.long)
         #: Tokens starting with white space: after a '.', they would end the sentence.
         self.space_led = torch.tensor(space_led, dtype=torch.long)
+        #: Word-start tokens that begin no word of the rationale vocabulary (cds.explain.lexicon):
+        #: 'unclear', 'significant', 'benign' ... can then never be started; the verifier still
+        #: checks whole words (a continuation could still leave the vocabulary).
+        self.off_lexicon = torch.tensor(off_lexicon, dtype=torch.long)
         #: Tokens containing a '.': while a row may not end, only a decimal point may be written.
         self.dots = torch.tensor(dots, dtype=torch.long)
         self._words = {k: torch.tensor(v, dtype=torch.long) for k, v in words.items()}
@@ -265,7 +282,10 @@ class ClauseConstraints:
         self._rows = tuple(rows)
         self._prompt_len = prompt_len
         self._index = index
-        self._static = [torch.cat([index.word_ids(r.banned_words()), index.other_numeric]) for r in rows]
+        self._static = [
+            torch.cat([index.word_ids(r.banned_words()), index.other_numeric, index.off_lexicon])
+            for r in rows
+        ]
         self._all_digits = torch.cat(list(index.digits.values())) if index.digits else torch.zeros(0)
 
     def _ban_digits_except(self, scores: Any, row: int, allowed: set[str]) -> None:
