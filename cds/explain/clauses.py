@@ -22,15 +22,10 @@ from typing import Any
 from cds.domain import Condition, Finding, Level
 from cds.explain.backends.base import ChatMessage
 from cds.explain.findings import RationaleInput, coerce_input
-from cds.explain.prompt import clean_draft, finding_line, retry_note
+from cds.explain.prompt import PAIRS, clean_draft, finding_line, retry_note
 from cds.explain.template import compose_clauses
 from cds.explain.verify import Violation
 from cds.explain.wording import condition_phrase, format_measurement
-
-PAIRS = (
-    (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL),
-    (Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR),
-)
 
 SYSTEM = (
     "You describe one MRI finding of a lumbar level for clinicians, in one short sentence that starts "

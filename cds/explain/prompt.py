@@ -31,7 +31,8 @@ SYSTEM = (
     "6) Do not mention levels, findings, causes, advice or heatmaps that are not given."
 )
 
-_PAIRS = (
+#: Left/right condition pairs (a pair with the same grade is worded 'bilateral').
+PAIRS = (
     (Condition.LEFT_FORAMINAL, Condition.RIGHT_FORAMINAL),
     (Condition.LEFT_SUBARTICULAR, Condition.RIGHT_SUBARTICULAR),
 )
@@ -54,7 +55,7 @@ def render_findings(inp: RationaleInput) -> str:
     lines = ["Findings:"]
     for level in inp.levels:
         done: set[Condition] = set()
-        for left_c, right_c in _PAIRS:
+        for left_c, right_c in PAIRS:
             left, right = inp.finding(level, left_c), inp.finding(level, right_c)
             if left is None or right is None or not (left.grade.present or right.grade.present):
                 continue

@@ -254,10 +254,12 @@ def _write_by_clauses(
     backend_error: str | None = None
     while attempts < MAX_MODEL_ATTEMPTS and todo:
         attempts += 1
-        facts = [RowFacts.for_findings(item.level, item.findings) for item in todo]
         prompts = [
-            ClausePrompt(tuple(cl.build_messages(inp, item, violations)), f.prefill, f)
-            for item, f in zip(todo, facts, strict=True)
+            ClausePrompt(
+                tuple(cl.build_messages(inp, item, violations)),
+                RowFacts.for_findings(item.level, item.findings),
+            )
+            for item in todo
         ]
         budget = min(
             settings.rationale_max_new_tokens,

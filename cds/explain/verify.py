@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 
 from cds.domain import THRESHOLDS, Condition, Finding, Grade, Level, MeasurementName
 from cds.explain.findings import RationaleInput
@@ -462,8 +463,10 @@ _RANGE_RE = re.compile(
 _AT_LEAST_RE = re.compile(r"(?:>=|≥)\s*(\d+(?:\.\d+)?)\s*(mm2|mm|%)?", re.IGNORECASE)
 
 
-def _ranges() -> tuple[set[tuple[float, float, str]], set[tuple[float, str]]]:
-    """The grading table's moderate ranges (low, high, unit) and normal/mild lower bounds."""
+@cache
+def _ranges() -> tuple[frozenset[tuple[float, float, str]], frozenset[tuple[float, str]]]:
+    """The grading table's moderate ranges (low, high, unit) and normal/mild lower bounds (computed
+    once: every sentence of every text is checked against them)."""
     moderate: set[tuple[float, float, str]] = set()
     normal: set[tuple[float, str]] = set()
     for th in THRESHOLDS.values():
@@ -474,7 +477,7 @@ def _ranges() -> tuple[set[tuple[float, float, str]], set[tuple[float, str]]]:
         )
         moderate.add((round(low, 6), round(high, 6), unit))
         normal.add((round(high, 6), unit))
-    return moderate, normal
+    return frozenset(moderate), frozenset(normal)
 
 
 def _check_ranges(masked: str, sentence: str) -> list[Violation]:

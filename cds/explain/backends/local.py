@@ -253,12 +253,15 @@ class _StopAtSentenceEnd:
 
 @dataclass(frozen=True)
 class ClausePrompt:
-    """One row of a clause batch: the chat, the text the assistant turn starts with, its facts
-    (constraints.RowFacts)."""
+    """One row of a clause batch: the chat and the row's facts (constraints.RowFacts)."""
 
     messages: tuple[ChatMessage, ...]
-    prefill: str
     facts: Any  # constraints.RowFacts (kept Any so this module imports nothing heavy at import time)
+
+    @property
+    def prefill(self) -> str:
+        """The text the assistant turn starts with (the row's level, grade and side)."""
+        return str(self.facts.prefill)
 
 
 class LocalBackend:
